@@ -1,0 +1,3 @@
+from qfair.cli import main
+
+raise SystemExit(main())

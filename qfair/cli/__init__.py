@@ -1,0 +1,82 @@
+"""The ``qfair`` command line: thin. Each subcommand lives in its own module of this package with
+``register(subparsers)`` adding its parser and setting ``func(args) -> int``; the command parses,
+loads its config, calls one API function and prints.
+
+Only commands that work are listed in ``COMMANDS``; importing a command module must stay cheap
+(heavy imports go inside ``func``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import import_module
+from typing import Sequence
+
+from .._version import __version__
+
+# Order is the order shown in --help.
+COMMANDS: list[str] = [
+    "demo",
+    "study",
+    "models",
+    "info",
+    "quantize",
+    "sensitivity",
+    "qat",
+    "distill",
+    "synth",
+    "groups",
+    "export",
+    "evaluate",
+    "compare",
+    "bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qfair",
+        description="Compress face recognition models to 8 and 6 bits and measure, group by group, "
+        "what the compression did to fairness.",
+    )
+    parser.add_argument("--version", action="version", version=f"qfair {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = import_module(f"qfair.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"qfair.cli.{name}":
+                continue  # command not implemented in this build
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..utils.errors import QfairError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except QfairError as exc:
+        if args.debug or os.environ.get("QFAIR_DEBUG"):
+            raise
+        from ._console import error
+
+        error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        from ._console import error
+
+        error("interrupted; finished stages and checkpoints are kept, rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

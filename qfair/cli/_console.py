@@ -1,0 +1,61 @@
+"""Rich console helpers shared by the commands (imported lazily by them)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+
+@lru_cache(maxsize=1)
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@lru_cache(maxsize=1)
+def err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def error(msg: str) -> None:
+    from rich.markup import escape
+
+    err_console().print(f"[bold red]error:[/] {escape(msg)}")
+
+
+def info(msg: str) -> None:
+    console().print(msg)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for i, c in enumerate(columns):
+        numeric = bool(rows) and all(_is_number(r[i]) for r in rows if i < len(r))
+        t.add_column(c, justify="right" if numeric and i > 0 else "left")
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    return t
+
+
+def progress():
+    """A rich Progress with bar, count, rate and ETA (use as a context manager)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err_console(), transient=False)
+
+
+def _is_number(x: Any) -> bool:
+    if isinstance(x, (int, float)):
+        return True
+    try:
+        float(str(x).replace("%", "").replace("±", "").split()[0])
+        return True
+    except (ValueError, IndexError):
+        return False

@@ -1,0 +1,37 @@
+"""``qfair info MODEL_OR_CHECKPOINT``: architecture, parameters, MACs, embedding size, layers."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a registered architecture or a checkpoint",
+                       description="Show architecture, parameters, MACs at 112x112, embedding size and layer "
+                                   "counts of a registered model name (e.g. r50) or a checkpoint file.")
+    p.add_argument("model", help="registry name (see `qfair models`) or checkpoint path")
+    p.add_argument("--arch", default=None, help="architecture of the checkpoint (guessed from its keys if omitted)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import MODELS, create_model, load_model
+    from ..models.summary import summarize
+    from ..utils.errors import QfairError
+    from ._console import console, table
+
+    source = args.model
+    if Path(source).exists():
+        model = load_model(source, arch=args.arch)
+    elif source in MODELS:
+        model = create_model(source)
+    else:
+        raise QfairError(f"'{source}' is neither a file nor a registered model; "
+                         f"known models: {', '.join(MODELS.names())}")
+    s = summarize(model)
+    rows = [["architecture", s.arch], ["source", source], ["parameters", f"{s.params / 1e6:.2f} M ({s.params:,})"],
+            ["MACs at 112x112", f"{s.macs / 1e9:.3f} G"], ["embedding size", s.embedding_size],
+            ["depthwise convs", s.depthwise_convs]]
+    rows += [[f"layers: {k}", v] for k, v in s.layer_counts.items()]
+    console().print(table(f"qfair info {source}", ["property", "value"], rows))
+    return 0

@@ -1,0 +1,21 @@
+"""Typed, validated configs: frozen dataclasses loaded from YAML files and overridden by flags."""
+from .base import (
+    ConfigError,
+    cfg_field,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    resolve_config,
+)
+from .cli_args import add_config_arguments, overrides_from_args
+
+__all__ = [
+    "ConfigError",
+    "cfg_field",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "resolve_config",
+    "add_config_arguments",
+    "overrides_from_args",
+]

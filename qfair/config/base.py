@@ -1,0 +1,254 @@
+"""Config dataclasses: validation of types, ranges and choices, with errors that name the key.
+
+A config is a ``@dataclass(frozen=True)`` whose fields may carry metadata made by :func:`cfg_field`:
+``range=(lo, hi)`` (inclusive), ``choices=[...]`` or a ``choices`` callable (a registry's names),
+and ``help``. ``config_from_dict`` checks every key against the fields (an unknown key is an error
+that lists the keys that exist and the closest one), converts ints to floats where a float is
+expected, checks types, ranges and choices, and builds nested dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, TypeVar, Union, get_args, get_origin
+
+from ..utils.errors import ConfigError
+
+C = TypeVar("C")
+_MISSING = dataclasses.MISSING
+
+
+def cfg_field(
+    default: Any = _MISSING,
+    *,
+    help: str = "",
+    range: tuple[float | None, float | None] | None = None,
+    choices: Any = None,
+    default_factory: Callable[[], Any] | Any = _MISSING,
+    flag: bool = True,
+) -> Any:
+    """A dataclass field with validation metadata. ``choices`` may be a list or a zero-arg callable."""
+    md = {"help": help, "range": range, "choices": choices, "flag": flag}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=md)
+    return dataclasses.field(default=default, metadata=md)
+
+
+def _where(source: str | None, key: str) -> str:
+    return f"{source}: key '{key}'" if source else f"key '{key}'"
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str, key: str = "", source: str | None = None) -> Any:
+    """Check ``value`` against type ``tp`` (converting int->float, list->tuple); raise ConfigError."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: got {value!r}, allowed: {', '.join(repr(a) for a in allowed)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+        args = get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            item_tp = args[0]
+        elif origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: got {len(value)} items, expected {len(args)}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        else:
+            item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected a mapping")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: got {value!r}, expected a mapping of {tp.__name__} keys")
+        return config_from_dict(tp, value, source=source, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Path):
+            return str(value)
+        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected a string")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+    return value
+
+
+def _check_meta(value: Any, md: Mapping[str, Any], where: str) -> None:
+    if value is None:
+        return
+    rng = md.get("range")
+    if rng is not None:
+        lo, hi = rng
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        for v in vals:
+            if not isinstance(v, (int, float)):
+                continue
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                lo_s = "-inf" if lo is None else lo
+                hi_s = "inf" if hi is None else hi
+                raise ConfigError(f"{where}: got {v!r}, allowed range is [{lo_s}, {hi_s}]")
+    choices = md.get("choices")
+    if choices is not None:
+        allowed = list(choices() if callable(choices) else choices)
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        for v in vals:
+            if str(v).lower() not in {str(a).lower() for a in allowed}:
+                close = difflib.get_close_matches(str(v), [str(a) for a in allowed], n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{where}: got {v!r}, allowed: {', '.join(map(str, allowed))}.{hint}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any], *, source: str | None = None, prefix: str = "") -> C:
+    """Build and validate ``cls`` from a mapping; errors name ``source`` (a file) and the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source or 'config'}: expected a mapping of keys to values, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(
+                f"{_where(source, full)} is not a {cls.__name__} setting.{hint} Known keys: {', '.join(fields)}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        full = f"{prefix}.{name}" if prefix else name
+        where = _where(source, full)
+        if name in data:
+            value = _convert(data[name], hints[name], where, full, source)
+            _check_meta(value, f.metadata, where)
+            kwargs[name] = value
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            raise ConfigError(f"{where} is required ({f.metadata.get('help', '')})".rstrip(" ()"))
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source or cls.__name__}: {exc}") from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples become lists) suitable for YAML/JSON."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return conv(cfg)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` (no code runs); errors name file and line."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML ({problem}). Only plain YAML is accepted (no python tags).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> C:
+    """Load ``cls`` from a YAML file (optional) and apply ``overrides`` (flags win over the file)."""
+    data: dict[str, Any] = {}
+    source = None
+    if path is not None:
+        data = read_yaml(path)
+        source = str(path)
+    merged = dict(data)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    return config_from_dict(cls, merged, source=source)
+
+
+def resolve_config(cls: type[C], path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> C:
+    """Alias of :func:`load_config`, kept for readability at call sites."""
+    return load_config(cls, path, overrides)

@@ -1,0 +1,122 @@
+"""Group fairness measures (FACTS.md section 2).
+
+From per-group accuracies: AVG, STD (ddof, default 1 as in the studies), SER, max-min gap, TO.
+From per-group error rates at one global threshold: FDR, IR, GARBE with their ``alpha``.
+Every function also accepts a leading batch axis (bootstrap resamples): arrays ``(..., G)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import numpy as np
+
+from ..utils.errors import DataError
+
+
+@dataclass(frozen=True)
+class FairnessSummary:
+    """Fairness of per-group accuracies (percent). ``ser`` may be ``inf`` (see ``note``)."""
+
+    avg: float
+    std: float
+    ser: float
+    gap: float
+    to: float
+    ddof: int
+    best: str
+    worst: str
+    n_groups: int
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summary_arrays(acc: np.ndarray, ddof: int = 1) -> dict[str, np.ndarray]:
+    """Vectorised AVG/STD/SER/GAP/TO over the last axis of ``acc`` (percent, shape (..., G)).
+
+    SER = (100 - min acc) / (100 - max acc): ``inf`` when the best group has no error, ``nan`` when
+    no group has any error (0 / 0).
+    """
+    acc = np.asarray(acc, dtype=np.float64)
+    g = acc.shape[-1]
+    avg = acc.mean(axis=-1)
+    std = acc.std(axis=-1, ddof=ddof) if g > ddof else np.full(avg.shape, np.nan)
+    err_max = 100.0 - acc.min(axis=-1)
+    err_min = 100.0 - acc.max(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ser = np.where(err_min > 0, err_max / np.where(err_min > 0, err_min, 1.0),
+                       np.where(err_max > 0, np.inf, np.nan))
+    gap = acc.max(axis=-1) - acc.min(axis=-1)
+    return {"avg": avg, "std": std, "ser": ser, "gap": gap, "to": avg - std}
+
+
+def fairness_summary(accuracies: Mapping[str, float], ddof: int = 1,
+                     n_pairs: Mapping[str, int] | None = None) -> FairnessSummary:
+    """AVG, STD, SER, gap and TO of per-group accuracies in percent (e.g. numbers from a paper).
+
+    ``n_pairs`` (optional, pairs per group) lets an infinite SER be bounded with the rule of three.
+    FACTS.md: {95.18, 92.00, 89.93, 90.22} -> AVG 91.83, STD 2.41 (ddof=0: 2.09), SER 2.09.
+    """
+    if not accuracies:
+        raise DataError("fairness_summary needs at least one group accuracy, got none")
+    names = list(accuracies)
+    acc = np.array([float(accuracies[k]) for k in names], dtype=np.float64)
+    bad = [k for k, a in zip(names, acc) if not math.isfinite(a) or a < 0 or a > 100]
+    if bad:
+        raise DataError(
+            f"group accuracies must be percentages in [0, 100]; bad values for {', '.join(map(repr, bad))}: "
+            f"{', '.join(str(accuracies[k]) for k in bad)} (a fraction like 0.95 must be given as 95.0)")
+    s = {k: float(v) for k, v in summary_arrays(acc, ddof).items()}
+    best, worst = names[int(np.argmax(acc))], names[int(np.argmin(acc))]
+    notes = []
+    if len(names) <= ddof:
+        notes.append(f"STD undefined: {len(names)} group(s) with ddof={ddof}")
+    if math.isinf(s["ser"]):
+        msg = f"SER is infinite: group '{best}' made no errors (division by a zero error rate)"
+        if n_pairs and n_pairs.get(best):
+            n = int(n_pairs[best])
+            bound = (100.0 - acc.min()) / (300.0 / n)
+            msg += (f"; by the rule of three its error rate is below 3/{n} = {300.0 / n:.3g}% (95%), "
+                    f"so SER >= {bound:.3g}")
+        notes.append(msg)
+    elif math.isnan(s["ser"]):
+        notes.append("SER undefined: no group made any error (0 / 0)")
+    return FairnessSummary(avg=s["avg"], std=s["std"], ser=s["ser"], gap=s["gap"], to=s["to"], ddof=ddof,
+                           best=best, worst=worst, n_groups=len(names), note="; ".join(notes))
+
+
+def fdr(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Fairness Discrepancy Rate: 1 - (alpha * max|FMR_i - FMR_j| + (1 - alpha) * max|FNMR_i - FNMR_j|)."""
+    fmr, fnmr = np.asarray(fmr, float), np.asarray(fnmr, float)
+    d_fmr = fmr.max(axis=-1) - fmr.min(axis=-1)
+    d_fnmr = fnmr.max(axis=-1) - fnmr.min(axis=-1)
+    return 1.0 - (alpha * d_fmr + (1.0 - alpha) * d_fnmr)
+
+
+def inequity_rate(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """IR = (max FMR / min FMR)^alpha * (max FNMR / min FNMR)^(1 - alpha); NaN where a minimum is 0."""
+    fmr, fnmr = np.asarray(fmr, float), np.asarray(fnmr, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_fmr = np.where(fmr.min(axis=-1) > 0, fmr.max(axis=-1) / fmr.min(axis=-1), np.nan)
+        r_fnmr = np.where(fnmr.min(axis=-1) > 0, fnmr.max(axis=-1) / fnmr.min(axis=-1), np.nan)
+        return r_fmr**alpha * r_fnmr ** (1.0 - alpha)
+
+
+def gini(x: np.ndarray) -> np.ndarray:
+    """G(x) = n/(n-1) * sum_i sum_j |x_i - x_j| / (2 n^2 mean(x)) over the last axis; NaN if mean is 0."""
+    x = np.asarray(x, float)
+    n = x.shape[-1]
+    if n < 2:
+        return np.full(x.shape[:-1], np.nan)
+    diff = np.abs(x[..., :, None] - x[..., None, :]).sum(axis=(-2, -1))
+    mean = x.mean(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, n / (n - 1) * diff / (2.0 * n * n * np.where(mean > 0, mean, 1.0)), np.nan)
+
+
+def garbe(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Gini Aggregation Rate for Biometric Equitability: alpha * G(FMR) + (1 - alpha) * G(FNMR)."""
+    return alpha * gini(fmr) + (1.0 - alpha) * gini(fnmr)

@@ -1,0 +1,166 @@
+"""All evaluation metrics of one model on one benchmark, from per-pair distances (pure numpy).
+
+``evaluate_arrays`` is the core that ``qfair.eval.evaluate`` calls after embedding; it needs no
+model, so published scores or saved distances can be evaluated too.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..utils.errors import DataError
+from .bootstrap import Resampler, ratio
+from .fairness import fairness_summary, fdr, garbe, inequity_rate, summary_arrays
+from .rates import auc, eer, fnmr_at_fmr, rates_at, threshold_at_fmr
+from .result import EvalResult, PairData
+from .stats import accuracy_interval, percentile_interval
+from .verification import contiguous_folds, kfold_predictions
+
+
+def group_order(groups: np.ndarray, wanted: Sequence[str] | None = None) -> list[str]:
+    """Groups in order of first appearance, or ``wanted`` (each must have pairs)."""
+    present = list(dict.fromkeys(np.asarray(groups).tolist()))
+    if wanted is None:
+        return present
+    missing = [g for g in wanted if g not in present]
+    if missing:
+        raise DataError(f"group(s) {', '.join(map(repr, missing))} have no pairs in this benchmark; "
+                        f"groups with pairs: {', '.join(present) or 'none'}")
+    return list(wanted)
+
+
+def _ci(samples: np.ndarray) -> list[float]:
+    lo, hi = percentile_interval(samples)
+    return [float(lo), float(hi)]
+
+
+def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
+                    pair_ids: np.ndarray | None = None, folds: np.ndarray | None = None,
+                    name: str = "model", benchmark: str = "benchmark", meta: dict | None = None,
+                    mode: str = "exact", n_folds: int = 10, target_fmr: float = 1e-3,
+                    threshold: float | None = None, alpha: float = 0.5, ddof: int = 1,
+                    n_bootstrap: int = 1000, seed: int = 0, groups_wanted: Sequence[str] | None = None
+                    ) -> EvalResult:
+    """Evaluate per-pair squared L2 distances of unit embeddings ``dist`` (P,) with labels ``issame``,
+    group names ``groups`` (P,), optional identities ``pair_ids`` (P, 2) and fold labels ``folds``.
+
+    ``threshold`` (cosine similarity) is inherited from a reference model; otherwise it is chosen on
+    the pooled impostor scores at ``target_fmr``.
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    issame = np.asarray(issame, dtype=bool)
+    groups = np.asarray(groups, dtype=str)
+    n = len(dist)
+    if n == 0:
+        raise DataError(f"{benchmark}: no pairs to evaluate")
+    if len(issame) != n or len(groups) != n:
+        raise DataError(f"{benchmark}: {n} distances, {len(issame)} labels, {len(groups)} group names")
+    order = group_order(groups, groups_wanted)
+    keep = np.isin(groups, order)
+    if not keep.all():  # evaluate only the wanted groups
+        dist, issame, groups = dist[keep], issame[keep], groups[keep]
+        pair_ids = None if pair_ids is None else np.asarray(pair_ids)[keep]
+        folds = None if folds is None else np.asarray(folds)[keep]
+    codes = _codes(groups, order)
+    if folds is None:
+        folds = np.zeros(len(dist), dtype=np.int64)
+        for g in range(len(order)):
+            folds[codes == g] = contiguous_folds(int((codes == g).sum()), n_folds)
+    folds = np.asarray(folds, dtype=np.int64)
+    score = 1.0 - dist / 2.0  # cosine similarity of unit embeddings: d^2 = 2 - 2 cos
+    notes: list[str] = []
+
+    # 1. per-group k-fold accuracy
+    correct = np.zeros(len(dist), dtype=bool)
+    per_group: dict[str, dict[str, Any]] = {}
+    for g, gname in enumerate(order):
+        m = codes == g
+        if m.sum() < 2 or len(np.unique(folds[m])) < 2:
+            raise DataError(f"{benchmark}: group '{gname}' has {int(m.sum())} pair(s) in "
+                            f"{len(np.unique(folds[m]))} fold(s); k-fold verification needs at least 2 folds")
+        ok, thr, acc = kfold_predictions(dist[m], issame[m], folds[m], mode)  # type: ignore[arg-type]
+        correct[m] = ok
+        lo, hi, how = accuracy_interval(int(ok.sum()), int(m.sum()))
+        per_group[gname] = {
+            "n_pairs": int(m.sum()), "n_genuine": int(issame[m].sum()), "n_impostor": int((~issame[m]).sum()),
+            "accuracy": float(np.mean(acc) * 100.0), "accuracy_fold_std": float(np.std(acc) * 100.0),
+            "n_errors": int((~ok).sum()), "accuracy_ci": [lo, hi], "accuracy_ci_method": how,
+            "fold_thresholds_dist": thr.tolist(),
+        }
+        if how.startswith("rule of three"):
+            notes.append(f"group '{gname}': {how}; its accuracy interval is [{lo:.2f}, {hi:.2f}]")
+    overall: dict[str, Any] = {"n_pairs": int(len(dist))}
+    if len(order) > 1 and len(np.unique(folds)) > 1:
+        _, _, acc_all = kfold_predictions(dist, issame, folds, mode)  # type: ignore[arg-type]
+        overall.update(accuracy=float(np.mean(acc_all) * 100), accuracy_fold_std=float(np.std(acc_all) * 100))
+    else:
+        overall.update(accuracy=per_group[order[0]]["accuracy"],
+                       accuracy_fold_std=per_group[order[0]]["accuracy_fold_std"])
+
+    # 2. one global threshold: per-group FMR / FNMR and the rate-based fairness measures
+    if threshold is None:
+        if issame.all():
+            raise DataError(f"{benchmark}: no impostor pairs, cannot choose a threshold at a target FMR")
+        t = threshold_at_fmr(score[~issame], target_fmr)
+        thr_info = {"value": t, "source": "pooled impostor scores", "target_fmr": target_fmr, "score": "cosine"}
+    else:
+        t = float(threshold)
+        thr_info = {"value": t, "source": "inherited", "target_fmr": target_fmr, "score": "cosine"}
+    thr_info["pooled_fmr"], thr_info["pooled_fnmr"] = rates_at(score, issame, t)
+    fmr = np.zeros(len(order))
+    fnmr = np.zeros(len(order))
+    for g, gname in enumerate(order):
+        m = codes == g
+        fmr[g], fnmr[g] = rates_at(score[m], issame[m], t)
+        pg = per_group[gname]
+        pg.update(fmr=fmr[g], fnmr=fnmr[g], fnmr_at_fmr=fnmr_at_fmr(score[m], issame[m], target_fmr),
+                  eer=eer(score[m], issame[m]), auc=auc(score[m], issame[m]))
+        if pg["n_genuine"] == 0 or pg["n_impostor"] == 0:
+            notes.append(f"group '{gname}' has no {'genuine' if pg['n_genuine'] == 0 else 'impostor'} pairs: "
+                         f"its FMR/FNMR/EER/AUC are undefined (nan)")
+    rate_fair = {"alpha": alpha, "fdr": float(fdr(fmr, fnmr, alpha)),
+                 "ir": float(inequity_rate(fmr, fnmr, alpha)), "garbe": float(garbe(fmr, fnmr, alpha))}
+    if not np.isfinite(rate_fair["ir"]):
+        notes.append("IR undefined: a group has FMR or FNMR 0 at the global threshold (division by zero)")
+
+    # 3. fairness of the accuracies
+    accs = {gname: per_group[gname]["accuracy"] for gname in order}
+    summary = fairness_summary(accs, ddof=ddof, n_pairs={k: per_group[k]["n_pairs"] for k in order})
+    if summary.note:
+        notes.append(summary.note)
+
+    # 4. bootstrap: thresholds (fold and global) fixed, pairs/identities resampled
+    boot: dict[str, Any] = {"n": int(n_bootstrap), "seed": seed}
+    fairness_ci: dict[str, list[float]] = {}
+    if n_bootstrap > 0:
+        rs = Resampler(codes, len(order), pair_ids, n_bootstrap, seed)
+        boot.update(method=rs.method, note=rs.note + "; fold thresholds and the global threshold are held fixed")
+        if rs.method == "pair":
+            notes.append(rs.note)
+        gen, imp = issame.astype(float), (~issame).astype(float)
+        X = np.stack([np.ones(len(dist)), correct, gen, gen * (score < t), imp, imp * (score >= t)], axis=1)
+        S = rs.group_sums(X)  # (B, G, 6)
+        acc_b = 100.0 * ratio(S[..., 1], S[..., 0])
+        fnmr_b, fmr_b = ratio(S[..., 3], S[..., 2]), ratio(S[..., 5], S[..., 4])
+        for g, gname in enumerate(order):
+            per_group[gname].update(accuracy_ci_bootstrap=_ci(acc_b[:, g]), fmr_ci=_ci(fmr_b[:, g]),
+                                    fnmr_ci=_ci(fnmr_b[:, g]))
+        for k, v in summary_arrays(acc_b, ddof).items():
+            fairness_ci[k] = _ci(v)
+        rate_fair.update(fdr_ci=_ci(fdr(fmr_b, fnmr_b, alpha)), ir_ci=_ci(inequity_rate(fmr_b, fnmr_b, alpha)),
+                         garbe_ci=_ci(garbe(fmr_b, fnmr_b, alpha)))
+    settings = {"mode": mode, "n_folds": n_folds, "target_fmr": target_fmr, "alpha": alpha, "ddof": ddof,
+                "n_bootstrap": n_bootstrap, "seed": seed}
+    pairs = PairData(dist=dist, score=score, issame=issame, groups=groups,
+                     pair_ids=None if pair_ids is None else np.asarray(pair_ids, dtype=str), folds=folds,
+                     correct=correct)
+    return EvalResult(name=name, benchmark=benchmark, groups=order, per_group=per_group, overall=overall,
+                      fairness=summary, fairness_ci=fairness_ci, threshold=thr_info, rate_fairness=rate_fair,
+                      bootstrap=boot, settings=settings, meta=dict(meta or {}), notes=notes, pairs=pairs)
+
+
+def _codes(groups: np.ndarray, order: list[str]) -> np.ndarray:
+    """Index of each pair's group in ``order`` (P,) int."""
+    lookup = {g: i for i, g in enumerate(order)}
+    return np.fromiter((lookup[g] for g in groups.tolist()), dtype=np.int64, count=len(groups))

@@ -1,0 +1,212 @@
+"""Training batches whose order is a pure function of (seed, epoch), so a run can resume mid-epoch.
+
+A *source* has ``batches_per_epoch()`` (or None when unknown) and ``epoch(e, start, rank, world)``
+yielding :class:`Batch` objects: global batch ``i`` of epoch ``e`` is the same on every run, and
+rank ``r`` of ``world`` gets rows ``[r*B/W, (r+1)*B/W)`` of it, so DDP with W ranks sees exactly the
+samples a single process with the same total batch sees (the distributed test relies on it).
+
+- :class:`IndexedSource`: images in a tensor (N, 3, 112, 112) (uint8 or normalised float) or any
+  ``len()``/``[i]`` image store, optional identity labels and group labels; shuffled with
+  ``torch.randperm`` seeded by (seed, epoch); optional horizontal flip, also seeded.
+- :class:`MixedSource`: each batch takes ``round(ratio * B)`` samples from a first source (real) and
+  the rest from a second (synthetic); samples without labels get label -1 (KD only).
+- :class:`IterableSource`: any re-iterable of tensors / (images, labels[, groups]) tuples; the user's
+  iterable decides the order, resume skips the batches already seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Iterator, Protocol, Sequence
+
+import torch
+
+from ..utils.errors import DataError
+
+
+@dataclass
+class Batch:
+    """One (per-rank) batch. images (B, 3, H, W) float normalised; the rest (B,) or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None  # int64, -1 = unlabelled
+    groups: torch.Tensor | None = None  # int64 (-1 = unknown) or (B, G) float soft labels
+    index: torch.Tensor | None = None  # int64 dataset indices (teacher-embedding cache)
+    flipped: torch.Tensor | None = None  # bool, image was mirrored
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(mv(self.images), mv(self.labels), mv(self.groups), self.index, self.flipped)
+
+    def shard(self, rank: int, world: int) -> "Batch":
+        if world == 1:
+            return self
+        n = len(self)
+        if n % world:
+            raise DataError(f"a batch of {n} images cannot be split evenly over {world} processes; "
+                            f"use a batch_size divisible by the number of processes")
+        lo, hi = rank * n // world, (rank + 1) * n // world
+        cut = lambda t: None if t is None else t[lo:hi]  # noqa: E731
+        return Batch(cut(self.images), cut(self.labels), cut(self.groups), cut(self.index), cut(self.flipped))
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [-1, 1] with (x / 255 - 0.5) / 0.5 (FACTS.md section 3); floats pass."""
+    if images.dtype == torch.uint8:
+        return (images.float() / 255.0 - 0.5) / 0.5
+    return images.float()
+
+
+def as_batch(item: Any) -> Batch:
+    """Accept a Batch, a tensor, a (images, labels[, groups]) tuple or a dict with those keys."""
+    if isinstance(item, Batch):
+        return item
+    if isinstance(item, torch.Tensor):
+        return Batch(to_model_input(item))
+    if isinstance(item, dict):
+        return Batch(to_model_input(item["images"]), item.get("labels"), item.get("groups"), item.get("index"))
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        imgs = to_model_input(item[0])
+        labels = item[1] if len(item) > 1 else None
+        groups = item[2] if len(item) > 2 else None
+        return Batch(imgs, None if labels is None else torch.as_tensor(labels).long(),
+                     None if groups is None else torch.as_tensor(groups))
+    raise DataError(f"a training batch must be a tensor (B, 3, 112, 112), a tuple (images, labels[, groups]) "
+                    f"or a dict; got {type(item).__name__}")
+
+
+class Source(Protocol):
+    def batches_per_epoch(self) -> int | None: ...
+
+    def epoch(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]: ...
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator seeded by (seed, epoch, stream) only: the data order never depends on history."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + stream) % (2**63 - 1))
+
+
+class IndexedSource:
+    """Shuffled mini-batches of an indexable image collection (see module docstring)."""
+
+    def __init__(self, images: Any, labels: Any = None, groups: Any = None, *, batch_size: int, seed: int = 0,
+                 shuffle: bool = True, hflip: bool = False, drop_last: bool = True,
+                 group_names: Sequence[str] | None = None, name: str = "data") -> None:
+        n = len(images)
+        if n == 0:
+            raise DataError(f"{name}: no training images")
+        self.images, self.n, self.batch_size, self.seed = images, n, int(batch_size), int(seed)
+        self.labels = None if labels is None else torch.as_tensor(labels).long()
+        self.groups = None if groups is None else torch.as_tensor(groups)
+        for what, t in (("labels", self.labels), ("groups", self.groups)):
+            if t is not None and len(t) != n:
+                raise DataError(f"{name}: {len(t)} {what} for {n} images")
+        self.shuffle, self.hflip, self.drop_last, self.name = shuffle, hflip, drop_last, name
+        self.group_names = list(group_names) if group_names is not None else None
+        if drop_last and n < batch_size:
+            raise DataError(f"{name}: {n} images are fewer than one batch of {batch_size}; lower batch_size")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) permutation and (N,) flip flags of an epoch: a function of (seed, epoch) only."""
+        g = epoch_generator(self.seed, epoch)
+        perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        flips = (torch.rand(self.n, generator=g) < 0.5) if self.hflip else torch.zeros(self.n, dtype=torch.bool)
+        return perm, flips
+
+    def load(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B,) indices -> (B, 3, H, W) float normalised images."""
+        if isinstance(self.images, torch.Tensor):
+            return to_model_input(self.images[idx])
+        return to_model_input(torch.stack([torch.as_tensor(self.images[int(i)]) for i in idx]))
+
+    def epoch(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        perm, flips = self.order(epoch)
+        for b in range(start, self.batches_per_epoch()):
+            sel = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            fl = flips[sel]
+            full = Batch(images=torch.empty(0), index=sel, flipped=fl,
+                         labels=None if self.labels is None else self.labels[sel],
+                         groups=None if self.groups is None else self.groups[sel])
+            part = full.shard(rank, world) if world > 1 else full
+            imgs = self.load(part.index)
+            if bool(part.flipped.any()):
+                imgs[part.flipped] = imgs[part.flipped].flip(-1)
+            yield replace(part, images=imgs)
+
+
+class MixedSource:
+    """Batches mixing two sources at a fixed ratio (``ratio`` = fraction taken from ``first``)."""
+
+    def __init__(self, first: IndexedSource, second: IndexedSource, ratio: float, *, batch_size: int) -> None:
+        if not 0.0 < ratio < 1.0:
+            raise DataError(f"mix ratio must be strictly between 0 and 1, got {ratio}")
+        n1 = round(ratio * batch_size)
+        if n1 == 0 or n1 == batch_size:
+            raise DataError(f"mix ratio {ratio} with batch_size {batch_size} leaves one source empty")
+        first.batch_size, second.batch_size = n1, batch_size - n1
+        self.first, self.second, self.batch_size, self.ratio = first, second, batch_size, ratio
+        self.group_names = first.group_names or second.group_names
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def batches_per_epoch(self) -> int:
+        return min(self.first.batches_per_epoch(), self.second.batches_per_epoch())
+
+    def epoch(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        it1, it2 = self.first.epoch(epoch, start), self.second.epoch(epoch, start)
+        for _, a, b in zip(range(start, self.batches_per_epoch()), it1, it2):
+            both = Batch(
+                images=torch.cat([a.images, b.images]),
+                labels=_cat_opt(a.labels, b.labels, len(a), len(b), -1),
+                groups=_cat_opt(a.groups, b.groups, len(a), len(b), -1),
+                index=torch.cat([a.index, b.index + len(self.first)]),
+                flipped=torch.cat([a.flipped, b.flipped]),
+            )
+            yield both.shard(rank, world)
+
+
+def _cat_opt(a: torch.Tensor | None, b: torch.Tensor | None, na: int, nb: int, fill: int) -> torch.Tensor | None:
+    if a is None and b is None:
+        return None
+    if a is not None and a.dim() == 2 or b is not None and b.dim() == 2:
+        raise DataError("soft group labels cannot be mixed with another source; give hard group labels")
+    a = torch.full((na,), fill, dtype=torch.long) if a is None else a.long()
+    b = torch.full((nb,), fill, dtype=torch.long) if b is None else b.long()
+    return torch.cat([a, b])
+
+
+class IterableSource:
+    """Wrap a user iterable (re-iterated every epoch); resume consumes and drops ``start`` batches."""
+
+    def __init__(self, batches: Iterable[Any], group_names: Sequence[str] | None = None) -> None:
+        self.batches = batches
+        self.group_names = list(group_names) if group_names is not None else None
+
+    def batches_per_epoch(self) -> int | None:
+        try:
+            return len(self.batches)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def epoch(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        for i, item in enumerate(self.batches):
+            if i >= start:
+                yield as_batch(item).shard(rank, world)
+
+
+def as_source(data: Any, group_names: Sequence[str] | None = None) -> Any:
+    """A source as-is, or a user iterable wrapped in :class:`IterableSource`."""
+    if hasattr(data, "epoch") and hasattr(data, "batches_per_epoch"):
+        return data
+    if isinstance(data, torch.Tensor):
+        raise DataError("pass an iterable of batches (e.g. a list of (B, 3, 112, 112) tensors), not one tensor")
+    return IterableSource(data, group_names)

@@ -1,0 +1,122 @@
+"""The teacher side: loading checks, embedding-size checks and precomputed (cached) embeddings.
+
+The distillation study computes the teacher's embeddings once (FACTS.md section 6). A
+:class:`TeacherCache` holds them for every image of an indexed source (and for its mirror image when
+the source flips), L2-normalised, stored on disk as ``<key>.pt`` where the key hashes the teacher's
+weights and the training images, so a different teacher or data set never reuses a stale file.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..utils.errors import ConfigError, DataError
+from ..utils.io import atomic_torch_save, safe_torch_load
+
+
+def embedding_size(model: nn.Module) -> int | None:
+    """The model's declared ``embedding_size`` (qfair models all have one), else None."""
+    for m in (model, getattr(model, "module", None)):
+        size = getattr(m, "embedding_size", None) if m is not None else None
+        if isinstance(size, int):
+            return size
+    return None
+
+
+def check_pair(student: nn.Module, teacher: nn.Module, projection: nn.Module | None = None) -> None:
+    """Raise ConfigError before training when student and teacher embeddings cannot be compared."""
+    s, t = embedding_size(student), embedding_size(teacher)
+    if projection is not None:
+        out = getattr(projection, "out_features", None)
+        inp = getattr(projection, "in_features", None)
+        if s is not None and inp is not None and inp != s:
+            raise ConfigError(f"projection takes {inp}-d input but the student embeds in {s}-d")
+        s = out if out is not None else s
+    if s is not None and t is not None and s != t:
+        raise ConfigError(
+            f"student embeddings are {s}-d but the teacher's are {t}-d: distillation compares them directly. "
+            "Use a student with the teacher's embedding size, or enable a projection (distill --projection)")
+
+
+def tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+
+
+def model_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        tensor_digest(h, t)
+    return h.hexdigest()[:24]
+
+
+def source_digest(source: Any) -> str:
+    """Hash of the images of an IndexedSource / MixedSource (tensor images only; others by length)."""
+    h = hashlib.sha256()
+    parts = [source.first, source.second] if hasattr(source, "first") else [source]
+    for p in parts:
+        if isinstance(p.images, torch.Tensor):
+            tensor_digest(h, p.images)
+        else:
+            h.update(f"{type(p.images).__name__}:{len(p)}:{getattr(p, 'name', '')}".encode())
+    return h.hexdigest()[:24]
+
+
+def _ordered_images(source: Any, flip: bool, batch_size: int):
+    """Yield (global indices, images) over the whole source in index order."""
+    parts = [source.first, source.second] if hasattr(source, "first") else [source]
+    offset = 0
+    for p in parts:
+        for lo in range(0, len(p), batch_size):
+            idx = torch.arange(lo, min(lo + batch_size, len(p)))
+            imgs = p.load(idx)
+            yield idx + offset, (imgs.flip(-1) if flip else imgs)
+        offset += len(p)
+
+
+class TeacherCache:
+    """Unit teacher embeddings (N, D) (and (N, D) of flipped images) looked up by dataset index."""
+
+    def __init__(self, plain: torch.Tensor, flipped: torch.Tensor | None = None, key: str = "") -> None:
+        self.plain, self.flipped, self.key = plain, flipped, key
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, teacher: nn.Module, source: Any, cache_dir: str | Path | None = None, *,
+              batch_size: int = 64, device: str | torch.device = "cpu") -> "TeacherCache":
+        """Compute (or load from ``cache_dir``) the teacher embeddings of every image of ``source``."""
+        if not hasattr(source, "load") and not hasattr(source, "first"):
+            raise DataError("teacher embeddings can be cached only for indexed sources (image tensors or stores)")
+        flips = bool(getattr(source, "hflip", False) or getattr(getattr(source, "first", None), "hflip", False))
+        key = f"{model_digest(teacher)}-{source_digest(source)}-{'f' if flips else 'n'}"
+        path = Path(cache_dir) / f"teacher-{key}.pt" if cache_dir else None
+        if path is not None and path.exists():
+            doc = safe_torch_load(path)
+            return cls(doc["plain"], doc.get("flipped"), key)
+        was = teacher.training
+        teacher.eval()
+        outs = []
+        for flip in ([False, True] if flips else [False]):
+            embs = [torch.nn.functional.normalize(teacher(x.to(device)).float(), dim=1).cpu()
+                    for _, x in _ordered_images(source, flip, batch_size)]
+            outs.append(torch.cat(embs))
+        teacher.train(was)
+        cache = cls(outs[0], outs[1] if flips else None, key)
+        if path is not None:
+            atomic_torch_save({"plain": cache.plain, "flipped": cache.flipped, "key": key}, path, mkdir=True)
+        return cache
+
+    def lookup(self, index: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) indices [and (B,) flip flags] -> (B, D) unit embeddings."""
+        out = self.plain[index]
+        if flipped is not None and bool(flipped.any()):
+            if self.flipped is None:
+                raise DataError("the teacher cache holds no flipped embeddings; rebuild it with the flipping source")
+            out[flipped] = self.flipped[index[flipped]]
+        return out

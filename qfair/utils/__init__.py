@@ -1,0 +1,1 @@
+"""Small shared helpers: errors, registries, atomic I/O, safe loading."""

@@ -1,0 +1,62 @@
+"""The CLI: help, version, models, info, and cheap imports."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from qfair.cli import build_parser, main
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert "qfair 0." in capsys.readouterr().out
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_every_registered_command_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"models", "info"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        assert p.format_help(), name
+
+
+def test_models_and_info(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "iresnet50" in out and "mobilefacenet" in out and "mbf" in out
+    assert main(["info", "r50"]) == 0
+    out = capsys.readouterr().out
+    assert "43.59 M" in out and "512" in out and "Conv2d" in out
+
+
+def test_info_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["info", "iresnet5O"]) == 2
+    assert "neither a file nor a registered model" in capsys.readouterr().err
+    p = tmp_path / "x.txt"
+    p.write_text("hello")
+    assert main(["info", str(p), "--arch", "mbf"]) == 2
+    assert "x.txt" in capsys.readouterr().err
+
+
+def test_python_dash_m_works():
+    r = subprocess.run([sys.executable, "-m", "qfair", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("qfair ")
+
+
+def test_import_is_cheap():
+    code = ("import sys, qfair, qfair.cli, qfair.data, qfair.eval, qfair.quant, qfair.export, qfair.train; "
+            "qfair.cli.build_parser(); "
+            "bad = [m for m in ('onnx', 'onnxruntime', 'tensorrt', 'triton', 'matplotlib') if m in sys.modules]; "
+            "print(','.join(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"import qfair pulled in: {r.stdout.strip()}"
+    r = subprocess.run([sys.executable, "-c", "import sys, qfair; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "False"

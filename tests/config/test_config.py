@@ -1,0 +1,96 @@
+"""Typed configs: unknown keys, wrong types, ranges, choices, flags overriding files."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from qfair.config import add_config_arguments, cfg_field, config_to_dict, load_config, overrides_from_args
+from qfair.utils.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Inner:
+    momentum: float = cfg_field(0.9, range=(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Demo:
+    bits: int = cfg_field(8, help="bit width", range=(2, 8))
+    observer: str = cfg_field("minmax", choices=["minmax", "mse"])
+    lr: float = cfg_field(0.1, range=(0.0, None))
+    flip: bool = cfg_field(True)
+    skip: tuple[str, ...] = cfg_field((), help="patterns")
+    out: str | None = cfg_field(None)
+    inner: Inner = cfg_field(default_factory=Inner)
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_load_and_defaults(tmp_path):
+    cfg = load_config(Demo, write(tmp_path, "bits: 6\nlr: 1\nskip: [conv1, fc]\ninner: {momentum: 0.5}\n"))
+    assert cfg.bits == 6 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.skip == ("conv1", "fc") and cfg.inner.momentum == 0.5 and cfg.flip is True
+    assert config_to_dict(cfg)["skip"] == ["conv1", "fc"]
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    p = write(tmp_path, "bitz: 6\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(Demo, p)
+    msg = str(exc.value)
+    assert str(p) in msg and "'bitz'" in msg and "Did you mean 'bits'" in msg and "observer" in msg
+
+
+def test_nested_unknown_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"inner.momentun"):
+        load_config(Demo, write(tmp_path, "inner: {momentun: 0.5}\n"))
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("bits: 9\n", "allowed range is [2, 8]"),
+    ("bits: six\n", "expected an integer"),
+    ("flip: 'yes'\n", "expected true or false"),
+    ("observer: minmx\n", "Did you mean 'minmax'"),
+    ("lr: -1\n", "allowed range"),
+    ("skip: conv1\n", "expected list of str"),
+])
+def test_bad_values_name_key_value_and_allowed(tmp_path, text, fragment):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(Demo, p)
+    assert fragment in str(exc.value) and str(p) in str(exc.value)
+
+
+def test_yaml_never_runs_code(tmp_path):
+    p = write(tmp_path, "bits: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:1"):
+        load_config(Demo, p)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_flags_override_file(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Demo)
+    args = parser.parse_args(["--bits", "6", "--no-flip", "--skip", "a", "b"])
+    cfg = load_config(Demo, write(tmp_path, "bits: 8\nobserver: mse\n"), overrides_from_args(args, Demo))
+    assert cfg.bits == 6 and cfg.flip is False and cfg.observer == "mse" and cfg.skip == ("a", "b")
+    # a flag that was not given leaves the file's value alone
+    cfg = load_config(Demo, write(tmp_path, "flip: false\n"), overrides_from_args(parser.parse_args([]), Demo))
+    assert cfg.flip is False
+
+
+def test_all_shipped_configs_are_valid_yaml_mappings():
+    from pathlib import Path
+
+    from qfair.config.base import read_yaml
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    for f in files:
+        assert isinstance(read_yaml(f), dict), f
