@@ -6,7 +6,6 @@ resolved config, the seed, the command and package versions. Artefacts are writt
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import platform
 import sys
@@ -57,7 +56,7 @@ class RunDir:
             raise QfairError(f"cannot create run folder {path}: {exc}. Choose another --out.") from None
         run = cls(path)
         if config is not None:
-            cfg = config_to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+            cfg = config_to_dict(config)  # dataclasses anywhere inside become plain dicts
             if seed is None:
                 seed = cfg.get("seed") if isinstance(cfg, dict) else None
             doc = {

@@ -40,7 +40,7 @@ _LAZY = {
 _SUBMODULES = ("builtin", "preprocess", "verification", "binfile", "rfw", "pairs_csv", "recordio", "folders",
                "calibration", "synthesis", "mixing", "sheet", "groups", "align")
 
-__all__ = sorted(_LAZY)
+__all__ = [*_LAZY]  # noqa: PLE0604 - the keys of _LAZY are strings
 
 
 def __getattr__(name: str) -> Any:

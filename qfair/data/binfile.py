@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,20 @@ def _safe_dtype(spec: Any, *args: Any) -> np.dtype:
     return np.dtype(s)
 
 
+def _ndarray_marker(*_: Any, **__: Any) -> None:
+    """Stands for ``numpy.ndarray`` inside a pickle: only :func:`_safe_reconstruct` accepts it, calling it
+    is refused (``numpy.ndarray(shape)`` would let a file allocate any amount of memory)."""
+    raise UnsafeFileError("refused a direct numpy.ndarray(...) call in a .bin file")
+
+
+def _safe_bytearray(data: Any = b"", *args: Any) -> bytearray:
+    if not isinstance(data, (bytes, str)):  # bytearray(10**12) would allocate a terabyte
+        raise UnsafeFileError("refused bytearray(...) with a non-bytes argument in a .bin file")
+    return bytearray(data.encode("latin1") if isinstance(data, str) else data)
+
+
 def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
+    if subtype is not _ndarray_marker:
         raise UnsafeFileError(f"refused array subtype {subtype!r} in a .bin file")
     # an empty uint8 array; pickle's BUILD then calls ndarray.__setstate__ with a dtype that
     # _safe_dtype already restricted to uint8/bool
@@ -78,11 +91,11 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"): _safe_scalar,
     ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _ndarray_marker,
     ("numpy", "dtype"): _safe_dtype,
     ("_codecs", "encode"): _safe_codecs_encode,
-    ("__builtin__", "bytearray"): bytearray,
-    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "bytearray"): _safe_bytearray,
+    ("builtins", "bytearray"): _safe_bytearray,
 }
 
 
@@ -110,7 +123,7 @@ def restricted_loads(data: bytes, *, where: str = "<bytes>") -> Any:
         raise
     except RecursionError:
         raise DataError(f"{where}: not a valid .bin file (pickle nested too deeply)") from None
-    except Exception as exc:  # truncated or garbled pickles raise many different types
+    except Exception as exc:  # noqa: BLE001 - truncated or garbled pickles raise many different types
         raise DataError(f"{where}: not a valid .bin file (cannot unpickle: {type(exc).__name__}: {exc})") from None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,10 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 IMAGE_SIZE = 112
-ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray]
+ImageSource = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray
 
 
-def to_model_input(x: Any) -> "torch.Tensor":
+def to_model_input(x: Any) -> torch.Tensor:
     """uint8 images -> float32 model input in [-1, 1]: ``(x / 255 - 0.5) / 0.5``.
 
     Accepts a uint8 tensor ``(N, 3, H, W)`` or ``(3, H, W)``, or a uint8 numpy array in NHWC / HWC
@@ -50,26 +50,26 @@ def to_model_input(x: Any) -> "torch.Tensor":
     return (x.float() / 255.0 - 0.5) / 0.5
 
 
-def from_model_input(x: "torch.Tensor") -> "torch.Tensor":
+def from_model_input(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`to_model_input`: float ``(N, 3, H, W)`` in [-1, 1] -> uint8 (rounded, clipped)."""
     import torch
 
     return ((x.detach().float() * 0.5 + 0.5) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
-def flip(x: "torch.Tensor") -> "torch.Tensor":
+def flip(x: torch.Tensor) -> torch.Tensor:
     """Horizontal flip of ``(..., H, W)`` images (test-time augmentation)."""
     return x.flip(-1)
 
 
-def hwc_to_nchw(images: np.ndarray) -> "torch.Tensor":
+def hwc_to_nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 numpy ``(N, H, W, 3)`` -> uint8 tensor ``(N, 3, H, W)`` (contiguous copy)."""
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2)))
 
 
-def nchw_to_hwc(images: "torch.Tensor") -> np.ndarray:
+def nchw_to_hwc(images: torch.Tensor) -> np.ndarray:
     """uint8 tensor ``(N, 3, H, W)`` -> numpy ``(N, H, W, 3)``."""
     return images.detach().cpu().numpy().transpose(0, 2, 3, 1).copy()
 
@@ -130,7 +130,7 @@ def decode_image(src: ImageSource, *, name: str | None = None, size: int | None 
             return _pil_to_array(img, size)
     except DataError:
         raise
-    except Exception as exc:  # Pillow raises many types on corrupt input; all mean "corrupt image"
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt input; all mean "corrupt"
         raise DataError(f"{where}: corrupt or unsupported image ({type(exc).__name__}: {exc}). Remove or "
                         f"replace the file, or use --skip-corrupt to skip such images.") from None
 

@@ -1,12 +1,15 @@
 """Contact sheets: a grid of face images in one PNG, so a person can look at what a source holds."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..utils.errors import DataError
+
+SHEET_NAME = "_contact_sheet.png"  # written inside image folders; the folder readers skip it
 
 
 def contact_sheet(images: Any, ncol: int = 16, pad: int = 2, labels: Sequence[str] | None = None) -> np.ndarray:

@@ -6,10 +6,11 @@ Benchmarks are opened from specs like ``rfw:/data/RFW``, ``lfw:/x/lfw.bin``, ``b
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,16 +45,16 @@ class ImageStore:
     def __len__(self) -> int:
         return int(self._images.shape[0])
 
-    def __getitem__(self, idx: int) -> "torch.Tensor":
+    def __getitem__(self, idx: int) -> torch.Tensor:
         return self._images[idx]
 
-    def get_many(self, idx: Sequence[int]) -> "torch.Tensor":
+    def get_many(self, idx: Sequence[int]) -> torch.Tensor:
         """uint8 ``(B, 3, 112, 112)`` for the given indices."""
         import torch
 
         return self._images[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
 
-    def batches(self, batch_size: int = 64, num_workers: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+    def batches(self, batch_size: int = 64, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(idx (B,) int64, float (B, 3, 112, 112))`` over all images in order."""
         import torch
 
@@ -65,13 +66,13 @@ class ImageStore:
             idx = torch.arange(start, min(start + batch_size, len(self)))
             yield idx, to_model_input(self._images[start:start + len(idx)])
 
-    def subset(self, keep: Sequence[int]) -> "ImageStore":
+    def subset(self, keep: Sequence[int]) -> ImageStore:
         """A store of the images ``keep`` (in that order)."""
         keep = np.asarray(keep, dtype=np.int64)
         names = [self.names[i] for i in keep] if self.names is not None else None
         return ImageStore(self.get_many(keep), names)
 
-    def uint8(self) -> "torch.Tensor":
+    def uint8(self) -> torch.Tensor:
         """All images, uint8 ``(N, 3, 112, 112)`` (materialised for lazy stores)."""
         return self._images
 
@@ -89,7 +90,7 @@ class _LazyDataset:
         return self.loader(self.sources[i], self.names[i])
 
 
-def _stack(items: list[np.ndarray]) -> "torch.Tensor":
+def _stack(items: list[np.ndarray]) -> torch.Tensor:
     from .preprocess import hwc_to_nchw
 
     return hwc_to_nchw(np.stack(items))
@@ -109,13 +110,13 @@ class LazyImageStore(ImageStore):
     def __len__(self) -> int:
         return len(self._ds)
 
-    def __getitem__(self, idx: int) -> "torch.Tensor":
+    def __getitem__(self, idx: int) -> torch.Tensor:
         return _stack([self._ds[int(idx)]])[0]
 
-    def get_many(self, idx: Sequence[int]) -> "torch.Tensor":
+    def get_many(self, idx: Sequence[int]) -> torch.Tensor:
         return _stack([self._ds[int(i)] for i in idx])
 
-    def batches(self, batch_size: int = 64, num_workers: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+    def batches(self, batch_size: int = 64, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         import torch
 
         from .preprocess import to_model_input
@@ -137,11 +138,11 @@ class LazyImageStore(ImageStore):
             start += imgs.shape[0]
             yield idx, to_model_input(imgs)
 
-    def subset(self, keep: Sequence[int]) -> "LazyImageStore":
+    def subset(self, keep: Sequence[int]) -> LazyImageStore:
         keep = [int(i) for i in keep]
         return LazyImageStore([self._ds.sources[i] for i in keep], [self._ds.names[i] for i in keep], self._ds.loader)
 
-    def uint8(self) -> "torch.Tensor":
+    def uint8(self) -> torch.Tensor:
         return self.get_many(range(len(self)))
 
     def validate(self, skip_corrupt: bool = False, cache_bytes: int = 1 << 30) -> tuple[ImageStore, list[int]]:
@@ -175,6 +176,14 @@ def _decode_loader(src: Any, name: str) -> np.ndarray:
     from .preprocess import decode_image
 
     return decode_image(src, name=name)
+
+
+def path_exists(path: Path) -> bool:
+    """``path.is_file()`` that treats unusable names (NUL bytes, too long) as missing instead of raising."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def make_folds(groups: np.ndarray, n_folds: int = 10) -> np.ndarray:
@@ -227,7 +236,7 @@ class VerificationSet:
         """Group names in order of first appearance."""
         return list(dict.fromkeys(self.groups.tolist()))
 
-    def select(self, mask: np.ndarray, *, refold: bool = False) -> "VerificationSet":
+    def select(self, mask: np.ndarray, *, refold: bool = False) -> VerificationSet:
         """A set with the pairs where ``mask`` is true; unused images dropped and indices remapped."""
         mask = np.asarray(mask, dtype=bool)
         pairs = self.pairs[mask]
@@ -239,7 +248,7 @@ class VerificationSet:
             groups=self.groups[mask], pair_ids=None if self.pair_ids is None else self.pair_ids[mask],
             folds=None if refold else self.folds[mask], meta=dict(self.meta))
 
-    def group(self, name: str) -> "VerificationSet":
+    def group(self, name: str) -> VerificationSet:
         """The pairs of one group (folds kept)."""
         if name not in self.group_names():
             raise DataError(f"{self.name}: no group '{name}'; groups are {', '.join(self.group_names())}")

@@ -114,7 +114,7 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
         m = codes == g
         fmr[g], fnmr[g] = rates_at(score[m], issame[m], t)
         pg = per_group[gname]
-        pg.update(fmr=fmr[g], fnmr=fnmr[g], fnmr_at_fmr=fnmr_at_fmr(score[m], issame[m], target_fmr),
+        pg.update(fmr=float(fmr[g]), fnmr=float(fnmr[g]), fnmr_at_fmr=fnmr_at_fmr(score[m], issame[m], target_fmr),
                   eer=eer(score[m], issame[m]), auc=auc(score[m], issame[m]))
         if pg["n_genuine"] == 0 or pg["n_impostor"] == 0:
             notes.append(f"group '{gname}' has no {'genuine' if pg['n_genuine'] == 0 else 'impostor'} pairs: "

@@ -7,6 +7,7 @@ Conventions and test vectors: FACTS.md section 2.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -132,8 +133,8 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95, axis: int = 0)
     """
     x = np.asarray(samples, dtype=np.float64)
     a = (1.0 - level) / 2.0
-    with np.errstate(invalid="ignore"):
-        x = np.where(np.isnan(x), np.nan, x)
+    with warnings.catch_warnings():  # an all-NaN statistic (undefined in every resample) gives NaN bounds
+        warnings.simplefilter("ignore", RuntimeWarning)
         lo = np.nanquantile(x, a, axis=axis, method="lower")
         hi = np.nanquantile(x, 1.0 - a, axis=axis, method="higher")
     return lo, hi

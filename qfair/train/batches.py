@@ -15,8 +15,9 @@ samples a single process with the same total batch sees (the distributed test re
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -36,19 +37,19 @@ class Batch:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+    def to(self, device: torch.device | str) -> Batch:
+        mv = lambda t: None if t is None else t.to(device, non_blocking=True)
         return Batch(mv(self.images), mv(self.labels), mv(self.groups), self.index, self.flipped)
 
-    def shard(self, rank: int, world: int) -> "Batch":
+    def shard(self, rank: int, world: int) -> Batch:
         if world == 1:
             return self
-        n = len(self)
+        n = len(self.index) if self.index is not None else len(self)
         if n % world:
             raise DataError(f"a batch of {n} images cannot be split evenly over {world} processes; "
                             f"use a batch_size divisible by the number of processes")
         lo, hi = rank * n // world, (rank + 1) * n // world
-        cut = lambda t: None if t is None else t[lo:hi]  # noqa: E731
+        cut = lambda t: None if t is None else t[lo:hi]
         return Batch(cut(self.images), cut(self.labels), cut(self.groups), cut(self.index), cut(self.flipped))
 
 

@@ -61,7 +61,7 @@ class fork_rng:
     def __enter__(self) -> None:
         self._state = rng_state()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         set_rng_state(self._state)
 
 

@@ -120,6 +120,8 @@ class DistillConfig(TrainConfig, DataSettings):
     teacher: str | None = cfg_field(None, help="teacher checkpoint (required)")
     teacher_arch: str | None = cfg_field(None, help="teacher architecture (guessed when omitted)")
     student_arch: str = cfg_field("mobilefacenet", help="student architecture (registry name)")
+    student_kwargs: dict[str, int] = cfg_field(default_factory=dict, flag=False,
+                                               help="extra create_model arguments of the student (e.g. width)")
     student_init: str | None = cfg_field(None, help="optional student checkpoint to start from")
     embedding_size: int = cfg_field(0, range=(0, None), help="student embedding size; 0 = the teacher's")
     projection: bool = cfg_field(False, help="learn a linear map student dim -> teacher dim")

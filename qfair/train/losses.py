@@ -11,8 +11,8 @@ before the batch reduction. The batch loss is the mean of the per-sample losses.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,7 @@ function of the step (:func:`lr_at`), so resuming needs only the step number.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 

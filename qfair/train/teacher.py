@@ -42,10 +42,11 @@ def check_pair(student: nn.Module, teacher: nn.Module, projection: nn.Module | N
             "Use a student with the teacher's embedding size, or enable a projection (distill --projection)")
 
 
-def tensor_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
+def tensor_digest(h: hashlib._Hash, t: torch.Tensor) -> None:
     t = t.detach().cpu().contiguous()
     h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+    flat = t.reshape(-1)  # 0-d tensors cannot be viewed as bytes
+    h.update(flat.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else flat.numpy().tobytes())
 
 
 def model_digest(model: nn.Module) -> str:
@@ -89,7 +90,7 @@ class TeacherCache:
     @classmethod
     @torch.no_grad()
     def build(cls, teacher: nn.Module, source: Any, cache_dir: str | Path | None = None, *,
-              batch_size: int = 64, device: str | torch.device = "cpu") -> "TeacherCache":
+              batch_size: int = 64, device: str | torch.device = "cpu") -> TeacherCache:
         """Compute (or load from ``cache_dir``) the teacher embeddings of every image of ``source``."""
         if not hasattr(source, "load") and not hasattr(source, "first"):
             raise DataError("teacher embeddings can be cached only for indexed sources (image tensors or stores)")

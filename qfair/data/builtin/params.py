@@ -86,9 +86,12 @@ def sample_identities(group: GroupSpec, n: int, rng: np.random.Generator, diffic
     for key, off in group.offsets.items():
         base[P[key]] += off
     vals = base + spread * _SCALE * z
-    # colour parameters are stored as absolute colours
-    vals[:, _COLOUR_COLS["skin"]] += np.asarray(group.skin)
-    vals[:, _COLOUR_COLS["hair"]] += np.asarray(group.hair)
+    # colours are absolute: group colour + a shared lightness shift (first channel's draw, so the hue
+    # stays natural) + small per-channel tints
+    for kind, mean, tone in (("skin", group.skin, (1.0, 0.9, 0.8)), ("hair", group.hair, (1.0, 0.75, 0.5))):
+        cols = _COLOUR_COLS[kind]
+        light = z[:, cols[0]:cols[0] + 1] * _SCALE[cols[0]] * spread[cols[0]] * 1.6 * np.asarray(tone)
+        vals[:, cols] = np.asarray(mean) + light + 0.25 * (vals[:, cols] - base[cols])
     # keep physically sensible ranges
     vals[:, P["eye_h"]] = np.clip(vals[:, P["eye_h"]], 0.02, 0.08)
     vals[:, P["eye_w"]] = np.clip(vals[:, P["eye_w"]], 0.06, 0.14)

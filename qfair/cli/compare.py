@@ -1,0 +1,62 @@
+"""``qfair compare RUN_DIR ... [--reference RUN_DIR] --bench SPEC ... --out DIR``: evaluate several
+variants on the same pairs and test, group by group, whether each differs from the reference."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """Compare model variants (e.g. FP32, W8A8 and W6A6 with real or synthetic calibration) on the
+same pairs: a study-style table with significance marks (McNemar per group, Holm-corrected), changes in
+AVG/STD/SER with paired identity-bootstrap intervals, and FMR drift at the reference threshold."""
+
+
+def register(subparsers: Any) -> None:
+    from .evaluate import add_common
+
+    p = subparsers.add_parser("compare", help="paired comparison of model variants, group by group",
+                              description=DESCRIPTION)
+    p.add_argument("targets", nargs="+", help="run folders, checkpoints or .onnx files")
+    p.add_argument("--reference", help="the reference model (default: the first float model, else the first)")
+    p.add_argument("--inherit-threshold", action="store_true",
+                   help="evaluate every variant at the reference model's global threshold")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def display_names(paths: list[str]) -> list[str]:
+    """Folder/file names, prefixed by parent folders where two would clash."""
+    names = [Path(p).name if Path(p).is_dir() else Path(p).stem for p in paths]
+    for depth in range(1, 4):
+        if len(set(names)) == len(names):
+            break
+        names = ["/".join(Path(p).resolve().parts[-1 - depth:]) for p in paths]
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval import compare
+    from ..utils.errors import QfairError
+    from .evaluate import evaluate_target, finish, resolve
+
+    cfg, benches, cache = resolve(args)
+    targets = list(args.targets)
+    if args.reference and all(Path(t).resolve() != Path(args.reference).resolve() for t in targets):
+        targets.insert(0, args.reference)
+    if len(targets) < 2:
+        raise QfairError("compare needs at least two models (targets plus --reference)")
+    names = display_names(targets)
+    ref_idx = next((i for i, t in enumerate(targets) if args.reference
+                    and Path(t).resolve() == Path(args.reference).resolve()), None)
+    order = ([ref_idx] if ref_idx is not None else []) + [i for i in range(len(targets)) if i != ref_idx]
+    results: dict[int, list] = {}
+    threshold = None
+    for i in order:
+        results[i] = evaluate_target(targets[i], benches, cfg, args, cache, name=names[i], threshold=threshold)
+        if i == ref_idx and args.inherit_threshold:
+            threshold = {r.benchmark: r.threshold["value"] for r in results[i]}
+    flat = [r for i in range(len(targets)) for r in results[i]]
+    if ref_idx is None:  # default: the first float model, else the first target
+        ref_idx = next((i for i in range(len(targets)) if not results[i][0].meta.get("quantized")), 0)
+    comparisons = compare(flat, reference=names[ref_idx], exact_below=cfg.exact_below)
+    return finish(args, cfg, flat, comparisons, "qfair compare")

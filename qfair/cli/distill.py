@@ -1,0 +1,36 @@
+"""``qfair distill``: a smaller student architecture learns from a teacher (the distillation study).
+
+Thin: parse, load the config (file + flags), call :func:`qfair.train.distill`, print.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..config import add_config_arguments
+    from ..train.config import DistillConfig
+    from .qat import add_common
+
+    p = sub.add_parser("distill", help="distil a teacher into a smaller (optionally quantized) student",
+                       description="Knowledge distillation into another architecture: margin loss + lambda x "
+                       "MSE of unit embeddings (configs/distill_elastic_mbf.yaml reproduces the study's recipe); "
+                       "teacher embeddings are computed once and cached; optional projection and quantization.")
+    add_common(p)
+    add_config_arguments(p, DistillConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config, overrides_from_args
+    from ..train.api import distill
+    from ..train.config import DistillConfig
+    from ..train.distributed import init_from_env
+    from .qat import report
+
+    cfg = load_config(DistillConfig, args.config, overrides_from_args(args, DistillConfig))
+    info = init_from_env()
+    summary = distill(cfg, args.out, resume=args.resume)
+    if info.main:
+        report(summary, "qfair distill")
+    return 0

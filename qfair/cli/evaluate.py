@@ -1,0 +1,99 @@
+"""``qfair evaluate TARGET --bench SPEC ... --out DIR``: per-group verification accuracy, fairness
+measures with intervals, tables and figures for one model (run folder, checkpoint or .onnx)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+DESCRIPTION = """Evaluate one model group by group. TARGET is a run folder of `qfair quantize` (model.pt +
+quant.json), a folder or file with a float checkpoint (give --arch if it cannot be guessed), or a
+model.onnx (ONNX Runtime). Writes report.md, metrics.json, results.csv, tables.tex and figures/."""
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Flags shared by evaluate and compare."""
+    from ..config import add_config_arguments
+    from ..eval.config import EvalConfig
+
+    p.add_argument("--bench", action="append", default=[], metavar="SPEC",
+                   help="benchmark spec, repeatable: rfw:/data/RFW, lfw:/x/lfw.bin, csv:pairs.csv, builtin[:small] "
+                        "(default: builtin)")
+    p.add_argument("--arch", help="architecture of a float checkpoint (see `qfair models`)")
+    p.add_argument("--backend", help="embedding backend: torch or onnxruntime (default: from the target)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--groups", nargs="+", help="evaluate only these groups (each must have pairs)")
+    p.add_argument("--cache-dir", help="embedding cache folder (default: $QFAIR_CACHE/embeddings or "
+                                       "~/.cache/qfair/embeddings)")
+    p.add_argument("--config", help="YAML file with the settings below (flags override it)")
+    add_config_arguments(p, EvalConfig)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("evaluate", help="per-group accuracy and fairness of one model",
+                              description=DESCRIPTION)
+    p.add_argument("target", help="run folder, checkpoint file or .onnx file")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def resolve(args: argparse.Namespace):
+    """(EvalConfig, [VerificationSet], cache_dir or None) from the parsed flags."""
+    from ..config import load_config, overrides_from_args
+    from ..data import open_benchmark
+    from ..eval.config import EvalConfig
+    from ..eval.embed import default_cache_dir
+    from ._console import info
+
+    cfg = load_config(EvalConfig, args.config, overrides_from_args(args, EvalConfig))
+    specs = args.bench or ["builtin"]
+    if not args.bench:
+        info("no --bench given: using the built-in synthetic benchmark (real conclusions need RFW)")
+    benches = [open_benchmark(s) for s in specs]
+    cache = (args.cache_dir or default_cache_dir()) if cfg.cache else None
+    return cfg, benches, cache
+
+
+def evaluate_target(target: Any, benches: list, cfg: Any, args: argparse.Namespace, cache: Any,
+                    name: str | None = None, threshold: dict | None = None) -> list:
+    """Load ``target`` once and evaluate it on every benchmark; ``threshold`` maps benchmark -> value."""
+    from ..eval import evaluate
+    from ..eval.targets import load_target
+
+    be, display, meta = load_target(target, arch=args.arch, backend=args.backend, name=name)
+    out = []
+    for vset in benches:
+        out.append(evaluate(be, vset, name=display, meta=meta, flip=cfg.flip, batch_size=cfg.batch_size,
+                            cache_dir=cache, mode=cfg.mode, n_folds=cfg.n_folds, target_fmr=cfg.target_fmr,
+                            threshold=(threshold or {}).get(vset.name), alpha=cfg.alpha, ddof=cfg.ddof,
+                            n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, groups=args.groups))
+    return out
+
+
+def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list, title: str) -> int:
+    """Write the report folder and print the tables."""
+    from pathlib import Path
+
+    from ..report import build_tables, to_rich, write_report
+    from ..runs import RunDir
+    from ._console import console, info
+
+    if (Path(args.out) / "config.yaml").exists():  # e.g. --out is the model's own run folder: keep its config
+        from ..config import config_to_dict
+        from ..runs import dump_yaml
+
+        RunDir.open(args.out).write_text("eval_config.yaml", dump_yaml({"config": config_to_dict(cfg)}))
+    else:
+        RunDir.create(args.out, cfg, command="")
+    written = write_report(args.out, results, comparisons, figures=cfg.figures, title=title)
+    for t in build_tables(results, comparisons):
+        console().print(to_rich(t))
+        for n in t.notes:
+            info(f"  note: {n}")
+    info(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {args.out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, benches, cache = resolve(args)
+    results = evaluate_target(args.target, benches, cfg, args, cache)
+    return finish(args, cfg, results, [], f"qfair evaluate {args.target}")

@@ -1,0 +1,57 @@
+"""``qfair qat``: quantization-aware KD fine-tuning of a quantized student against its float teacher.
+
+Thin: parse, load the config (file + flags), call :func:`qfair.train.qat`, print. Under
+``torchrun --nproc-per-node N -m qfair qat ...`` every rank runs it (DDP; rank 0 prints and writes).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
+    p.add_argument("--out", metavar="DIR", required=True, help="run folder to write (or to resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.pt (ends with the weights of an uninterrupted run)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..config import add_config_arguments
+    from ..train.config import QatConfig
+
+    p = sub.add_parser("qat", help="KD fine-tuning of a quantized model against its float teacher",
+                       description="Quantization-aware fine-tuning with knowledge distillation (QuantFace "
+                       "recipe by default: configs/qat_kd_w6a6.yaml). The student is a `qfair quantize` run "
+                       "folder (--student) or built on the fly from --model; the teacher is the float model.")
+    add_common(p)
+    add_config_arguments(p, QatConfig)
+    p.set_defaults(func=run)
+
+
+def report(summary: dict, title: str) -> None:
+    from ._console import console, table
+
+    best = summary.get("best") or {}
+    rows = [["steps", summary["steps"]], ["final loss", f"{summary['final_loss']:.5g}"],
+            ["images/s", f"{summary['images_per_s']:.1f}"], ["run folder", summary["out"]]]
+    if summary.get("resumed_from") is not None:
+        rows.append(["resumed from step", summary["resumed_from"]])
+    if best:
+        rows.append(["best (step)", f"{best['score']:.3f} ({best['step']})"])
+        for g, acc in (best.get("metrics", {}).get("accuracy") or {}).items():
+            rows.append([f"  {g} accuracy", f"{acc:.2f}"])
+    console().print(table(title, ["", "value"], rows))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config, overrides_from_args
+    from ..train.api import qat
+    from ..train.config import QatConfig
+    from ..train.distributed import init_from_env
+
+    cfg = load_config(QatConfig, args.config, overrides_from_args(args, QatConfig))
+    info = init_from_env()
+    summary = qat(cfg, args.out, resume=args.resume)
+    if info.main:
+        report(summary, "qfair qat")
+    return 0

@@ -1,0 +1,153 @@
+"""``qfair quantize``: post-training quantization of a float face model into a run folder.
+
+Thin: parse, resolve the config (``--config FILE`` + flags), load the float model, get calibration
+batches from ``qfair.data.calibration_batches``, call ``qfair.quant.quantize`` and ``save_quantized``,
+write report.md, print a summary.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..config import add_config_arguments
+    from ..quant.config import QuantizeRunConfig
+
+    p = sub.add_parser(
+        "quantize", help="post-training quantization (8/6 bits, QuantFace or deploy placement)",
+        description="Quantize a float face model with calibration images (real, synthetic or data-free) "
+        "and write a run folder: config.yaml, model.pt, quant.json, report.md. Example: qfair quantize "
+        "--model r50.pth --arch r50 --bits 6 --calib synthetic --out runs/r50-w6-syn")
+    p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
+    add_config_arguments(p, QuantizeRunConfig)
+    p.set_defaults(func=run)
+
+
+def resolve(args: argparse.Namespace, cls: type) -> Any:
+    """Config from the file and the flags; ``--bits`` sets the widths unless ``--wbits/--abits`` are given."""
+    from ..config import load_config, overrides_from_args
+
+    return load_config(cls, args.config, overrides_from_args(args, cls))
+
+
+def load_float_model(model: str | None, arch: str | None, allow_random: bool):
+    """A float model from a checkpoint, or (only with ``allow_random``) a random registry model."""
+    from pathlib import Path
+
+    from ..models import MODELS, create_model, load_model
+    from ..utils.errors import ConfigError
+
+    if not model:
+        raise ConfigError("--model is required: a float checkpoint (.pth / .pt) or a run folder")
+    if Path(model).exists():
+        return load_model(model, arch=arch)
+    if model in MODELS:
+        if not allow_random:
+            raise ConfigError(
+                f"--model {model} is an architecture name, not a checkpoint: quantizing it would quantize a "
+                "randomly initialised network (the reference code's known defect, FACTS.md section 5). Pass a "
+                "checkpoint file, or --allow-random for a deliberate random-weight test")
+        return create_model(model).eval()
+    raise ConfigError(f"--model {model}: no such file, and not an architecture name (see `qfair models`)")
+
+
+def calibration_source(calib: str, calib_data: str | None) -> str:
+    from ..utils.errors import ConfigError
+
+    if calib == "real":
+        if not calib_data:
+            raise ConfigError("--calib real needs --calib-data PATH (an image folder, .rec or .bin)")
+        return f"real:{calib_data}"
+    if calib == "synthetic":
+        return f"synthetic:{calib_data}" if calib_data else "synthetic"
+    return calib
+
+
+def layer_rows(qmodel) -> list[list[Any]]:
+    """One row per quantized layer: name, type, weight bits, activation bits (role), observer."""
+    from ..quant import iter_quantizers
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name, q in iter_quantizers(qmodel):
+        layer = q.layer or name.rsplit(".", 1)[0]
+        r = rows.setdefault(layer, {"type": type(qmodel.get_submodule(layer)).__name__ if layer else "",
+                                    "w": "", "a": [], "obs": set()})
+        if q.role == "weight":
+            r["w"] = f"{q.bits}{'s' if q.symmetric else 'a'}{'/ch' if q.axis is not None else ''}"
+        else:
+            r["a"].append(f"{q.role}:{q.bits}{'s' if q.symmetric else 'a'}")
+            r["obs"].add(q.observer_name)
+    return [[k, v["type"], v["w"] or "-", " ".join(v["a"]) or "-", ",".join(sorted(v["obs"])) or "-"]
+            for k, v in rows.items()]
+
+
+def write_report(run, cfg, qmodel, cosine: float | None) -> None:
+    meta = qmodel.qfair_quant
+    lines = [f"# qfair quantize: {cfg.model}", "",
+             f"- architecture: {getattr(qmodel, 'qfair_arch', {}).get('name', cfg.arch)}",
+             f"- recipe: {meta['recipe']}; weights {meta['wbits']} bits, activations {meta['abits']} bits",
+             f"- observers: activations {cfg.observer}, weights {cfg.weight_observer}",
+             f"- calibration: {cfg.calib} ({cfg.calib_data or 'no folder'}), {meta.get('calib_images')} images",
+             f"- PTQ improvements: {', '.join(cfg.ptq) or 'none'}",
+             f"- float layers kept (skip patterns): {', '.join(meta.get('float_kept') or []) or 'none'}"]
+    if cosine is not None:
+        lines.append(f"- embedding cosine float vs quantized (first calibration batch): {cosine:.5f}")
+    lines += ["", "| layer | type | weights | activations | observer |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in layer_rows(qmodel)]
+    run.write_text("report.md", "\n".join(lines) + "\n")
+
+
+def summary_table(qmodel, cosine: float | None):
+    from collections import Counter
+
+    from ._console import table
+
+    counts = Counter((r[1], r[2], r[3].split(":")[-1] if r[3] != "-" else "-", r[4]) for r in layer_rows(qmodel))
+    rows = [[t, n, w, a, o] for (t, w, a, o), n in sorted(counts.items())]
+    meta = qmodel.qfair_quant
+    title = (f"{meta['recipe']} W{meta['wbits']}A{meta['abits']}, {meta.get('calib_images')} calibration images"
+             + (f", embedding cosine {cosine:.4f}" if cosine is not None else ""))
+    return table(title, ["layer type", "layers", "weights", "activations", "observer"], rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import calibration_batches
+    from ..quant import quantize, save_quantized
+    from ..quant.config import QuantizeRunConfig
+    from ..runs import RunDir
+    from ..utils.errors import ConfigError
+    from ._console import console
+
+    cfg = resolve(args, QuantizeRunConfig)
+    if not cfg.out:
+        raise ConfigError("--out RUN_DIR is required")
+    torch.manual_seed(cfg.seed)
+    model = load_float_model(cfg.model, cfg.arch, cfg.allow_random)
+    source = calibration_source(cfg.calib, cfg.calib_data)
+    batches = calibration_batches(source, cfg.calib_size, cfg.calib_batch_size, model=model, seed=cfg.seed)
+    probe: list[torch.Tensor] = []
+
+    def keep_first(it):
+        for b in it:
+            if not probe:
+                probe.append((b[0] if isinstance(b, (tuple, list)) else b)[:16])
+            yield b
+
+    run_dir = RunDir.create(cfg.out, cfg, command="qfair quantize")
+    qmodel = quantize(model, cfg.quant_config(), keep_first(batches))
+    cosine = None
+    if probe:
+        with torch.no_grad():
+            cosine = float(torch.nn.functional.cosine_similarity(model(probe[0]), qmodel(probe[0])).mean())
+    qmodel.qfair_quant["calib_source"] = source
+    save_quantized(qmodel, run_dir)
+    write_report(run_dir, cfg, qmodel, cosine)
+    console().print(summary_table(qmodel, cosine))
+    kept = qmodel.qfair_quant.get("float_kept") or []
+    default = "none (the network input, and for quantface the embedding head activations, stay float by recipe)"
+    console().print(f"float layers kept: {', '.join(kept) if kept else default}")
+    console().print(f"wrote {run_dir.path}/ (model.pt, quant.json, config.yaml, report.md)")
+    return 0

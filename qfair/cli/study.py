@@ -1,0 +1,29 @@
+"""``qfair study --config configs/study_*.yaml``: the calibration bias study on your models and data."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..config import add_config_arguments
+    from ..study.config import StudyConfig
+
+    p = sub.add_parser("study", help="run a models x bits x calibration x recipes study (resumable)",
+                       description="Run every model x recipe x bits x calibration variant (plus KD fine-tuning and "
+                                   "ONNX export), evaluate each per group and write one combined report. Rerunning "
+                                   "the same command resumes: finished stages are read back, never recomputed.")
+    p.add_argument("--config", required=True, help="study YAML (see configs/study_*.yaml)")
+    add_config_arguments(p, StudyConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config, overrides_from_args
+    from ..study import run_study
+    from ..study.config import StudyConfig
+    from .demo import print_study
+
+    cfg = load_config(StudyConfig, args.config, overrides_from_args(args, StudyConfig))
+    res = run_study(cfg)
+    print_study(res)
+    return 0

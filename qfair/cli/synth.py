@@ -1,0 +1,71 @@
+"""``qfair synth``: write synthetic face images (PNG + contact sheet) -- data-free from a model's
+BatchNorm statistics (ZeroQ), or the built-in benchmark's synthetic domain."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..config import add_config_arguments
+    from ..data.config import SynthConfig
+
+    p = sub.add_parser("synth", help="synthesise calibration faces from a model's BatchNorm statistics",
+                       description="Optimise images so every BatchNorm layer sees its running statistics "
+                       "(data-free, as in ZeroQ) and write them as PNG files plus _contact_sheet.png. Example: "
+                       "qfair synth --model r50.pth --arch r50 --n 512 --out synth/  (then --calib-data synth/)")
+    p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
+    add_config_arguments(p, SynthConfig)
+    p.set_defaults(func=run)
+
+
+def load_face_model(model: str, arch: str, allow_random: bool):
+    """A float model from a checkpoint, or a random registry model only with ``allow_random``."""
+    from pathlib import Path
+
+    from ..models import MODELS, create_model, load_model
+    from ..utils.errors import ConfigError
+
+    if Path(model).exists():
+        return load_model(model, arch=arch or None).eval()
+    if model in MODELS:
+        if not allow_random:
+            raise ConfigError(f"--model {model} is an architecture name, not a checkpoint: its BatchNorm layers hold "
+                              f"no training statistics. Pass a checkpoint, or --allow-random to test the command")
+        return create_model(model).eval()
+    raise ConfigError(f"--model {model}: no such file, and not an architecture name (see `qfair models`)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from ..config import load_config, overrides_from_args
+    from ..data.config import SynthConfig
+    from ._console import console
+
+    cfg = load_config(SynthConfig, args.config, overrides_from_args(args, SynthConfig))
+    t0 = time.perf_counter()
+    if cfg.source == "builtin-synthetic":
+        from ..data.builtin import make_synthetic_domain
+        from ..data.preprocess import to_model_input
+
+        images = to_model_input(make_synthetic_domain(cfg.n, seed=cfg.seed))
+        label = "built-in synthetic domain (generated faces, not real people)"
+    else:
+        import torch
+
+        from ..data.synthesis import SynthSettings, iter_synthesize_from_bn
+        from ..utils.progress import track
+
+        model = load_face_model(cfg.model, cfg.arch, cfg.allow_random)
+        s = SynthSettings(iters=cfg.iters, lr=cfg.lr, tv=cfg.tv, init_res=cfg.init_res, batch_size=cfg.batch_size)
+        n_batches = -(-cfg.n // cfg.batch_size)
+        images = torch.cat(list(track(iter_synthesize_from_bn(model, cfg.n, seed=cfg.seed, settings=s),
+                                      "synthesising", total=n_batches)))
+        label = f"data-free images from the BatchNorm statistics of {cfg.model}"
+    from ..data.synthesis import write_images
+
+    paths = write_images(images, cfg.out)
+    dt = time.perf_counter() - t0
+    console().print(f"wrote {len(paths)} images ({label}) to {cfg.out} in {dt:.1f} s "
+                    f"({len(paths) / dt:.1f} images/s); contact sheet: {cfg.out}/_contact_sheet.png")
+    return 0

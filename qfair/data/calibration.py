@@ -1,0 +1,118 @@
+"""Calibration batches from a source spec (the contract's ``qfair.data.calibration_batches``).
+
+Sources: ``real:PATH`` (image folder, RecordIO ``.rec`` / folder with ``train.rec``, or a ``.bin``),
+``synthetic:PATH`` (a folder of generated faces, flat or per identity), ``synthetic`` (data-free, from
+the model's BatchNorm statistics), ``builtin`` (the built-in benchmark's training domain) and
+``builtin-synthetic`` (its synthetic domain, the stand-in for GAN faces), and ``mix:SRC@R|SRC@R``
+(e.g. ``mix:real:/data/faces@0.7|synthetic:/data/gan@0.3``: shares of several sources, shuffled).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..utils.errors import DataError
+from ..utils.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+# kind -> fn(path, n, batch_size, model, seed, **kw) -> list of float (B, 3, 112, 112)
+CALIB_SOURCES: Registry[Callable[..., list]] = Registry("calibration source")
+
+
+def _split(images: torch.Tensor, batch_size: int) -> list:
+    from .preprocess import to_model_input
+
+    return [to_model_input(images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
+
+
+def _from_dataset(ds: Any, n: int, batch_size: int, seed: int, num_workers: int = 0,
+                  skip_corrupt: bool = False) -> list:
+    from .folders import LoaderStats, stream
+
+    if len(ds) < n:
+        raise DataError(f"asked for {n} calibration images but the source holds only {len(ds)}; "
+                        f"lower --calib-n or add images")
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
+    stats = LoaderStats()
+    out = [x for x, _ in stream(ds, batch_size, indices=idx, num_workers=num_workers, skip_corrupt=skip_corrupt,
+                                stats=stats)]
+    if stats.skipped:
+        import warnings
+
+        warnings.warn(f"skipped {stats.skipped} corrupt images; calibrating on {stats.images}", stacklevel=3)
+    if not out:
+        raise DataError("no readable calibration images")
+    return out
+
+
+@CALIB_SOURCES.register("real")
+def _real(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, **kw: Any) -> list:
+    if not path:
+        raise DataError("calibration source 'real' needs a path: real:/data/faces_emore (image folder, .rec or .bin)")
+    p = Path(path)
+    if p.suffix == ".bin":
+        from .binfile import read_bin
+
+        vs = read_bin(p, skip_corrupt=kw.get("skip_corrupt", False))
+        if len(vs.images) < n:
+            raise DataError(f"{p}: asked for {n} calibration images but it holds {len(vs.images)} distinct images")
+        idx = np.sort(np.random.default_rng(seed).choice(len(vs.images), size=n, replace=False))
+        return _split(vs.images.get_many(idx), batch_size)
+    from .folders import open_image_source
+
+    return _from_dataset(open_image_source(p), n, batch_size, seed, **kw)
+
+
+@CALIB_SOURCES.register("synthetic")
+def _synthetic(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, **kw: Any) -> list:
+    if path:
+        from .folders import FlatFolder
+
+        return _from_dataset(FlatFolder(path), n, batch_size, seed, **kw)
+    if model is None:
+        raise DataError("calibration source 'synthetic' without a folder synthesises images from the model's "
+                        "BatchNorm statistics, so it needs the model; or give a folder: synthetic:PATH")
+    from .synthesis import SynthSettings, synthesize_uint8
+
+    settings = kw.get("synth_settings") or SynthSettings(batch_size=batch_size)
+    return _split(synthesize_uint8(model, n, seed=seed, settings=settings, use_cache=kw.get("cache", True)),
+                  batch_size)
+
+
+@CALIB_SOURCES.register("builtin")
+def _builtin(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, **kw: Any) -> list:
+    from .builtin import make_calibration
+
+    return _split(make_calibration(n, seed=seed, domain="real"), batch_size)
+
+
+@CALIB_SOURCES.register("builtin-synthetic")
+def _builtin_synthetic(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, **kw: Any) -> list:
+    from .builtin import make_synthetic_domain
+
+    return _split(make_synthetic_domain(n, seed=seed), batch_size)
+
+
+@CALIB_SOURCES.register("mix")
+def _mix(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, **kw: Any) -> list:
+    from .mixing import mix_calibration
+
+    return mix_calibration(path, n, batch_size, model=model, seed=seed, **kw)
+
+
+def calibration_batches(source: str, n: int, batch_size: int, model: Any = None, seed: int = 0, *,
+                        num_workers: int = 0, skip_corrupt: bool = False, **kw: Any) -> list:
+    """``n`` images from ``source`` as a list of normalised float tensors (B, 3, 112, 112) (last batch
+    may be smaller). Seeded: the same arguments give the same images."""
+    if n < 1 or batch_size < 1:
+        raise DataError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    kind, _, path = str(source).partition(":")
+    fn = CALIB_SOURCES.get(kind)
+    if kind in ("real", "synthetic") and path:
+        kw.update(num_workers=num_workers, skip_corrupt=skip_corrupt)
+    return fn(path, n, batch_size, model=model, seed=seed, **kw)

@@ -1,0 +1,174 @@
+"""Paired comparison of models evaluated on the same pairs (FACTS.md section 2): "did this
+compression make the model more biased, and is that significant?"
+
+Per group: McNemar's test on the k-fold decisions (b = reference right & other wrong, c = the
+reverse), Holm-corrected across groups, and the error delta. Across groups: change in AVG, STD and
+SER with paired bootstrap intervals (the same identity resamples applied to both models), and the
+FMR drift of the other model at the reference model's global threshold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..utils.errors import DataError
+from .bootstrap import Resampler, ratio
+from .fairness import summary_arrays
+from .metrics import _codes
+from .rates import rates_at
+from .result import EvalResult
+from .stats import holm, mcnemar, percentile_interval, significance_mark
+
+
+@dataclass
+class PairedComparison:
+    """``other`` against ``reference`` on one benchmark. Deltas are other - reference."""
+
+    reference: str
+    other: str
+    benchmark: str
+    per_group: dict[str, dict[str, Any]]
+    deltas: dict[str, dict[str, Any]]
+    fmr_drift: dict[str, Any]
+    bootstrap: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def marks(self) -> dict[str, str]:
+        """Group -> significance mark of the Holm-adjusted McNemar p-value ('' if not significant)."""
+        return {g: d["mark"] for g, d in self.per_group.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "other": self.other, "benchmark": self.benchmark,
+                "per_group": self.per_group, "deltas": self.deltas, "fmr_drift": self.fmr_drift,
+                "bootstrap": self.bootstrap, "notes": list(self.notes)}
+
+
+def _check_same_pairs(ref: EvalResult, other: EvalResult) -> None:
+    if ref.pairs is None or other.pairs is None:
+        raise DataError("paired comparison needs the per-pair data of both results (EvalResult.pairs); "
+                        "results loaded from metrics.json cannot be compared pair by pair")
+    if ref.benchmark != other.benchmark or ref.pairs.fingerprint() != other.pairs.fingerprint():
+        raise DataError(f"'{other.name}' ({other.benchmark}) and '{ref.name}' ({ref.benchmark}) were not "
+                        f"evaluated on the same pairs; a paired comparison needs the same benchmark")
+    if ref.groups != other.groups:
+        raise DataError(f"'{other.name}' and '{ref.name}' report different groups: {other.groups} vs {ref.groups}")
+
+
+def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None = None, seed: int | None = None,
+                 exact_below: int = 25) -> PairedComparison:
+    """Compare ``other`` to ``ref`` (both from ``evaluate`` on the same benchmark)."""
+    _check_same_pairs(ref, other)
+    pr, po = ref.pairs, other.pairs
+    assert pr is not None and po is not None
+    order = ref.groups
+    codes = _codes(pr.groups, order)
+    notes: list[str] = []
+    per_group: dict[str, dict[str, Any]] = {}
+    for g, gname in enumerate(order):
+        m = codes == g
+        b = int(np.count_nonzero(pr.correct[m] & ~po.correct[m]))
+        c = int(np.count_nonzero(~pr.correct[m] & po.correct[m]))
+        test = mcnemar(b, c, exact_below)
+        per_group[gname] = {
+            "b": b, "c": c, "statistic": test.statistic, "p_value": test.p_value, "method": test.method,
+            "accuracy_ref": ref.per_group[gname]["accuracy"], "accuracy_other": other.per_group[gname]["accuracy"],
+            "error_delta_pp": float(100.0 * (np.mean(~po.correct[m]) - np.mean(~pr.correct[m]))),
+        }
+    p_adj = holm([per_group[g]["p_value"] for g in order])
+    for gname, p in zip(order, p_adj):
+        per_group[gname]["p_holm"] = float(p)
+        per_group[gname]["mark"] = significance_mark(float(p))
+
+    # FMR drift at the reference threshold (the operating point a deployment would keep)
+    t = float(ref.threshold["value"])
+    drift: dict[str, Any] = {"threshold": t, "threshold_source": f"reference '{ref.name}'", "per_group": {}}
+    for g, gname in enumerate(order):
+        m = codes == g
+        f_ref, n_ref = rates_at(pr.score[m], pr.issame[m], t)
+        f_oth, n_oth = rates_at(po.score[m], po.issame[m], t)
+        drift["per_group"][gname] = {"fmr_ref": f_ref, "fmr_other": f_oth, "fmr_delta": f_oth - f_ref,
+                                     "fmr_ratio": f_oth / f_ref if f_ref > 0 else float("nan"),
+                                     "fnmr_ref": n_ref, "fnmr_other": n_oth}
+    f_ref, _ = rates_at(pr.score, pr.issame, t)
+    f_oth, _ = rates_at(po.score, po.issame, t)
+    drift.update(pooled_fmr_ref=f_ref, pooled_fmr_other=f_oth)
+
+    # paired bootstrap: identical weights for both models because both columns share one pass
+    ddof = int(ref.settings.get("ddof", 1))
+    d_ref = summary_arrays(np.array(list(ref.accuracies().values())), ddof)
+    d_oth = summary_arrays(np.array(list(other.accuracies().values())), ddof)
+    deltas: dict[str, dict[str, Any]] = {}
+    for k in ("avg", "std", "ser", "gap"):
+        a, b_ = float(d_ref[k]), float(d_oth[k])
+        deltas[k] = {"reference": a, "other": b_, "delta": b_ - a if np.isfinite(a) and np.isfinite(b_) else
+                     float("nan")}
+    nb = int(ref.settings.get("n_bootstrap", 1000) if n_bootstrap is None else n_bootstrap)
+    sd = int(ref.settings.get("seed", 0) if seed is None else seed)
+    boot: dict[str, Any] = {"n": nb, "seed": sd}
+    if nb > 0:
+        rs = Resampler(codes, len(order), pr.pair_ids, nb, sd)
+        boot.update(method=rs.method, note=rs.note)
+        if rs.method == "pair":
+            notes.append(rs.note)
+        imp = (~pr.issame).astype(float)
+        X = np.stack([np.ones(len(codes)), pr.correct, po.correct, imp, imp * (pr.score >= t),
+                      imp * (po.score >= t)], axis=1)
+        S = rs.group_sums(X)
+        acc_r, acc_o = 100 * ratio(S[..., 1], S[..., 0]), 100 * ratio(S[..., 2], S[..., 0])
+        sr, so = summary_arrays(acc_r, ddof), summary_arrays(acc_o, ddof)
+        for k in deltas:
+            with np.errstate(invalid="ignore"):
+                diff = so[k] - sr[k]  # inf - inf -> nan, dropped by the interval
+            lo, hi = percentile_interval(diff)
+            deltas[k]["delta_ci"] = [float(lo), float(hi)]
+            deltas[k]["excludes_zero"] = bool(lo > 0 or hi < 0)
+        err_d = (acc_r - acc_o)  # error delta in pp = accuracy drop
+        fmr_d = ratio(S[..., 5], S[..., 3]) - ratio(S[..., 4], S[..., 3])
+        for g, gname in enumerate(order):
+            lo, hi = percentile_interval(err_d[:, g])
+            per_group[gname]["error_delta_ci"] = [float(lo), float(hi)]
+            lo, hi = percentile_interval(fmr_d[:, g])
+            drift["per_group"][gname]["fmr_delta_ci"] = [float(lo), float(hi)]
+    if not np.isfinite(deltas["ser"]["delta"]):
+        notes.append("SER change undefined: a model has an infinite or undefined SER (a group without errors)")
+    return PairedComparison(reference=ref.name, other=other.name, benchmark=ref.benchmark, per_group=per_group,
+                            deltas=deltas, fmr_drift=drift, bootstrap=boot, notes=notes)
+
+
+def _pick_reference(results: Sequence[EvalResult], reference: EvalResult | str | int | None) -> EvalResult:
+    if isinstance(reference, EvalResult):
+        return reference
+    if isinstance(reference, int):
+        return results[reference]
+    if isinstance(reference, str):
+        for r in results:
+            if r.name == reference:
+                return r
+        raise DataError(f"reference '{reference}' is not among the results: {', '.join(r.name for r in results)}")
+    for r in results:  # default: the first float model, else the first result
+        if not r.meta.get("quantized"):
+            return r
+    return results[0]
+
+
+def compare(*results: EvalResult, reference: EvalResult | str | int | None = None,
+            **kwargs: Any) -> list[PairedComparison]:
+    """Compare every result with the reference (default: the first float model) on the same benchmark.
+
+    Results may come from several benchmarks: each is compared with the reference of its benchmark.
+    """
+    if len(results) == 1 and isinstance(results[0], (list, tuple)):
+        results = tuple(results[0])
+    if not results:
+        raise DataError("compare needs at least one result")
+    ref_name = _pick_reference(results, reference).name
+    out = []
+    for bench in dict.fromkeys(r.benchmark for r in results):
+        group = [r for r in results if r.benchmark == bench]
+        ref = next((r for r in group if r.name == ref_name), None)
+        if ref is None:
+            raise DataError(f"benchmark '{bench}' has no result of the reference model '{ref_name}'")
+        out += [compare_pair(ref, r, **kwargs) for r in group if r is not ref]
+    return out

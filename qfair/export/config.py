@@ -1,0 +1,47 @@
+"""Settings of ``qfair export`` and ``qfair bench`` (YAML keys mirror the flags)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import cfg_field
+from ..utils.errors import ConfigError
+
+
+def _targets() -> list[str]:
+    from .targets import TARGETS
+
+    return TARGETS.names()
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``qfair export RUN_DIR``."""
+
+    format: str = cfg_field("onnx", help="what to write: onnx graph, tensorrt engine, or packed low-bit checkpoint",
+                            choices=["onnx", "tensorrt", "packed"])
+    target: str = cfg_field("tensorrt", help="runtime the ONNX graph is laid out for", choices=_targets)
+    out: Optional[str] = cfg_field(None, help="output file (default: RUN_DIR/model.onnx|.engine|.qpk)")
+    parity: Optional[str] = cfg_field(None, help="benchmark spec whose images and pairs gate parity "
+                                      "(default: builtin:tiny)")
+    n_parity: int = cfg_field(64, help="real images used for the parity check", range=(2, 100000))
+    keep_float: str = cfg_field("auto", help="onnxruntime target: layers kept in float (auto = depthwise convs "
+                                "if that measures faster)", choices=["auto", "none", "depthwise"])
+    opset: int = cfg_field(18, help="ONNX opset", range=(17, 21))
+    max_batch: int = cfg_field(64, help="tensorrt: largest batch of the optimisation profile", range=(1, 4096))
+
+    def __post_init__(self) -> None:
+        if self.format == "tensorrt" and self.target != "tensorrt":
+            raise ConfigError(f"format 'tensorrt' builds from the TensorRT-target graph; got target '{self.target}'")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``qfair bench RUN_DIR``."""
+
+    batches: tuple[int, ...] = cfg_field((1, 16, 64), help="batch sizes (the first is reported as latency)")
+    warmup: int = cfg_field(2, help="untimed runs before timing", range=(0, 1000))
+    repeats: int = cfg_field(5, help="timed runs per setting (the median is reported)", range=(1, 10000))
+    threads: Optional[int] = cfg_field(None, help="CPU threads for torch and ONNX Runtime (default: all cores)",
+                                       range=(1, 1024))
+    parity: Optional[str] = cfg_field(None, help="benchmark spec for the int8 export's parity check")

@@ -1,0 +1,125 @@
+"""Small helpers over an ONNX graph: who produces / consumes a tensor, constant values, node labels,
+and the clean-ups every exported graph gets (unique node names, unused initializers removed)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+MATMUL_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ACTIVATION_OPS = ("Relu", "PRelu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu",
+                  "Selu", "Softplus", "Gelu", "Mish")
+
+
+class GraphIndex:
+    """Index of one ``onnx.GraphProto`` (rebuild it after editing the graph)."""
+
+    def __init__(self, graph: Any) -> None:
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.producer: dict[str, Any] = {}
+        self.consumers: dict[str, list[Any]] = defaultdict(list)
+        for node in graph.node:
+            for out in node.output:
+                self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self._np = numpy_helper
+        self.graph_outputs = {o.name for o in graph.output}
+
+    def is_const(self, name: str) -> bool:
+        node = self.producer.get(name)
+        return name in self.initializers or (node is not None and node.op_type == "Constant")
+
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of an initializer or Constant node output, else None."""
+        if name in self.initializers:
+            return self._np.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    return self._np.to_array(a.t)
+                if a.name == "value_float":
+                    return np.asarray(a.f, np.float32)
+                if a.name == "value_int":
+                    return np.asarray(a.i, np.int64)
+        return None
+
+    def is_weight_path(self, name: str) -> bool:
+        """True when ``name`` is a constant, possibly through Q, DQ, Transpose, Reshape, Cast."""
+        seen = 0
+        while seen < 8:
+            if self.is_const(name):
+                return True
+            node = self.producer.get(name)
+            if node is None or node.op_type not in (*QDQ_OPS, "Transpose", "Reshape", "Cast", "Identity"):
+                return False
+            name = node.input[0]
+            seen += 1
+        return False
+
+    def upstream_op(self, name: str) -> Any:
+        node = self.producer.get(name)
+        return node
+
+    def downstream(self, name: str) -> list[Any]:
+        return self.consumers.get(name, [])
+
+
+def attr(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def label(node: Any) -> str:
+    """How errors name a node: its name, op type and first output."""
+    out = node.output[0] if node.output else "?"
+    return f"{node.op_type} node '{node.name or out}' (output '{out}')"
+
+
+def name_nodes(graph: Any) -> None:
+    """Give every unnamed node a unique name (the validator and reports refer to nodes by name)."""
+    used = {n.name for n in graph.node if n.name}
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            base = f"{node.op_type}_{i}"
+            name = base
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def remove_dead_nodes(graph: Any) -> None:
+    """Drop nodes none of whose outputs is used (repeatedly, so whole dead chains go)."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        keep = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(keep) == len(graph.node):
+            return
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def remove_unused_initializers(graph: Any) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def opset_version(model: Any, domain: str = "") -> int:
+    for o in model.opset_import:
+        if o.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return int(o.version)
+    return 0

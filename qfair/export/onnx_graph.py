@@ -1,0 +1,156 @@
+"""Torch model -> ONNX graph with Q/DQ (dynamo exporter + the fake-quant translation), then the
+clean-ups every target needs: weights stored as int8/uint8 codes (Q on a constant folded away, so the
+file holds one byte per weight), unique node names, IR version 10 (onnxruntime 1.31 reads <= 13 while
+onnx 1.23 writes 14; FACTS.md section 8), the input named ``input`` (batch, 3, 112, 112) with a
+dynamic batch, the output ``embedding``.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils.errors import ExportError
+from .graph import GraphIndex, name_nodes, remove_dead_nodes, remove_unused_initializers
+
+IR_VERSION = 10
+DEFAULT_OPSET = 18
+
+
+def freeze_copy(model: nn.Module) -> nn.Module:
+    """Eval-mode deep copy whose quantizers are frozen (dynamic weight ranges fixed by one forward)."""
+    m = copy.deepcopy(model).eval()
+    quantizers = []
+    try:
+        from ..quant import iter_quantizers
+
+        quantizers = [q for _, q in iter_quantizers(m)]
+    except ImportError:  # pragma: no cover - quant is part of the package
+        pass
+    for q in quantizers:
+        q.observer_enabled = False
+    if any(getattr(q, "dynamic", False) for q in quantizers):
+        with torch.no_grad():
+            m(torch.zeros(1, 3, 112, 112, device=next(m.parameters()).device))  # sets the weight ranges
+    for q in quantizers:
+        q.dynamic = False
+    m.qfair_quant = getattr(model, "qfair_quant", None)
+    return m
+
+
+def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
+    """Export an (already frozen) model; returns the cleaned onnx.ModelProto."""
+    from .translation import translation_table
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, 3, 112, 112)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
+                                        output_names=["embedding"], opset_version=opset,
+                                        dynamic_shapes=({0: batch},), custom_translation_table=translation_table(),
+                                        verbose=False, optimize=True)
+    except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {str(exc).splitlines()[0]}") from exc
+    proto = program.model_proto
+    fold_weight_quantization(proto)
+    name_by_module(proto.graph)
+    name_nodes(proto.graph)
+    remove_unused_initializers(proto.graph)
+    proto.ir_version = IR_VERSION
+    del proto.metadata_props[:]
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return proto
+
+
+def name_by_module(graph: Any) -> None:
+    """Name Conv / Gemm / MatMul nodes after the torch module that made them (``layer1.0.conv1``), from
+    the exporter's name-scope metadata, so reports and errors speak the model's language; then drop
+    the per-node metadata (stack traces) from the file."""
+    import ast
+
+    used: set[str] = set()
+    for node in graph.node:
+        meta = {m.key: m.value for m in node.metadata_props}
+        scopes = meta.get("pkg.torch.onnx.name_scopes")
+        if node.op_type in ("Conv", "Gemm", "MatMul", "BatchNormalization") and scopes:
+            try:
+                parts = ast.literal_eval(scopes)
+            except (ValueError, SyntaxError):
+                parts = []
+            module = parts[-2] if len(parts) > 1 else ""
+            if module and module not in used:
+                node.name = module
+                used.add(module)
+        del node.metadata_props[:]
+
+
+def _const_input(g: GraphIndex, name: str) -> tuple[np.ndarray | None, list[Any]]:
+    """Value of ``name`` if it is a constant, possibly through a Clip with constant bounds."""
+    value = g.const(name)
+    if value is not None:
+        return value, []
+    node = g.producer.get(name)
+    if node is not None and node.op_type == "Clip":
+        x = g.const(node.input[0])
+        lo = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        hi = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if x is not None and (lo is not None or len(node.input) < 2) and (hi is not None or len(node.input) < 3):
+            return np.clip(x, lo if lo is not None else -np.inf, hi if hi is not None else np.inf), [node]
+    if node is not None and node.op_type in ("Min", "Max"):
+        a, b = g.const(node.input[0]), None
+        inner, dead = _const_input(g, node.input[0])
+        b = g.const(node.input[1])
+        if inner is not None and b is not None:
+            return (np.minimum if node.op_type == "Min" else np.maximum)(inner, b), [*dead, node]
+    return None, []
+
+
+def quantize_np(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX QuantizeLinear in numpy (x / s, round half to even, saturate to zp's dtype)."""
+    info = np.iinfo(zp.dtype)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis % x.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    q = np.rint(x.astype(np.float32) / scale.astype(np.float32)) + zp.astype(np.float32)
+    return np.clip(q, info.min, info.max).astype(zp.dtype)
+
+
+def fold_weight_quantization(proto: Any) -> int:
+    """Replace ``QuantizeLinear(constant)`` by the constant codes (int8/uint8 initializer). Returns count."""
+    from onnx import numpy_helper
+
+    from .graph import attr
+
+    g = GraphIndex(proto.graph)
+    count = 0
+    for node in list(proto.graph.node):
+        if node.op_type != "QuantizeLinear":
+            continue
+        x, dead = _const_input(g, node.input[0])
+        scale = g.const(node.input[1])
+        zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.array(0, np.uint8)
+        if x is None or scale is None or zp is None:
+            continue
+        codes = quantize_np(x, scale, zp, attr(node, "axis", 1))
+        name = f"{node.output[0]}_codes"
+        proto.graph.initializer.append(numpy_helper.from_array(codes, name))
+        for consumer in g.downstream(node.output[0]):
+            for i, inp in enumerate(consumer.input):
+                if inp == node.output[0]:
+                    consumer.input[i] = name
+        count += 1
+    remove_dead_nodes(proto.graph)
+    return count

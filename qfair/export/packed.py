@@ -1,0 +1,207 @@
+"""Packed low-bit checkpoints: quantized weights stored at their bit width (2..8 bits, eight codes in
+``bits`` bytes; at 6 bits four codes in three bytes) with their per-channel scales and zero points,
+every other tensor (BatchNorm, PReLU, quantizer buffers) stored raw and exact.
+
+File layout (no pickle, nothing that can run code)::
+
+    b"QFAIRPK1" | uint64 little-endian header length | JSON header | padding to 64 | blobs
+
+The header lists every tensor: name, dtype, shape, byte offset and length, and for packed weights the
+bits, axis, integer range and the names of their scale / zero-point tensors. Loading dequantizes the
+codes with ``(q - zp) * s``, which is bit for bit the fake-quantized weight the model evaluated.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..utils.errors import CheckpointError, ExportError
+from ..utils.io import atomic_path
+
+MAGIC = b"QFAIRPK1"
+ALIGN = 64
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64", torch.int64: "int64",
+           torch.int32: "int32", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
+_NP = {v: np.dtype(v) for v in _DTYPES.values()}
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How one weight was quantized: codes = clamp(round(w / s) + zp, qmin, qmax) along ``axis``."""
+
+    bits: int
+    scale: Tensor  # 0-d or (C,)
+    zero_point: Tensor  # same shape, integers stored as float
+    qmin: int
+    qmax: int
+    axis: int | None
+
+
+def weight_specs_from_model(model: torch.nn.Module) -> dict[str, WeightSpec]:
+    """State-dict name of each quantized weight -> its spec (from the model's weight quantizers)."""
+    from ..quant import iter_quantizers
+    from ..quant.math import reduce_minmax
+
+    specs = {}
+    params = dict(model.named_parameters())
+    for name, q in iter_quantizers(model):
+        if getattr(q, "role", "") != "weight":
+            continue
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        key = f"{owner}.weight" if owner else "weight"
+        if getattr(q, "dynamic", False) and key in params:  # the range a forward would set right now
+            q.set_range(*reduce_minmax(params[key].detach(), q.axis))
+        specs[key] = WeightSpec(q.bits, q.scale.detach().clone(), q.zero_point.detach().clone(), q.qmin, q.qmax,
+                                q.axis)
+    return specs
+
+
+def _codes(w: Tensor, spec: WeightSpec) -> Tensor:
+    shape = [1] * w.dim()
+    axis = spec.axis if spec.axis is not None and spec.axis >= 0 else None
+    if axis is not None:
+        shape[axis] = -1
+    s = spec.scale.float().reshape(shape) if axis is not None else spec.scale.float()
+    z = spec.zero_point.float().reshape(shape) if axis is not None else spec.zero_point.float()
+    return torch.clamp(torch.round(w.float() / s) + z, spec.qmin, spec.qmax)
+
+
+def _dequant(codes: Tensor, spec: WeightSpec, shape: list[int]) -> Tensor:
+    view = [1] * len(shape)
+    axis = spec.axis if spec.axis is not None and spec.axis >= 0 else None
+    if axis is not None:
+        view[axis] = -1
+    s = spec.scale.float().reshape(view) if axis is not None else spec.scale.float()
+    z = spec.zero_point.float().reshape(view) if axis is not None else spec.zero_point.float()
+    q = codes.reshape(shape).float() + spec.qmin
+    return (q - z) * s  # same float ops as qfair::fake_quant's (clamp(...) - z) * s
+
+
+def pack_state_dict(state: dict[str, Tensor], specs: dict[str, WeightSpec], meta: dict[str, Any] | None = None
+                    ) -> bytes:
+    """Serialise ``state`` with the weights named in ``specs`` packed at their bit width."""
+    from kernels import pack_bits
+
+    entries, blobs, offset = [], [], 0
+
+    def add_blob(data: bytes) -> tuple[int, int]:
+        nonlocal offset
+        pad = (-offset) % 8
+        blobs.append(b"\0" * pad + data)
+        start = offset + pad
+        offset = start + len(data)
+        return start, len(data)
+
+    def add_raw(name: str, t: Tensor) -> dict[str, Any]:
+        t = t.detach().cpu().contiguous()
+        if t.dtype not in _DTYPES:
+            raise ExportError(f"cannot store tensor '{name}' of dtype {t.dtype} in a packed checkpoint")
+        arr = t.numpy().astype(_NP[_DTYPES[t.dtype]].newbyteorder("<"), copy=False)
+        off, n = add_blob(arr.tobytes())
+        return {"name": name, "kind": "raw", "dtype": _DTYPES[t.dtype], "shape": list(t.shape), "offset": off,
+                "nbytes": n}
+
+    for name, t in state.items():
+        spec = specs.get(name)
+        if spec is None:
+            entries.append(add_raw(name, t))
+            continue
+        if not 2 <= spec.bits <= 8 or spec.qmax - spec.qmin >= 2 ** spec.bits:
+            raise ExportError(f"weight '{name}': range [{spec.qmin}, {spec.qmax}] does not fit {spec.bits} bits")
+        codes = (_codes(t.detach().cpu(), spec) - spec.qmin).to(torch.uint8).reshape(-1)
+        off, n = add_blob(pack_bits(codes, spec.bits).numpy().tobytes())
+        entry = {"name": name, "kind": "packed", "dtype": _DTYPES.get(t.dtype, "float32"), "shape": list(t.shape),
+                 "offset": off, "nbytes": n, "bits": spec.bits, "qmin": spec.qmin, "qmax": spec.qmax,
+                 "axis": spec.axis, "count": int(t.numel())}
+        entry["scale"] = add_raw(f"{name}::scale", spec.scale.float())
+        entry["zero_point"] = add_raw(f"{name}::zero_point", spec.zero_point.float())
+        entries.append(entry)
+    header = json.dumps({"format": "qfair-packed", "version": 1, "meta": meta or {}, "tensors": entries}).encode()
+    head = MAGIC + struct.pack("<Q", len(header)) + header
+    head += b"\0" * ((-len(head)) % ALIGN)
+    return head + b"".join(blobs)
+
+
+def save_packed(model_or_state: torch.nn.Module | dict[str, Tensor], path: str | Path, *,
+                specs: dict[str, WeightSpec] | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """Write a packed checkpoint atomically. For a model, the specs come from its weight quantizers."""
+    if isinstance(model_or_state, torch.nn.Module):
+        model = model_or_state
+        specs = weight_specs_from_model(model) if specs is None else specs
+        state = model.state_dict()
+        meta = {**(meta or {}), "qfair_quant": getattr(model, "qfair_quant", None)}
+    else:
+        state, specs = model_or_state, specs or {}
+    data = pack_state_dict(state, specs, meta)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def _read_raw(buf: memoryview, base: int, e: dict[str, Any], where: str) -> Tensor:
+    dtype = _NP.get(e.get("dtype"))
+    if dtype is None:
+        raise CheckpointError(f"{where}: tensor '{e.get('name')}' has unsupported dtype {e.get('dtype')!r}")
+    start, n = base + int(e["offset"]), int(e["nbytes"])
+    if start < base or start + n > len(buf) or n != int(np.prod(e["shape"], dtype=np.int64)) * dtype.itemsize:
+        raise CheckpointError(f"{where}: tensor '{e['name']}' points outside the file or has the wrong size "
+                              "(truncated or corrupt file)")
+    arr = np.frombuffer(buf[start:start + n], dtype=dtype.newbyteorder("<")).reshape(e["shape"])
+    return torch.from_numpy(arr.astype(dtype, copy=True))
+
+
+def load_packed(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state dict with dequantized weights, meta). Never unpickles; checks every offset."""
+    from kernels import unpack_bits
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"packed checkpoint not found: {path}")
+    data = path.read_bytes()
+    if data[:8] != MAGIC or len(data) < 16:
+        raise CheckpointError(f"{path}: not a qfair packed checkpoint (bad magic bytes)")
+    (hlen,) = struct.unpack("<Q", data[8:16])
+    if 16 + hlen > len(data):
+        raise CheckpointError(f"{path}: header length {hlen} exceeds the file size (truncated file)")
+    try:
+        header = json.loads(data[16:16 + hlen].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt header ({exc})") from None
+    if header.get("format") != "qfair-packed" or header.get("version") != 1:
+        raise CheckpointError(f"{path}: unsupported packed format {header.get('format')} v{header.get('version')}")
+    base = 16 + hlen + ((-(16 + hlen)) % ALIGN)
+    buf = memoryview(data)
+    state: dict[str, Tensor] = {}
+    for e in header["tensors"]:
+        if e["kind"] == "raw":
+            state[e["name"]] = _read_raw(buf, base, e, str(path))
+            continue
+        bits, count = int(e["bits"]), int(e["count"])
+        start, n = base + int(e["offset"]), int(e["nbytes"])
+        if not 2 <= bits <= 8 or start + n > len(data) or n != -(-count // 8) * bits:
+            raise CheckpointError(f"{path}: packed tensor '{e['name']}' is corrupt or truncated")
+        codes = unpack_bits(torch.frombuffer(bytearray(buf[start:start + n]), dtype=torch.uint8), bits, count)
+        spec = WeightSpec(bits, _read_raw(buf, base, e["scale"], str(path)),
+                          _read_raw(buf, base, e["zero_point"], str(path)), int(e["qmin"]), int(e["qmax"]), e["axis"])
+        state[e["name"]] = _dequant(codes, spec, e["shape"]).to(getattr(torch, e["dtype"]))
+    return state, header.get("meta", {})
+
+
+def load_packed_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a packed checkpoint into a prepared quantized model; weight quantizers become static so
+    they keep the stored scales (re-deriving a range from already-rounded weights could differ)."""
+    from ..quant import iter_quantizers
+
+    state, _ = load_packed(path)
+    model.load_state_dict(state)
+    for _, q in iter_quantizers(model):
+        if getattr(q, "role", "") == "weight" and hasattr(q, "make_static"):
+            q.make_static()
+    return model

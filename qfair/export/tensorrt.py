@@ -1,0 +1,116 @@
+"""TensorRT INT8 engines from the TensorRT-target ONNX graph (explicit quantization: the Q/DQ nodes
+carry every scale, no calibrator; FACTS.md section 8), and a small runner for the evaluator.
+
+Needs the ``tensorrt`` Python package and an NVIDIA GPU; without them every entry point raises a
+MissingDependencyError that says which one is missing. Tested only where both exist.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..utils.errors import ExportError, MissingDependencyError, require
+from ..utils.io import atomic_write_bytes
+
+INPUT, OUTPUT = "input", "embedding"
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, reason): whether TensorRT and a CUDA GPU are both present here."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        return False, f"the tensorrt package is not importable ({exc}); install TensorRT >= 10 on a GPU machine"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU is visible to torch; TensorRT engines can only be built and run on a GPU"
+    return True, "ok"
+
+
+def _require_tensorrt() -> Any:
+    ok, why = tensorrt_status()
+    if not ok:
+        raise MissingDependencyError(f"TensorRT engine building needs TensorRT and an NVIDIA GPU: {why}")
+    return require("tensorrt", "TensorRT engines", extra="tensorrt")
+
+
+def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, min_batch: int = 1, opt_batch: int = 16,
+                 max_batch: int = 64, workspace_gib: float = 4.0, timing_cache: str | Path | None = None,
+                 fp16: bool = True) -> Path:
+    """Parse ``onnx_path``, build an INT8 engine with a dynamic-batch optimisation profile, serialise it.
+
+    ``timing_cache`` (default: ``<engine>.timing.cache``) is read if present and rewritten after the
+    build, so rebuilding on the same GPU is fast. ``fp16`` lets layers left in float run in half.
+    """
+    trt = _require_tensorrt()
+    onnx_path = Path(onnx_path)
+    out = Path(out) if out is not None else onnx_path.with_suffix(".engine")
+    cache_path = Path(timing_cache) if timing_cache is not None else out.with_suffix(".timing.cache")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10 needs it, 10+ ignores it
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if hasattr(trt.BuilderFlag, "INT8"):  # explicit Q/DQ; the flag is implied from TensorRT 11 on
+        config.set_flag(trt.BuilderFlag.INT8)
+    if fp16 and hasattr(trt.BuilderFlag, "FP16"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT, (min_batch, 3, 112, 112), (opt_batch, 3, 112, 112), (max_batch, 3, 112, 112))
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
+    atomic_write_bytes(out, bytes(serialized))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    return out
+
+
+class EngineRunner:
+    """Runs a serialised engine on CUDA tensors: ``runner(x)`` with x (B, 3, 112, 112) -> (B, D) numpy."""
+
+    def __init__(self, path: str | Path) -> None:
+        trt = _require_tensorrt()
+        import torch
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportError(f"TensorRT engine not found: {self.path}")
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ExportError(f"{self.path}: TensorRT cannot load this engine (built by another TensorRT or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self.max_batch = self.engine.get_tensor_profile_shape(INPUT, 0)[2][0]
+
+    def __call__(self, x: Any) -> np.ndarray:
+        import torch
+
+        outs = []
+        x = torch.as_tensor(x, dtype=torch.float32)
+        for i in range(0, len(x), self.max_batch):
+            chunk = x[i:i + self.max_batch].cuda().contiguous()
+            self.context.set_input_shape(INPUT, tuple(chunk.shape))
+            shape = tuple(self.context.get_tensor_shape(OUTPUT))
+            out = torch.empty(shape, dtype=torch.float32, device="cuda")
+            self.context.set_tensor_address(INPUT, chunk.data_ptr())
+            self.context.set_tensor_address(OUTPUT, out.data_ptr())
+            with torch.cuda.stream(self.stream):
+                if not self.context.execute_async_v3(self.stream.cuda_stream):
+                    raise ExportError(f"{self.path}: TensorRT execution failed")
+            self.stream.synchronize()
+            outs.append(out.cpu().numpy())
+        return np.concatenate(outs)

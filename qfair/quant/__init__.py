@@ -1,0 +1,45 @@
+"""Quantization core: math, observers, the ``qfair::fake_quant`` op, quantized layers, placement
+recipes, PTQ with low-bit improvements, save / load and sensitivity analysis.
+
+Public API: ``QuantConfig``, ``prepare(model, cfg)``, ``quantize(model, cfg, calib_batches)``,
+``save_quantized(model, run_dir)``, ``load_quantized(run_dir)``, ``iter_quantizers(model)``,
+``sensitivity(model, cfg, calib_batches, eval_fn=None)``, ``onnx_translation_table()``,
+``freeze_for_export(model)``.
+
+Names resolve lazily so ``import qfair.quant.config`` (used by the CLI to build flags) stays free of torch.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "QuantConfig": "config", "QuantizeRunConfig": "config", "PTQ_METHODS": "config",
+    "fake_quant": "fake_quant",
+    "QuantConv2d": "layers", "QuantLinear": "layers", "QuantPReLU": "layers", "QuantResidualAdd": "layers",
+    "fold_bn_into": "layers", "weight_layers": "layers",
+    "OBSERVERS": "observers", "Observer": "observers", "make_observer": "observers",
+    "calibrate": "ptq", "quantize": "ptq", "set_quantizers": "ptq",
+    "ActQuantizer": "quantizer", "WeightQuantizer": "quantizer", "iter_quantizers": "quantizer",
+    "RECIPES": "recipes", "fold_batchnorm": "recipes", "prepare": "recipes",
+    "PTQ_IMPROVEMENTS": "improve",
+    "load_quantized": "serialize", "save_quantized": "serialize", "quant_summary": "serialize",
+    "sensitivity": "sensitivity_analysis", "overrides_yaml": "sensitivity_analysis",
+    "onnx_translation_table": "onnx_translation",
+    "freeze_for_export": "ptq",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    sub = _LAZY.get(name)
+    if sub is None:
+        raise AttributeError(f"module 'qfair.quant' has no attribute '{name}'")
+    value = getattr(import_module(f"qfair.quant.{sub}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,125 @@
+"""Post-training quantization: ``quantize(model, cfg, calib_batches)``.
+
+Calibration runs the prepared model once over the batches with every activation quantizer observing
+and *not* quantizing (each layer sees float inputs, as TensorRT's and ModelOpt's calibrators do),
+then freezes the ranges. Weights are already quantized. PTQ improvements from ``cfg.ptq`` follow
+(``improve.py``). The library never owns the data loader: ``calib_batches`` is any iterable of
+(B, 3, H, W) float tensors already normalised, or of (images, labels) tuples.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ..utils.errors import QuantError
+from ..utils.progress import track
+from .config import QuantConfig
+from .quantizer import iter_quantizers
+from .recipes import prepare
+
+
+def as_images(batch: Any) -> torch.Tensor:
+    """The image tensor of a calibration batch: a tensor, or the first item of a tuple / list."""
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    elif isinstance(batch, dict) and "images" in batch:
+        batch = batch["images"]
+    if not isinstance(batch, torch.Tensor) or batch.dim() != 4 or not batch.is_floating_point():
+        what = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise QuantError(f"a calibration batch must be a float (B, 3, H, W) tensor or an (images, labels) tuple; "
+                         f"got {what}")
+    return batch
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def run_batches(model: nn.Module, batches: Iterable[Any], description: str = "", total: int | None = None) -> int:
+    """Forward every batch under no_grad in eval mode; returns the number of images."""
+    n, dev, was = 0, _device(model), model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b in track(batches, description, total=total):
+                x = as_images(b).to(dev)
+                model(x)
+                n += x.shape[0]
+    finally:
+        model.train(was)
+    return n
+
+
+def calibrate(qmodel: nn.Module, batches: Iterable[Any], total: int | None = None) -> int:
+    """Observe activation ranges over ``batches`` (float pass-through), then freeze every quantizer."""
+    quantizers = [q for _, q in iter_quantizers(qmodel)]
+    for q in quantizers:
+        q.calibrate()
+    n = run_batches(qmodel, batches, "calibrating", total)
+    if n == 0:
+        raise QuantError("the calibration set is empty: pass at least one batch of images (--calib-data, "
+                         "calib_size)")
+    for q in quantizers:
+        q.freeze()
+    return n
+
+
+class _Recorder:
+    """Iterates a one-shot iterable and keeps the items, so PTQ improvements can reuse them."""
+
+    def __init__(self, items: Iterable[Any], keep: bool) -> None:
+        self.items, self.keep, self.kept = items, keep, []
+
+    def __iter__(self) -> Iterator[Any]:
+        for b in self.items:
+            if self.keep:
+                self.kept.append(as_images(b))
+            yield b
+
+
+def quantize(model: nn.Module, cfg: QuantConfig | None = None, calib_batches: Iterable[Any] = (),
+             example_input: torch.Tensor | None = None) -> nn.Module:
+    """Prepare ``model`` by ``cfg.recipe``, calibrate on ``calib_batches``, freeze, apply ``cfg.ptq``.
+
+    Returns a new fake-quant model (the input model is not modified) with ``qfair_quant`` metadata.
+    """
+    from .improve import PTQ_IMPROVEMENTS
+
+    cfg = cfg or QuantConfig()
+    total = len(calib_batches) if hasattr(calib_batches, "__len__") else None  # type: ignore[arg-type]
+    it = iter(calib_batches)
+    first = next(it, None)
+    if first is None:
+        raise QuantError("the calibration set is empty: pass at least one batch of images")
+    if example_input is None:
+        example_input = as_images(first)[:2].detach().cpu()
+    qmodel = prepare(model, cfg, example_input.to(_device(model)))
+    rec = _Recorder(itertools.chain([first], it), keep=bool(cfg.ptq))
+    n = calibrate(qmodel, rec, total)
+    for name in cfg.ptq:
+        PTQ_IMPROVEMENTS.get(name)(qmodel, rec.kept, cfg)
+    qmodel.qfair_quant.update(calibrated=True, calib_images=n, ptq=list(cfg.ptq))
+    qmodel.eval()
+    return qmodel
+
+
+def set_quantizers(model: nn.Module, enabled: bool, names: set[str] | None = None) -> None:
+    """Switch fake quantization on/off (all quantizers, or those whose module name is in ``names``)."""
+    for name, q in iter_quantizers(model):
+        if names is None or name in names:
+            q.fake_quant_enabled = enabled
+            q.observer_enabled = False
+
+
+def freeze_for_export(model: nn.Module) -> nn.Module:
+    """Make every dynamic (weight) quantizer static with its current range (export, AdaRound).
+
+    Runs nothing: the ranges are those of the last forward, so call it after one forward pass
+    (``quantize`` has run several)."""
+    for _, q in iter_quantizers(model):
+        q.make_static()
+    return model

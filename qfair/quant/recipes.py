@@ -1,0 +1,213 @@
+"""Placement recipes (where quantizers go) and ``prepare(model, cfg)``.
+
+Recipes are registered in :data:`RECIPES`; each rewrites a deep copy of any ``nn.Module`` in place.
+
+``quantface`` -- the reference method, FACTS.md section 5, read as follows:
+  * every Conv2d and Linear (stem, downsample, depthwise, GDC, embedding FC): weights per output
+    channel, asymmetric, min/max recomputed from the float weights at every forward (``dynamic``);
+    no quantizer on their inputs (the activations are quantized where the recipe says, not per layer);
+  * after every PReLU: per-tensor asymmetric activation quantizer with a running global min/max; the
+    PReLU slope is quantized too (per-tensor asymmetric min/max with the weight bits: a per-channel
+    range of a one-value-per-channel tensor would be a no-op);
+  * after every residual block: a quantizer on the output of each ``ResidualAdd``;
+  * BatchNorm is never folded; the network input and the embedding head (BN -> flatten -> FC -> BN1d)
+    get no activation quantizer ("stay float"): with the placement above nothing quantizes them
+    anyway, and the FC *weights* are quantized because "every Linear is quantized". Use ``skip: [fc]``
+    to keep the FC weights float as well.
+
+``deploy`` -- what TensorRT runs (FACTS.md section 8): BatchNorm folded into the conv it directly
+follows when that conv's output feeds nothing else (exact; found by tracing one forward pass), symmetric
+per-channel weights (axis 0), symmetric per-tensor quantizers on every Conv2d / Linear input and on
+the skip input of every ``ResidualAdd``; PReLU and BN that cannot be folded run in float between Q/DQ.
+
+Residual adds are found as ``qfair.models`` ``ResidualAdd`` modules (both iresnet and MobileFaceNet
+use them); a model that adds with ``+`` inside ``forward`` gets no skip / block-output quantizers.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..models._layers import ResidualAdd
+from ..utils.errors import QuantError
+from ..utils.registry import Registry
+from .config import QuantConfig
+from .layers import QuantConv2d, QuantLinear, QuantPReLU, QuantResidualAdd, fold_bn_into
+from .quantizer import ActQuantizer, WeightQuantizer, iter_quantizers
+
+RECIPES: Registry[Callable[[nn.Module, QuantConfig, "torch.Tensor | None"], None]] = Registry("recipe")
+
+
+def _matches(name: str, patterns) -> str | None:
+    """The first pattern matching ``name`` or one of its parents (``layer1`` matches ``layer1.0.conv1``)."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    for pat in patterns:
+        if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+            return pat
+    return None
+
+
+class _Placer:
+    """Builds quantizers for one model under one config (bits overrides, skip patterns, observers)."""
+
+    def __init__(self, cfg: QuantConfig, w_sym: bool, a_sym: bool) -> None:
+        self.cfg, self.w_sym, self.a_sym = cfg, w_sym, a_sym
+        self.float_kept: list[str] = []
+
+    def skipped(self, name: str) -> bool:
+        if _matches(name, self.cfg.skip):
+            self.float_kept.append(name)
+            return True
+        return False
+
+    def _bits(self, name: str, table: dict[str, int], default: int) -> int:
+        pat = _matches(name, table)
+        return table[pat] if pat is not None else default
+
+    def weight(self, name: str, w: torch.Tensor, per_channel: bool | None = None, symmetric: bool | None = None
+               ) -> WeightQuantizer:
+        per_channel = self.cfg.per_channel if per_channel is None else per_channel
+        sym = self.w_sym if symmetric is None else symmetric
+        obs = self.cfg.weight_observer
+        dynamic = obs in ("minmax", "max")
+        q = WeightQuantizer(self._bits(name, self.cfg.layer_wbits, self.cfg.wbits), sym,
+                            axis=0 if per_channel else None, channels=w.shape[0] if per_channel else None,
+                            narrow=self.cfg.narrow_range and sym, observer=obs,
+                            observer_options={"percentile": self.cfg.percentile}, dynamic=dynamic, layer=name)
+        if not dynamic:
+            q.init_from(w)
+        return q
+
+    def act(self, name: str, role: str) -> ActQuantizer:
+        opts = {"percentile": self.cfg.percentile, "averaging_constant": self.cfg.averaging_constant}
+        return ActQuantizer(self._bits(name, self.cfg.layer_abits, self.cfg.abits), self.a_sym,
+                            observer=self.cfg.observer, observer_options=opts, layer=name, role=role)
+
+
+def _sym(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
+
+
+@RECIPES.register("quantface", aliases=("reference",))
+def quantface(model: nn.Module, cfg: QuantConfig, example: torch.Tensor | None = None) -> list[str]:
+    """QuantFace placement (module docstring)."""
+    place = _Placer(cfg, _sym(cfg.weight_symmetric, False), _sym(cfg.act_symmetric, False))
+    if cfg.fold_bn:
+        fold_batchnorm(model, example)
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, (nn.Conv2d, nn.Linear, nn.PReLU, ResidualAdd)) or place.skipped(name):
+            continue
+        if isinstance(m, nn.Conv2d):
+            QuantConv2d.convert(m, place.weight(name, m.weight))
+        elif isinstance(m, nn.Linear):
+            QuantLinear.convert(m, place.weight(name, m.weight))
+        elif isinstance(m, nn.PReLU):
+            slope = place.weight(name, m.weight, per_channel=False, symmetric=False)
+            QuantPReLU.convert(m, weight_quantizer=slope, output_quantizer=place.act(name, "output"))
+        else:
+            QuantResidualAdd.convert(m, output_quantizer=place.act(name, "output"))
+    return place.float_kept
+
+
+@RECIPES.register("deploy", aliases=("tensorrt",))
+def deploy(model: nn.Module, cfg: QuantConfig, example: torch.Tensor | None = None) -> list[str]:
+    """TensorRT-style placement (module docstring)."""
+    place = _Placer(cfg, _sym(cfg.weight_symmetric, True), _sym(cfg.act_symmetric, True))
+    if cfg.fold_bn is None or cfg.fold_bn:
+        fold_batchnorm(model, example)
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, (nn.Conv2d, nn.Linear, ResidualAdd)) or place.skipped(name):
+            continue
+        if isinstance(m, nn.Conv2d):
+            QuantConv2d.convert(m, place.weight(name, m.weight), place.act(name, "input"))
+        elif isinstance(m, nn.Linear):
+            QuantLinear.convert(m, place.weight(name, m.weight), place.act(name, "input"))
+        else:
+            QuantResidualAdd.convert(m, skip_quantizer=place.act(name, "skip"))
+    return place.float_kept
+
+
+# ---------------------------------------------------------------------------- BN folding by tracing
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, str]]:
+    """Fold every BatchNorm whose input is the output of one Conv2d/Linear that feeds nothing else.
+
+    Found by running ``example`` (default: zeros (2, 3, 112, 112)) once in eval mode and matching
+    tensors by identity between module calls. Returns the (conv, bn) name pairs folded; each BN is
+    replaced by ``nn.Identity``. Consumers outside modules (a functional ``+``) are not visible, so a
+    conv output also used functionally would be folded wrongly -- qfair's models use modules.
+    """
+    example = torch.zeros(2, 3, 112, 112) if example is None else example
+    calls: list[tuple[str, nn.Module, list[torch.Tensor], torch.Tensor]] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    leaves = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm))
+              or not list(m.children())]
+
+    def hook(m, args, out):
+        calls.append((names[id(m)], m, [a for a in args if isinstance(a, torch.Tensor)], out))
+
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example.to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    producers = {id(out): (n, m) for n, m, _, out in calls if isinstance(out, torch.Tensor)}
+    consumers: dict[int, int] = {}
+    for _, _, ins, _ in calls:
+        for t in ins:
+            consumers[id(t)] = consumers.get(id(t), 0) + 1
+    count = {}
+    for n, _, _, _ in calls:
+        count[n] = count.get(n, 0) + 1
+    folded = []
+    for n, m, ins, _ in calls:
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or len(ins) != 1 or count[n] != 1:
+            continue
+        prod = producers.get(id(ins[0]))
+        if prod is None or not isinstance(prod[1], (nn.Conv2d, nn.Linear)) or count[prod[0]] != 1:
+            continue
+        if consumers.get(id(ins[0]), 0) != 1 or not m.track_running_stats:
+            continue
+        fold_bn_into(prod[1], m)
+        _set_child(model, n, nn.Identity())
+        folded.append((prod[0], n))
+    return folded
+
+
+def prepare(model: nn.Module, cfg: QuantConfig | None = None, example_input: torch.Tensor | None = None
+            ) -> nn.Module:
+    """Deep copy of ``model`` with quantizers placed by ``cfg.recipe``; weights quantized, activations
+    waiting for calibration (:func:`qfair.quant.quantize`). Records ``model.qfair_quant``."""
+    cfg = cfg or QuantConfig()
+    recipe = RECIPES.get(cfg.recipe)
+    qmodel = copy.deepcopy(model)
+    float_kept = recipe(qmodel, cfg, example_input)
+    quantizers = list(iter_quantizers(qmodel))
+    if not quantizers:
+        raise QuantError(f"nothing to quantize in {type(model).__name__}: recipe '{cfg.recipe}' found no Conv2d, "
+                         f"Linear, PReLU or ResidualAdd outside the skip patterns {list(cfg.skip)}")
+    from ..config import config_to_dict
+
+    qmodel.qfair_quant = {
+        "recipe": RECIPES.canonical(cfg.recipe), "wbits": cfg.wbits, "abits": cfg.abits,
+        "observer": cfg.observer, "weight_observer": cfg.weight_observer, "float_kept": float_kept,
+        "config": config_to_dict(cfg), "calibrated": False,
+    }
+    return qmodel

@@ -1,0 +1,115 @@
+"""Save and reload fake-quant models: ``model.pt`` (state dict) + ``quant.json`` (every quantizer).
+
+``quant.json`` holds the float architecture (registry name + kwargs, from ``model.qfair_arch``), the
+resolved QuantConfig, and per quantizer: module name, layer, role, bits, symmetric, axis, qmin/qmax,
+observer, mode, scale and zero point. Reloading rebuilds the float model, re-runs ``prepare`` with the
+same config (placement and BN folding are structural, so the module tree is identical), loads the
+state dict strictly and restores each quantizer's mode: outputs are reproduced exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import config_from_dict
+from ..runs import RunDir
+from ..utils.errors import CheckpointError, QuantError
+from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from .config import QuantConfig
+from .quantizer import iter_quantizers
+
+FORMAT = "qfair-quant/1"
+
+
+def quant_summary(model: nn.Module) -> list[dict[str, Any]]:
+    """One dict per quantizer (``describe()`` plus its module name)."""
+    return [{"name": name, **q.describe()} for name, q in iter_quantizers(model)]
+
+
+def save_quantized(model: nn.Module, run_dir: str | Path | RunDir, *, arch: dict[str, Any] | None = None) -> Path:
+    """Write ``model.pt``, ``quant.json`` (and ``config.yaml`` if the folder has none) into ``run_dir``."""
+    meta = getattr(model, "qfair_quant", None)
+    if meta is None:
+        raise QuantError("save_quantized needs a model returned by qfair.quant.prepare / quantize")
+    path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+    if not (path / "config.yaml").exists():
+        RunDir.create(path, meta.get("config", {}), command="qfair.save_quantized")
+    path.mkdir(parents=True, exist_ok=True)
+    arch = arch or getattr(model, "qfair_arch", None)
+    atomic_torch_save(model.state_dict(), path / "model.pt")
+    doc = {
+        "format": FORMAT,
+        "arch": arch,
+        "embedding_size": getattr(model, "embedding_size", None),
+        **{k: v for k, v in meta.items() if k != "config"},
+        "config": meta.get("config", {}),
+        "quantizers": quant_summary(model),
+    }
+    atomic_write_json(path / "quant.json", doc)
+    return path
+
+
+def read_quant_json(run_dir: str | Path) -> dict[str, Any]:
+    import json
+
+    p = Path(run_dir) / "quant.json"
+    if not p.exists():
+        raise CheckpointError(f"{p} not found: {run_dir} is not a quantized run folder (made by qfair quantize)")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{p}: not valid JSON ({exc})") from None
+    if doc.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: unknown format {doc.get('format')!r}, expected {FORMAT!r}")
+    return doc
+
+
+def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the fake-quant model saved by :func:`save_quantized`.
+
+    ``model``: the float architecture to prepare; by default it is built with
+    ``qfair.models.create_model`` from the name and kwargs stored in quant.json.
+    """
+    from .recipes import prepare
+
+    path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+    doc = read_quant_json(path)
+    if model is None:
+        arch = doc.get("arch")
+        if not arch:
+            raise CheckpointError(f"{path}/quant.json names no architecture; pass the float model: "
+                                  "load_quantized(run_dir, model=...)")
+        from ..models import create_model
+
+        model = create_model(arch["name"], **arch.get("kwargs", {}))
+    cfg = config_from_dict(QuantConfig, doc["config"], source=str(path / "quant.json"))
+    qmodel = prepare(model, cfg)
+    sd = safe_torch_load(path / "model.pt")
+    for key in sd:  # biases added by bias correction to layers that had none
+        mod_name, _, pname = key.rpartition(".")
+        if pname == "bias" and key not in qmodel.state_dict():
+            m = qmodel.get_submodule(mod_name)
+            if getattr(m, "bias", 0) is None:
+                m.bias = nn.Parameter(torch.zeros_like(sd[key]))
+    by_name = {d["name"]: d for d in doc["quantizers"]}
+    for name, q in iter_quantizers(qmodel):
+        if by_name.get(name, {}).get("lsq"):
+            q.enable_lsq()
+    try:
+        qmodel.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}/model.pt does not match the quantized architecture: {exc}") from None
+    for name, q in iter_quantizers(qmodel):
+        d = by_name.get(name)
+        if d is None:
+            raise CheckpointError(f"{path}/quant.json has no entry for quantizer '{name}'")
+        q.dynamic, q.calibrated = bool(d["dynamic"]), bool(d["calibrated"])
+        q.observer_enabled = False
+        q.fake_quant_enabled = d["mode"] != "off"
+    meta = {k: v for k, v in doc.items() if k not in ("format", "quantizers", "arch", "embedding_size")}
+    qmodel.qfair_quant = meta
+    qmodel.eval()
+    return qmodel

@@ -1,0 +1,106 @@
+"""Write a full report folder: report.md, metrics.json, results.csv, tables.tex and figures/*.png."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..utils.io import atomic_write_json, atomic_write_text
+from .tables import MARK_LEGEND, build_tables, fmt, to_csv, to_latex, to_markdown
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
+
+
+def _ci(v: Any, digits: int = 2, scale: float = 1.0) -> str:
+    if not v:
+        return ""
+    return f" [{fmt(v[0] * scale, digits)}, {fmt(v[1] * scale, digits)}]"
+
+
+def _model_section(r: Any) -> list[str]:
+    t = r.threshold
+    rf = r.rate_fairness
+    out = [f"### {r.name}", "",
+           f"Bits {r.meta.get('bits', '-')}, calibration {r.meta.get('calibration', '-')}, "
+           f"recipe {r.meta.get('recipe', '-')}, backend {r.meta.get('backend', '-')}. "
+           f"Overall accuracy {fmt(r.overall['accuracy'])} +- {fmt(r.overall['accuracy_fold_std'])}.", "",
+           f"AVG {fmt(r.fairness.avg)}{_ci(r.fairness_ci.get('avg'))}, STD {fmt(r.fairness.std)}"
+           f"{_ci(r.fairness_ci.get('std'))} (ddof={r.fairness.ddof}), SER {fmt(r.fairness.ser)}"
+           f"{_ci(r.fairness_ci.get('ser'))}, gap {fmt(r.fairness.gap)}, TO {fmt(r.fairness.to)}.", "",
+           f"Global threshold (cosine) {t['value']:.4f} from {t['source']} at target FMR {t['target_fmr']:g} "
+           f"(pooled FMR {fmt(t['pooled_fmr'] * 100, 3)}%, FNMR {fmt(t['pooled_fnmr'] * 100, 2)}%). "
+           f"FDR {fmt(rf['fdr'], 4)}{_ci(rf.get('fdr_ci'), 4)}, IR {fmt(rf['ir'], 3)}{_ci(rf.get('ir_ci'), 3)}, "
+           f"GARBE {fmt(rf['garbe'], 4)}{_ci(rf.get('garbe_ci'), 4)} (alpha {rf['alpha']}).", "",
+           "| Group | pairs | accuracy | 95% CI | bootstrap CI | FMR % | FNMR % | FNMR@FMR % | EER % | AUC |",
+           "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for g in r.groups:
+        p = r.per_group[g]
+        out.append(f"| {g} | {p['n_pairs']} | {fmt(p['accuracy'])} | {_ci(p['accuracy_ci']).strip()} | "
+                   f"{_ci(p.get('accuracy_ci_bootstrap')).strip()} | {fmt(p['fmr'] * 100, 3)} | "
+                   f"{fmt(p['fnmr'] * 100)} | {fmt(p['fnmr_at_fmr'] * 100)} | {fmt(p['eer'] * 100)} | "
+                   f"{fmt(p['auc'], 4)} |")
+    if r.bootstrap.get("note"):
+        out += ["", f"Bootstrap: {r.bootstrap['n']} resamples; {r.bootstrap['note']}."]
+    return out + [""]
+
+
+def _comparison_section(c: Any) -> list[str]:
+    d = c.deltas
+    out = [f"### {c.other} vs {c.reference}", "",
+           "| Group | b (ref right, other wrong) | c (reverse) | test | p | p (Holm) | error change (pp) | 95% CI | "
+           "FMR at ref. threshold % (ref -> other) |", "|:---|---:|---:|:---|---:|---:|---:|---:|---:|"]
+    for g, p in c.per_group.items():
+        dr = c.fmr_drift["per_group"][g]
+        out.append(f"| {g} | {p['b']} | {p['c']} | {p['method']} | {p['p_value']:.2g} | {p['p_holm']:.2g}"
+                   f"{p['mark']} | {fmt(p['error_delta_pp'])} | {_ci(p.get('error_delta_ci')).strip()} | "
+                   f"{fmt(dr['fmr_ref'] * 100, 3)} -> {fmt(dr['fmr_other'] * 100, 3)} |")
+    out += ["", "Changes (other - reference) with paired bootstrap 95% intervals: " + ", ".join(
+        f"{k.upper()} {fmt(v['delta'])}{_ci(v.get('delta_ci'))}" for k, v in d.items()) + "."]
+    out += [f"- {n}" for n in c.notes]
+    return out + [""]
+
+
+def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Sequence[Any] = (), *,
+                 figures: bool = True, title: str = "qfair evaluation") -> dict[str, Path]:
+    """Write every artefact into ``out_dir``; returns name -> path. Figures are skipped (with a line in
+    report.md) when matplotlib is missing."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = build_tables(results, comparisons)
+    written: dict[str, Path] = {}
+    fig_lines: dict[str, list[str]] = {}
+    if figures:
+        from ..utils.errors import MissingDependencyError
+        from .figures import accuracy_figure, det_figure, tradeoff_figure
+
+        for t in tables:
+            rs = [r for r in results if r.benchmark == t.benchmark]
+            b = _slug(t.benchmark)
+            try:
+                for kind, fn in (("accuracy", accuracy_figure), ("det", det_figure), ("tradeoff", tradeoff_figure)):
+                    p = fn(rs, out / "figures" / f"{kind}_{b}.png")
+                    written[f"{kind}_{b}"] = p
+                    fig_lines.setdefault(t.benchmark, []).append(f"![{kind}](figures/{p.name})")
+            except MissingDependencyError as exc:
+                fig_lines[t.benchmark] = [f"(figures skipped: {exc})"]
+    md = [f"# {title}", ""]
+    for t in tables:
+        md += [f"## {t.benchmark}", "", to_markdown(t)]
+        if t.reference:
+            md += [MARK_LEGEND.replace("*", "\\*") + f"; reference: {t.reference}.", ""]
+        md += [f"- {n}" for n in t.notes] + ([""] if t.notes else [])
+        md += fig_lines.get(t.benchmark, []) + [""]
+        for r in results:
+            if r.benchmark == t.benchmark:
+                md += _model_section(r)
+        for c in comparisons:
+            if c.benchmark == t.benchmark:
+                md += _comparison_section(c)
+    written["report.md"] = atomic_write_text(out / "report.md", "\n".join(md))
+    written["metrics.json"] = atomic_write_json(out / "metrics.json", {
+        "results": [r.to_dict() for r in results], "comparisons": [c.to_dict() for c in comparisons]})
+    written["results.csv"] = atomic_write_text(out / "results.csv", to_csv(tables))
+    written["tables.tex"] = atomic_write_text(out / "tables.tex", "\n".join(to_latex(t) for t in tables))
+    return written

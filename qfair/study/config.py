@@ -1,0 +1,154 @@
+"""``StudyConfig``: the matrix a study runs (typed, validated; YAML keys mirror the dataclass)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from ..config import cfg_field, load_config
+from ..utils.errors import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def _recipes() -> list[str]:
+    from ..quant.recipes import RECIPES
+
+    return RECIPES.names()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One float model: ``checkpoint`` is a file, or ``builtin:NAME`` for a shipped demo model
+    (``builtin:mobilefacenet``, ``builtin:iresnet18w16``; see :func:`builtin_models`)."""
+
+    name: str = cfg_field(help="label used in tables and folder names")
+    checkpoint: str = cfg_field(help="float checkpoint path, or builtin:demo")
+    arch: Optional[str] = cfg_field(None, help="architecture (guessed from the checkpoint when omitted)")
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\: "):
+            raise ConfigError(f"models: name '{self.name}' must be non-empty without '/', '\\', ':' or spaces")
+
+    def resolved_checkpoint(self) -> Path:
+        if self.checkpoint.startswith(BUILTIN_PREFIX):
+            name = self.checkpoint[len(BUILTIN_PREFIX):]
+            path = _ASSETS / f"demo_{name}.pt"
+            if not path.exists():
+                raise ConfigError(f"models: unknown built-in model '{self.checkpoint}'; shipped: "
+                                  f"{', '.join(BUILTIN_PREFIX + n for n in builtin_models()) or 'none'}")
+            return path
+        return Path(self.checkpoint)
+
+
+def builtin_models() -> list[str]:
+    """Names of the demo models shipped in qfair/assets (``demo_<name>.pt``)."""
+    return sorted(p.stem[len("demo_"):] for p in _ASSETS.glob("demo_*.pt"))
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """A calibration source: ``label`` in tables, ``source`` as ``qfair.data.calibration_batches`` takes it
+    (real:PATH, synthetic:PATH, synthetic (data-free), builtin, builtin-synthetic)."""
+
+    label: str = cfg_field(help="label in tables (e.g. real, synthetic, data-free)")
+    source: str = cfg_field(help="calibration source spec")
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """KD fine-tuning of PTQ variants against their float teacher (FACTS.md section 5)."""
+
+    enabled: bool = cfg_field(True)
+    bits: tuple[int, ...] = cfg_field((6,), help="fine-tune the variants with these bit widths", range=(2, 8))
+    start_from: str = cfg_field("synthetic", help="label of the calibration whose PTQ model is fine-tuned")
+    data: str = cfg_field("builtin-synthetic", help="fine-tuning images (calibration source spec)")
+    images: int = cfg_field(512, help="number of fine-tuning images", range=(1, None))
+    steps: int = cfg_field(60, help="optimisation steps", range=(1, None))
+    batch_size: int = cfg_field(16, range=(1, None))
+    lr: float = cfg_field(0.002, range=(0.0, None))
+    range_update_steps: int = cfg_field(10, help="activation ranges track for these first steps, then freeze",
+                                        range=(0, None))
+    fair_kd: bool = cfg_field(False, help="fairness-aware KD weighting (needs group labels)")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Export variants to ONNX and evaluate the graph in ONNX Runtime."""
+
+    enabled: bool = cfg_field(True)
+    target: str = cfg_field("onnxruntime", choices=["onnxruntime", "tensorrt"])
+    bits: tuple[int, ...] = cfg_field((8,), help="export the PTQ variants with these bit widths", range=(2, 8))
+    calibration: tuple[str, ...] = cfg_field(("real",), help="... and these calibration labels")
+    recipe: str = cfg_field("deploy", help="recipe the exported variant is quantized with", choices=_recipes)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    flip: bool = cfg_field(True, help="flip test-time augmentation")
+    batch_size: int = cfg_field(64, range=(1, None))
+    n_bootstrap: int = cfg_field(1000, help="identity-bootstrap resamples", range=(0, None))
+    mode: str = cfg_field("exact", choices=["exact", "grid"])
+    target_fmr: float = cfg_field(1e-3, range=(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: every model x recipe x bits x calibration, then fine-tuning and export."""
+
+    name: str = cfg_field("study", help="study name (report title)")
+    out: str = cfg_field("runs/study", help="output folder (rerunning resumes it)")
+    seed: int = cfg_field(0)
+    models: tuple[ModelSpec, ...] = cfg_field((), flag=False, help="float models")
+    bench: tuple[str, ...] = cfg_field(("builtin",), help="verification benchmarks (NAME:PATH specs)")
+    bits: tuple[int, ...] = cfg_field((8, 6), help="bit widths (weights and activations)", range=(2, 8))
+    recipes: tuple[str, ...] = cfg_field(("quantface",), help="placement recipes", choices=_recipes)
+    observer: str = cfg_field("minmax", help="activation observer")
+    ptq: tuple[str, ...] = cfg_field((), help="PTQ improvements applied after calibration")
+    calibration: tuple[CalibSpec, ...] = cfg_field((), flag=False, help="calibration sources")
+    calib_size: int = cfg_field(256, help="calibration images per source", range=(1, None))
+    calib_batch_size: int = cfg_field(32, range=(1, None))
+    finetune: FinetuneSpec = cfg_field(default_factory=FinetuneSpec)
+    export: ExportSpec = cfg_field(default_factory=ExportSpec)
+    eval: EvalSpec = cfg_field(default_factory=EvalSpec)
+    synthetic_benchmark: bool = cfg_field(False, flag=False,
+                                          help="set by the demo: every number comes from the built-in benchmark")
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models: a study needs at least one model (name, checkpoint, arch)")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"models: names must be unique, got {names}")
+        labels = [c.label for c in self.calibration]
+        if not labels:
+            raise ConfigError("calibration: a study needs at least one calibration source (label, source)")
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"calibration: labels must be unique, got {labels}")
+        if self.finetune.enabled and self.finetune.start_from not in labels:
+            raise ConfigError(f"finetune.start_from: '{self.finetune.start_from}' is not a calibration label "
+                              f"({', '.join(labels)})")
+        for lab in self.export.calibration if self.export.enabled else ():
+            if lab not in labels:
+                raise ConfigError(f"export.calibration: '{lab}' is not a calibration label ({', '.join(labels)})")
+
+
+def load_study(path: str | Path | None, overrides: dict | None = None) -> StudyConfig:
+    return load_config(StudyConfig, path, overrides)
+
+
+def demo_config(out: str = "runs/demo", quick: bool = False, model: str | None = None) -> StudyConfig:
+    """The ``qfair demo`` study: a shipped demo model on the built-in benchmark (no downloads)."""
+    path = _ASSETS / "study_demo.yaml"
+    cfg = load_config(StudyConfig, path, {"out": out})
+    if model is not None:
+        spec = next((m for m in cfg.models if m.name == model or m.checkpoint == BUILTIN_PREFIX + model), None)
+        if spec is None:
+            spec = ModelSpec(name=model, checkpoint=BUILTIN_PREFIX + model)
+            spec.resolved_checkpoint()  # clear error for an unknown name
+        cfg = replace(cfg, models=(spec,))
+    if quick:  # used by the tests: the same pipeline on a handful of images
+        cfg = replace(cfg, bench=("builtin:tiny",), calib_size=16, calib_batch_size=8, eval=replace(cfg.eval, n_bootstrap=50),
+                      finetune=replace(cfg.finetune, steps=3, images=16, batch_size=8))
+    return cfg

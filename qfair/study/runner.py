@@ -1,0 +1,195 @@
+"""Run a study stage by stage; finished stages are read back, never recomputed.
+
+Each variant gets a run folder under ``cfg.out`` (``model.pt`` + ``quant.json``, or ``model.onnx``)
+and a stage marker written only after it is complete, so an interrupted study resumes where it
+stopped. Embeddings are cached on disk, so re-evaluating a finished variant costs only the metrics.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..runs import RunDir
+from ..utils.errors import CheckpointError
+from .config import StudyConfig
+from .plan import Variant, plan
+
+SYNTHETIC_NOTE = ("All numbers in this report come from qfair's built-in SYNTHETIC benchmark (rendered face-like "
+                  "images in four made-up groups): they demonstrate the mechanism, they are not evidence about "
+                  "real faces or real demographic groups. Real conclusions need RFW or a comparable benchmark.")
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    results: list[Any]
+    comparisons: list[Any]
+    files: dict[str, Path]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _say_default(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class _Study:
+    def __init__(self, cfg: StudyConfig, say: Callable[[str], None]):
+        self.cfg, self.say = cfg, say
+        self.root = RunDir.create(cfg.out, cfg, command=f"qfair study ({cfg.name})", seed=cfg.seed)
+        self.cache = self.root.path / ".cache" / "embeddings"
+        self.float_models: dict[str, Any] = {}
+        self.models: dict[str, Any] = {}
+        self._calib: dict[tuple[str, str], list] = {}
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ building blocks
+    def float_model(self, v: Variant):
+        if v.model.name not in self.float_models:
+            from ..models import load_model
+
+            path = v.model.resolved_checkpoint()
+            if not path.exists():
+                raise CheckpointError(f"model '{v.model.name}': checkpoint {path} not found")
+            self.float_models[v.model.name] = load_model(path, arch=v.model.arch)
+        return self.float_models[v.model.name]
+
+    def calib_batches(self, v: Variant, source: str, n: int, batch_size: int):
+        key = (v.model.name, f"{source}|{n}|{batch_size}")
+        if key not in self._calib:
+            from ..data import calibration_batches
+
+            t = time.time()
+            self._calib[key] = calibration_batches(source, n, batch_size, model=self.float_model(v), seed=self.cfg.seed)
+            self.timings[f"calibration data {source}"] = round(time.time() - t, 2)
+        return self._calib[key]
+
+    def quant_config(self, v: Variant):
+        from ..quant import QuantConfig
+
+        return QuantConfig(bits=v.bits, recipe=v.recipe, observer=self.cfg.observer, ptq=tuple(self.cfg.ptq),
+                           calib_size=self.cfg.calib_size, calib_batch_size=self.cfg.calib_batch_size,
+                           seed=self.cfg.seed)
+
+    def folder(self, v: Variant) -> Path:
+        return self.root.path / v.id
+
+    # ------------------------------------------------------------------ stages
+    def build(self, v: Variant):
+        """The model of a variant (torch module, or the path of an ONNX graph)."""
+        from ..quant import load_quantized, quantize, save_quantized
+
+        if v.kind == "float":
+            return self.float_model(v)
+        folder = self.folder(v)
+        if self.root.stage_done(v.id):
+            return folder / "model.onnx" if v.kind == "onnx" else load_quantized(folder)
+        t = time.time()
+        if v.kind == "ptq":
+            batches = self.calib_batches(v, v.calib.source, self.cfg.calib_size, self.cfg.calib_batch_size)
+            model = quantize(self.float_model(v), self.quant_config(v), batches)
+            model.qfair_quant["calib"] = v.calib.label
+            RunDir.create(folder, {"variant": v.id, "calibration": {"label": v.calib.label, "source": v.calib.source},
+                                   "quant": self.quant_config(v)}, command="qfair study: ptq", seed=self.cfg.seed)
+            save_quantized(model, folder)
+            result = model
+        elif v.kind == "kd":
+            result = self._finetune(v, folder)
+        else:  # onnx
+            result = self._export(v, folder)
+        self.root.mark_done(v.id, {"seconds": round(time.time() - t, 2)})
+        self.timings[v.id] = round(time.time() - t, 2)
+        return result
+
+    def _finetune(self, v: Variant, folder: Path):
+        import torch
+
+        from ..quant import load_quantized, save_quantized
+        from ..train import kd_finetune
+
+        ft = self.cfg.finetune
+        student = load_quantized(self.folder_of(v.parent))
+        batches = self.calib_batches(v, ft.data, ft.images, ft.batch_size)
+        images = torch.cat([b[0] if isinstance(b, (list, tuple)) else b for b in batches])
+        RunDir.create(folder, {"variant": v.id, "start": v.parent, "finetune": ft}, command="qfair study: kd",
+                      seed=self.cfg.seed)
+        res = kd_finetune(student, self.float_model(v), images, steps=ft.steps, lr=ft.lr, batch_size=ft.batch_size,
+                          range_update_steps=ft.range_update_steps, seed=self.cfg.seed)
+        student.eval()
+        student.qfair_quant["calib"] = v.calib.label
+        student.qfair_quant["finetune"] = {"steps": ft.steps, "data": ft.data, "final_loss": float(res.loss)}
+        save_quantized(student, folder)
+        return student
+
+    def _export(self, v: Variant, folder: Path):
+        from ..export import export_onnx
+
+        batches = self.calib_batches(v, v.calib.source, self.cfg.calib_size, self.cfg.calib_batch_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        import torch
+
+        images = torch.cat([b[0] if isinstance(b, (list, tuple)) else b for b in batches])
+        return export_onnx(self.folder_of(v.parent), target=self.cfg.export.target, out=folder / "model.onnx",
+                           parity_data=images)
+
+    def folder_of(self, variant_id: str) -> Path:
+        return self.root.path / variant_id
+
+    def evaluate(self, v: Variant, model: Any, vset: Any):
+        from ..eval import evaluate
+
+        e = self.cfg.eval
+        meta = {"bits": v.bits_label, "calibration": v.calib_label, "recipe": v.recipe or "-",
+                "variant": v.id, "kind": v.kind, "model": v.model.name}
+        return evaluate(model, vset, name=v.id, backend="onnxruntime" if v.kind == "onnx" else None,
+                        flip=e.flip, batch_size=e.batch_size, cache_dir=self.cache, mode=e.mode,
+                        target_fmr=e.target_fmr, n_bootstrap=e.n_bootstrap, seed=self.cfg.seed, meta=meta)
+
+
+def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None) -> StudyResult:
+    """Run (or resume) every stage of ``cfg`` and write the combined report into ``cfg.out``."""
+    from ..data import open_benchmark
+    from ..eval import compare
+    from ..report.writer import write_report
+
+    say = say or _say_default
+    t0 = time.time()
+    st = _Study(cfg, say)
+    variants = plan(cfg)
+    benches = [open_benchmark(b) for b in cfg.bench]
+    results = []
+    for i, v in enumerate(variants, 1):
+        resumed = st.root.stage_done(v.id)
+        t = time.time()
+        model = st.build(v)
+        for vset in benches:
+            r = st.evaluate(v, model, vset)
+            results.append(r)
+            accs = "  ".join(f"{g} {a:.2f}" for g, a in r.accuracies().items())
+            say(f"[{i}/{len(variants)}] {v.id:<34} {v.bits_label:<5} {v.calib_label:<26} {accs}  "
+                f"STD {r.fairness.std:.2f}  SER {r.fairness.ser:.2f}"
+                f"{'  (resumed)' if resumed else ''}  [{time.time() - t:.0f}s]")
+        if v.kind != "float":  # keep memory flat on long studies
+            del model
+    comparisons = []
+    for m in cfg.models:
+        mine = [r for r in results if r.meta.get("model") == m.name]
+        comparisons += compare(mine, reference=f"{m.name}-fp32", seed=cfg.seed,
+                               n_bootstrap=cfg.eval.n_bootstrap)
+    notes_title = f"qfair study: {cfg.name}"
+    if cfg.synthetic_benchmark:
+        for r in results:
+            if SYNTHETIC_NOTE not in r.notes:
+                r.notes.insert(0, SYNTHETIC_NOTE)
+    files = write_report(st.root.path, results, comparisons, title=notes_title)
+    if cfg.synthetic_benchmark:
+        report = files["report.md"]
+        text = report.read_text(encoding="utf-8")
+        head, _, rest = text.partition("\n")
+        from ..utils.io import atomic_write_text
+
+        atomic_write_text(report, f"{head}\n\n> **{SYNTHETIC_NOTE}**\n{rest}")
+    st.timings["total"] = round(time.time() - t0, 1)
+    st.root.write_json("timings.json", st.timings)
+    return StudyResult(out=st.root.path, results=results, comparisons=comparisons, files=files, timings=st.timings)

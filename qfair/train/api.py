@@ -1,0 +1,206 @@
+"""Entry points: :func:`qat` (``qfair qat``), :func:`distill` (``qfair distill``), :func:`kd_finetune`.
+
+Both commands load (and check) the teacher first -- a teacher that does not load is an error before
+anything else happens (the reference code swallowed it and distilled from a random network, FACTS.md
+section 5) -- then build the student, check that the embeddings can be compared, build the data,
+and call :func:`qfair.train.fit`. The run folder gets ``config.yaml``, ``metrics.jsonl``,
+``checkpoints/``, the trained model (``model.pt`` + ``quant.json`` for a quantized student, so
+``qfair evaluate`` / ``qfair export`` take the folder) and ``train.json`` (summary).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..utils.errors import CheckpointError, ConfigError, QfairError
+from .batches import IndexedSource
+from .config import DistillConfig, QatConfig, TrainConfig
+from .distributed import barrier, dist_info
+from .loop import FitResult, fit
+from .teacher import TeacherCache, check_pair, embedding_size
+
+
+def train_config(cfg: Any) -> TrainConfig:
+    """The :class:`TrainConfig` part of a QatConfig / DistillConfig."""
+    return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def load_teacher(path: str | None, arch: str | None) -> nn.Module:
+    """Load the float teacher or raise CheckpointError (never fall back to a random network)."""
+    if not path:
+        raise ConfigError("no teacher: pass --teacher CHECKPOINT (or --model for qat)")
+    from ..models import load_model
+
+    try:
+        teacher = load_model(path, arch)
+    except QfairError as exc:
+        raise CheckpointError(f"teacher {path} could not be loaded, so training did not start: {exc}") from None
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"teacher {path} could not be loaded ({type(exc).__name__}: {exc}); "
+                              "training did not start. Check the file and --teacher-arch") from None
+    return teacher.eval()
+
+
+def _calib_batches(spec: str, n: int, seed: int, model: nn.Module) -> list[torch.Tensor]:
+    from .batches import to_model_input
+    from .data import load_train_images
+
+    imgs = load_train_images(spec, n, seed=seed, model=model).images[:n]
+    return [to_model_input(imgs[i:i + 32]) for i in range(0, len(imgs), 32)]
+
+
+def _check_resume(out: str | Path, cfg: Any, resume: bool) -> None:
+    """A resumed run must use the settings it was started with (checked before any heavy work)."""
+    from ..config import config_to_dict
+    from ..runs import RunDir
+
+    out = Path(out)
+    if resume and (out / "config.yaml").exists():
+        stored = (RunDir.open(out).read_config() or {}).get("config")
+        now = config_to_dict(cfg)
+        if stored is not None and stored != now:
+            diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+            raise ConfigError(f"--resume: the settings differ from the run in {out} (keys: {', '.join(diff)}); "
+                              "resume with the same settings or use a new --out")
+
+
+def _prepare_run(out: str | Path, cfg: Any, command: str, resume: bool) -> Path:
+    from ..runs import RunDir
+
+    out = Path(out)
+    if resume and (out / "config.yaml").exists():
+        return out
+    if dist_info().main:
+        RunDir.create(out, cfg, command=command, seed=cfg.seed)
+    barrier()
+    return out
+
+
+def _evaluator(cfg: Any):
+    if not cfg.bench:
+        return None
+    from .evaluation import group_evaluator
+
+    return group_evaluator(cfg.bench, cfg.best_metric)
+
+
+def _summary(res: FitResult, out: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    from ..utils.io import atomic_write_json
+
+    doc = {"steps": res.steps, "final_loss": res.loss, "images_per_s": res.images_per_s, "best": res.best,
+           "resumed_from": res.resumed_from, "out": str(out), **extra}
+    if dist_info().main:
+        atomic_write_json(out / "train.json", doc)
+    return doc
+
+
+def qat(cfg: QatConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Quantization-aware KD fine-tuning of a quantized student toward its float teacher."""
+    from ..quant import QuantConfig, load_quantized, quantize, save_quantized
+    from ..runs import RunDir
+
+    teacher_path = cfg.teacher or cfg.model
+    if not teacher_path and cfg.student:  # the quantize run records the float model it started from
+        stored = (RunDir.open(cfg.student).read_config() or {}).get("config", {}) or {}
+        teacher_path = stored.get("model")
+        if not teacher_path:
+            raise ConfigError(f"{cfg.student}/config.yaml does not name its float model; pass --teacher CHECKPOINT")
+    teacher = load_teacher(teacher_path, cfg.teacher_arch or cfg.arch)
+    _check_resume(out, cfg, resume)
+    if cfg.student:
+        student = load_quantized(cfg.student)
+    else:
+        float_model = load_teacher(cfg.model, cfg.arch) if cfg.model != teacher_path else teacher  # prepare copies
+        qcfg = QuantConfig(wbits=cfg.wbits, abits=cfg.abits, recipe=cfg.recipe, seed=cfg.seed)
+        student = quantize(float_model, qcfg, _calib_batches(cfg.calib, cfg.calib_n, cfg.seed, float_model))
+    check_pair(student, teacher)
+    from .data import build_source
+
+    source = build_source(cfg.data, cfg.data_n, cfg.batch_size, seed=cfg.seed, hflip=cfg.hflip,
+                          mix_data=cfg.mix_data, mix_ratio=cfg.mix_ratio, model=teacher)
+    out = _prepare_run(out, cfg, "qfair qat", resume)
+    res = fit(student, teacher, source, train_config(cfg), out_dir=out, resume=resume, evaluator=_evaluator(cfg),
+              description="qat")
+    if dist_info().main:
+        save_quantized(student, out)
+    return _summary(res, out, {"command": "qat", "teacher": str(teacher_path), "quant": student.qfair_quant})
+
+
+def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Distil a teacher into a (smaller) student architecture, optionally quantized at the same time."""
+    from ..models import create_model, load_model
+    from ..quant import QuantConfig, quantize, save_quantized
+    from ..utils.io import atomic_torch_save
+
+    teacher = load_teacher(cfg.teacher, cfg.teacher_arch)
+    _check_resume(out, cfg, resume)
+    t_dim = embedding_size(teacher)
+    s_dim = cfg.embedding_size or t_dim
+    torch.manual_seed(cfg.seed)
+    if cfg.student_init:
+        student = load_model(cfg.student_init, cfg.student_arch)
+    else:
+        student = create_model(cfg.student_arch, **{**({"num_features": s_dim} if s_dim else {}), **cfg.student_kwargs})
+    projection = None
+    s_dim = embedding_size(student)
+    if cfg.projection:
+        if s_dim is None or t_dim is None:
+            raise ConfigError("projection needs both models to declare embedding_size")
+        projection = nn.Linear(s_dim, t_dim, bias=False)
+    check_pair(student, teacher, projection)
+    from .data import build_source
+
+    source = build_source(cfg.data, cfg.data_n, cfg.batch_size, seed=cfg.seed, hflip=cfg.hflip,
+                          mix_data=cfg.mix_data, mix_ratio=cfg.mix_ratio, model=teacher)
+    if cfg.quantize:
+        first = source.first if hasattr(source, "first") else source
+        calib = [first.load(torch.arange(i, min(i + 32, len(first)))) for i in range(0, min(256, len(first)), 32)]
+        student = quantize(student, QuantConfig(wbits=cfg.wbits, abits=cfg.abits, recipe=cfg.recipe, seed=cfg.seed),
+                           calib)
+    out = _prepare_run(out, cfg, "qfair distill", resume)
+    cache = None
+    if cfg.teacher_cache:
+        cache_dir = out / "teacher_cache" if cfg.teacher_cache == "auto" else Path(cfg.teacher_cache)
+        if dist_info().main:  # rank 0 computes and stores; the others read the file
+            cache = TeacherCache.build(teacher, source, cache_dir)
+        barrier()
+        cache = cache or TeacherCache.build(teacher, source, cache_dir)
+    res = fit(student, None if cache is not None else teacher, source, train_config(cfg), projection=projection,
+              out_dir=out, resume=resume, evaluator=_evaluator(cfg), teacher_cache=cache, description="distill")
+    if dist_info().main:
+        if cfg.quantize:
+            save_quantized(student, out)
+        else:
+            atomic_torch_save(student.state_dict(), out / "model.pt")
+        if projection is not None:
+            atomic_torch_save(projection.state_dict(), out / "projection.pt")
+    return _summary(res, out, {"command": "distill", "teacher": cfg.teacher, "student_arch": cfg.student_arch,
+                               "teacher_cache": cache.key if cache is not None else None})
+
+
+def kd_finetune(student: nn.Module, teacher: nn.Module, batches: Any, *, steps: int = 200, lr: float = 0.01,
+                batch_size: int = 32, range_update_steps: int | None = None, seed: int = 0,
+                out_dir: str | Path | None = None, **overrides: Any) -> FitResult:
+    """Quick KD fine-tuning for demos and notebooks (CPU, a few hundred steps).
+
+    ``batches``: a ``TrainSplit``-like object (``images``, ``labels``, ``groups``, ``group_names``), an
+    image tensor (N, 3, H, W) (uint8 or normalised float), a source, or any iterable of batches.
+    Activation ranges track for ``range_update_steps`` (default: a quarter of the steps, at most 300).
+    ``overrides`` are :class:`TrainConfig` fields (e.g. ``fair_kd=True``, ``kd_loss="cosine"``).
+    """
+    if hasattr(batches, "images") and hasattr(batches, "labels") and not hasattr(batches, "epoch"):
+        batches = IndexedSource(batches.images, batches.labels, getattr(batches, "groups", None),
+                                batch_size=min(batch_size, len(batches.images)), seed=seed,
+                                hflip=overrides.get("hflip", True), group_names=getattr(batches, "group_names", None))
+    elif isinstance(batches, torch.Tensor):
+        batches = IndexedSource(batches, batch_size=min(batch_size, len(batches)), seed=seed,
+                                hflip=overrides.get("hflip", True))
+    if range_update_steps is None:
+        range_update_steps = min(300, steps // 4)
+    overrides.setdefault("checkpoint_every", 0)
+    return fit(student, teacher, batches, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+               range_update_steps=range_update_steps, out_dir=out_dir, **overrides)

@@ -1,0 +1,75 @@
+"""torch.distributed helpers: launch detection (torchrun env), device choice, reductions.
+
+``qfair qat`` / ``qfair distill`` started with ``torchrun --nproc-per-node N -m qfair ...`` find
+RANK / WORLD_SIZE / LOCAL_RANK in the environment and join the process group (NCCL on CUDA, gloo on
+CPU). Every rank runs the same loop on its shard of each global batch (``Batch.shard``); DDP averages
+the gradients; activation ranges are synchronised by ``ranges.synced_ranges``; rank 0 writes logs and
+checkpoints.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def dist_info() -> DistInfo:
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return DistInfo()
+
+
+def init_from_env(backend: str | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a 1-process info."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return DistInfo()
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
+    return dist_info()
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """'auto' -> cuda:LOCAL_RANK when CUDA exists, else cpu."""
+    if name == "auto":
+        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from ..utils.errors import ConfigError
+
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu or auto")
+    if dev.type == "cuda" and info.active and dev.index is None:
+        dev = torch.device(f"cuda:{info.local_rank}")
+    return dev
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op in one process); returns ``t``."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,307 @@
+"""The fine-tuning loop, :func:`fit`: distillation (+ optional margin head) with resumable checkpoints.
+
+One step (0-based ``s``): lr = ``lr_at(s)``; activation ranges track while ``s < range_update_steps``
+and are frozen after; the batch is global batch ``s`` of the deterministic data order (sharded over
+ranks); teacher embeddings come from the cache or a no-grad forward; loss = margin + lambda * KD with
+optional fairness weights; backward, clip the gradient norm, SGD step; then log / evaluate /
+checkpoint. A checkpoint after step ``s`` holds everything the next step depends on (weights,
+optimizer, observer ranges, fairness weights, RNG states, data position), so ``resume=True`` ends with
+the same weights as an uninterrupted run (CPU, same thread count).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import config_from_dict, config_to_dict
+from ..utils.errors import ConfigError, DataError
+from ..utils.io import to_json
+from . import ranges as R
+from .batches import as_source
+from .checkpoint import fork_rng, load_checkpoint, load_module_state, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .distributed import all_reduce_sum, barrier, dist_info, resolve_device
+from .fairness import GroupKDWeighter
+from .heads import create_head
+from .monitor import MetricsLog, Progress
+from .optim import lr_at, make_sgd, scaled_lr, set_lr
+from .step import DistillStep, freeze_batchnorm
+from .teacher import check_pair, embedding_size
+
+# evaluator(model) -> (score, details): higher score is better (see qfair.train.evaluation)
+Evaluator = Callable[[nn.Module], "tuple[float, dict[str, Any]]"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns (the student is trained in place)."""
+
+    steps: int
+    loss: float
+    images_per_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    out_dir: Path | None = None
+    resumed_from: int | None = None
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip: numpy scalars etc. become plain values a weights-only loader accepts."""
+    return json.loads(to_json(obj))
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConfig | None = None, *,
+        head: nn.Module | None = None, projection: nn.Module | None = None, out_dir: str | Path | None = None,
+        resume: bool = False, evaluator: Evaluator | None = None, group_names: Sequence[str] | None = None,
+        teacher_cache: Any = None, callbacks: Sequence[Callable[[int, dict], None]] = (),
+        description: str = "fine-tune", **overrides: Any) -> FitResult:
+    """Fine-tune ``student`` toward ``teacher`` on ``data`` (a source from ``qfair.train.batches`` or any
+    iterable of (B,3,112,112) tensors / (images, labels[, groups]) tuples). ``overrides`` replace
+    fields of ``cfg``. Writes ``metrics.jsonl`` and ``checkpoints/{last,best}.pt`` under ``out_dir``.
+    Seeds torch / numpy / random with ``cfg.seed`` first (initialisation and augmentation are reproducible)."""
+    if overrides or cfg is None:  # validated like a config file: unknown keys and bad values are named
+        cfg = config_from_dict(TrainConfig, {**config_to_dict(cfg or TrainConfig()), **overrides},
+                               source="fit() arguments")
+    info = dist_info()
+    device = resolve_device(cfg.device, info)
+    _seed_all(cfg.seed)
+    source = as_source(data, group_names)
+    group_names = list(group_names or getattr(source, "group_names", None) or [])
+    bpe = source.batches_per_epoch()
+    total = cfg.steps or (cfg.epochs * bpe if bpe else 0)
+    if total <= 0:
+        raise ConfigError("set steps: the data has no known length, so epochs cannot be converted to steps")
+    if teacher is None and teacher_cache is None and cfg.margin == "none":
+        raise ConfigError("nothing to learn from: give a teacher (or teacher embeddings) or a margin head")
+    if teacher is not None:
+        check_pair(student, teacher, projection)
+        teacher.to(device).eval().requires_grad_(False)
+    quantized = R.is_quantized(student)
+    lsq_params = R.enable_learnable_scales(student) if cfg.learnable_scales and quantized else []
+    if cfg.learnable_scales and not quantized:
+        raise ConfigError("learnable_scales needs a quantized student (it learns the quantizer scales)")
+    if head is None and cfg.margin != "none":
+        head = _make_head(cfg, student, projection, source)
+    student.to(device)
+    for m in (projection, head):
+        if m is not None:
+            m.to(device)
+    weighter = None
+    if group_names:
+        weighter = GroupKDWeighter(group_names, cfg.fair_gamma, cfg.fair_momentum, enabled=cfg.fair_kd)
+    elif cfg.fair_kd:
+        raise ConfigError("fair_kd needs group labels: use data with groups (e.g. builtin) or pass group_names")
+
+    # ---- optimizer: scales (LSQ) without weight decay and with their own lr multiplier
+    batch_total = getattr(source, "batch_size", None) or cfg.batch_size
+    lr0 = cfg.lr if cfg.lr is not None else scaled_lr(cfg.base_lr, batch_total, cfg.base_batch)
+    scale_ids = {id(p) for p in lsq_params}
+    main_params = [p for m in (student, projection, head) if m is not None for p in m.parameters()
+                   if p.requires_grad and id(p) not in scale_ids]
+    opt = make_sgd(main_params, lr0, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    if lsq_params:
+        opt.add_param_group({"params": lsq_params, "weight_decay": 0.0, "lr_mult": cfg.scale_lr_mult})
+    milestones = [round(m * (bpe if cfg.milestone_unit == "epoch" and bpe else 1)) for m in cfg.milestones]
+    sched = dict(lr=lr0, total_steps=total, schedule=cfg.schedule, milestones=milestones, gamma=cfg.lr_gamma,
+                 warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    step_mod = DistillStep(student, projection, head, kd=cfg.kd_loss, kd_weight=cfg.kd_weight,
+                           margin_weight=cfg.margin_weight)
+    model = step_mod
+    if info.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(step_mod, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- state: fresh or resumed
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_dir = out / "checkpoints" if out is not None else None
+    log = MetricsLog(out / "metrics.jsonl" if out is not None and info.main else None)
+    step, epoch, pos, best, resumed_from, last_loss = 0, 0, 0, None, None, math.nan
+    if quantized:
+        R.set_range_tracking(student, cfg.range_update_steps > 0)
+    if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
+        ck = load_checkpoint(ckpt_dir / "last.pt")
+        for name, mod in (("student", student), ("projection", projection), ("head", head)):
+            if mod is not None:
+                load_module_state(mod, ck[name], name, ckpt_dir / "last.pt")
+        opt.load_state_dict(ck["optimizer"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        if quantized:  # observer statistics and modes as saved (no freeze(): it would recompute the scale)
+            R.load_range_state(student, ck["ranges"])
+        if weighter is not None and ck.get("fair"):
+            weighter.load_state_dict(ck["fair"])
+        set_rng_state(ck["rng"])
+        step, epoch, pos, best = ck["step"], ck["epoch"], ck["batch"], ck.get("best")
+        last_loss = float(ck.get("last_loss", math.nan))
+        resumed_from = step
+        log.truncate_after(step)
+    if out is not None and info.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(path_name: str = "last.pt") -> None:
+        if ckpt_dir is None or not info.main:
+            return
+        save_checkpoint(ckpt_dir / path_name, {
+            "step": step, "epoch": epoch, "batch": pos, "total_steps": total, "done": step >= total,
+            "student": student.state_dict(), "projection": projection.state_dict() if projection else None,
+            "head": head.state_dict() if head is not None else None, "optimizer": opt.state_dict(),
+            "scheduler": {"name": cfg.schedule, "step": step}, "scaler": scaler.state_dict() if scaler else None,
+            "ranges": R.range_state(student) if quantized else {}, "fair": weighter.state_dict() if weighter else None,
+            "rng": rng_state(), "best": best, "world": info.world, "config": config_to_dict(cfg),
+            "last_loss": last_loss})
+
+    # ---- the loop
+    student.train()
+    if cfg.freeze_bn:
+        freeze_batchnorm(student)
+    prog = Progress(total, step, description, active=info.main)
+    images_seen, ips = 0, 0.0
+    try:
+        while step < total:
+            got_any = False
+            for batch in source.epoch(epoch, pos, info.rank, info.world):
+                got_any = True
+                tracking = quantized and step < cfg.range_update_steps
+                if quantized and step == cfg.range_update_steps:
+                    R.set_range_tracking(student, False)
+                lr = lr_at(step, **sched)
+                set_lr(opt, lr)
+                batch = batch.to(device)
+                t_emb = _teacher_embeddings(teacher, teacher_cache, batch, device, use_amp)
+                weights = None
+                if weighter is not None and cfg.fair_kd and batch.groups is not None:
+                    weights = weighter.sample_weights(batch.groups)
+                with R.synced_ranges(student, active=tracking and info.active), \
+                        torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    loss, kd, margin, per = model(batch.images, t_emb, batch.labels, weights)
+                if not torch.isfinite(loss):
+                    raise DataError(f"loss became {float(loss)} at step {step}; lower the learning rate or check "
+                                    "the data (images normalised to [-1, 1]?)")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                if weighter is not None and batch.groups is not None and t_emb is not None:
+                    weighter.update(per, batch.groups, reduce=all_reduce_sum if info.active else None)
+                step, pos = step + 1, pos + 1
+                if bpe and pos >= bpe:
+                    epoch, pos = epoch + 1, 0
+                images_seen += len(batch) * info.world
+                record = None
+                if step % cfg.log_every == 0 or step == total:
+                    terms = all_reduce_sum(torch.stack([loss.detach().float(), kd, margin])).cpu() / info.world
+                    ips, eta = prog.rates(step, images_seen)
+                    last_loss = float(terms[0])
+                    record = {"step": step, "epoch": epoch, "loss": last_loss, "kd": float(terms[1]),
+                              "margin": float(terms[2]), "lr": lr, "images_per_s": ips, "eta_s": eta,
+                              "tracking_ranges": bool(tracking)}
+                    if weighter is not None and weighter.last:
+                        record.update(weighter.log_dict())
+                    log.write(record)
+                    prog.update(step, last_loss, lr, ips)
+                if evaluator is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+                    best = _evaluate(evaluator, student, step, best, ckpt_dir, projection, log, info, cfg)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 or step == total:
+                    checkpoint()
+                    barrier()
+                for cb in callbacks:
+                    cb(step, record or {"step": step})
+                if step >= total or (bpe and pos == 0):
+                    break
+            if not got_any:
+                raise DataError(f"the training data yielded no batch in epoch {epoch} (position {pos})")
+            if not bpe:
+                epoch, pos = epoch + 1, 0
+    finally:
+        prog.close()
+    if quantized:
+        R.set_range_tracking(student, False)
+    student.eval()
+    return FitResult(steps=step, loss=last_loss, images_per_s=ips, history=list(log.records), best=best,
+                     out_dir=out, resumed_from=resumed_from)
+
+
+def _make_head(cfg: TrainConfig, student: nn.Module, projection: nn.Module | None, source: Any) -> nn.Module:
+    dim = getattr(projection, "out_features", None) if projection is not None else embedding_size(student)
+    if dim is None:
+        raise ConfigError("cannot size the margin head: the student has no `embedding_size` attribute")
+    classes = cfg.num_classes
+    if not classes:
+        parts = [source.first, source.second] if hasattr(source, "first") else [source]
+        labels = [p.labels for p in parts if getattr(p, "labels", None) is not None]
+        if not labels:
+            raise ConfigError(f"margin '{cfg.margin}' needs identity labels; set num_classes or use labelled data")
+        classes = max(int(t.max()) for t in labels) + 1
+    return create_head(cfg.margin, dim, classes, s=cfg.margin_s, m=cfg.margin_m)
+
+
+@torch.no_grad()
+def _teacher_embeddings(teacher: nn.Module | None, cache: Any, batch: Any, device: torch.device,
+                        use_amp: bool) -> torch.Tensor | None:
+    if cache is not None and batch.index is not None:
+        return cache.lookup(batch.index, batch.flipped).to(device)
+    if teacher is None:
+        return None
+    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        return teacher(batch.images).float()
+
+
+def _evaluate(evaluator: Evaluator, student: nn.Module, step: int, best: dict | None, ckpt_dir: Path | None,
+              projection: nn.Module | None, log: MetricsLog, info: Any, cfg: TrainConfig) -> dict | None:
+    """Evaluate on rank 0 without disturbing training (RNG, BN mode, observers); keep the best weights."""
+    if info.main:
+        modes = {n: q.observer_enabled for n, q in R.act_quantizers(student)} if R.is_quantized(student) else {}
+        for n, q in (R.act_quantizers(student) if modes else ()):
+            q.observer_enabled = False
+        was = student.training
+        student.eval()
+        with fork_rng():
+            score, details = evaluator(student)
+        student.train(was)
+        if was and cfg.freeze_bn:
+            freeze_batchnorm(student)
+        for n, q in (R.act_quantizers(student) if modes else ()):
+            q.observer_enabled = modes[n]
+        log.write({"step": step, "eval": _plain(details), "score": float(score)})
+        if best is None or float(score) > best["score"]:
+            best = {"score": float(score), "step": step, "metrics": _plain(details)}
+            if ckpt_dir is not None:
+                save_checkpoint(ckpt_dir / "best.pt", {"step": step, "student": student.state_dict(),
+                                                       "projection": projection.state_dict() if projection else None,
+                                                       "best": best})
+    if info.active:  # every rank learns the same 'best'
+        import torch.distributed as dist
+
+        box = [best]
+        dist.broadcast_object_list(box, src=0)
+        best = box[0]
+    barrier()
+    return best

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from qfair.data import calibration_batches
+from qfair.data.mixing import MixedSource, balanced_identity_sample, parse_mix
+from qfair.utils.errors import DataError
+
+
+class _DS:
+    def __init__(self, n, tag, labelled=True):
+        self.n, self.tag, self.labelled = n, tag, labelled
+        self.targets = np.arange(n) % 5 if labelled else None
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return (self.tag, i), (int(self.targets[i]) if self.labelled else -1)
+
+
+def test_balanced_hard_labels():
+    groups = np.array(["A"] * 10 + ["B"] * 3 + ["C"] * 5)
+    keep = balanced_identity_sample(groups, seed=0)
+    assert np.bincount(np.searchsorted(["A", "B", "C"], groups[keep])).tolist() == [3, 3, 3]
+    assert np.array_equal(keep, balanced_identity_sample(groups, seed=0))
+    assert not np.array_equal(keep, balanced_identity_sample(groups, seed=1))
+    with pytest.raises(DataError, match="fewer than 4"):
+        balanced_identity_sample(groups, per_group=4)
+
+
+def test_balanced_soft_labels_keep_most_representative():
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    # group 0: ids 0 (0.9), 2 (0.8), 1 (0.6); group 1: ids 4 (0.9), 3 (0.7) -> 2 per group
+    assert balanced_identity_sample(p).tolist() == [0, 2, 3, 4]
+    assert balanced_identity_sample(p, per_group=1).tolist() == [0, 4]
+
+
+def test_mixed_source_ratio_and_labels():
+    real, syn = _DS(100, "r"), _DS(50, "s", labelled=False)
+    mix = MixedSource([real, syn], [0.7, 0.3], size=20, seed=0)
+    assert len(mix) == 20 and mix.counts.tolist() == [14, 6]
+    tags = [mix[i][0][0] for i in range(20)]
+    assert tags.count("r") == 14 and tags.count("s") == 6
+    labels = [mix[i][1] for i in range(20)]
+    assert all(l == -1 for t, l in zip(tags, labels) if t == "s")
+    again = MixedSource([real, syn], [0.7, 0.3], size=20, seed=0)
+    assert again.items == mix.items
+    only = MixedSource([real, _DS(10, "q")], [1, 1], size=10, seed=0, indices=[[3, 4], None])
+    assert {mix_i[1] for (k, mix_i) in [(k, (k, j)) for k, j in only.items] if k == 0} <= {3, 4}
+    assert only[next(i for i, (k, _) in enumerate(only.items) if k == 1)][1] >= 5  # offset past real's 5 labels
+
+
+def test_parse_and_mix_calibration():
+    assert parse_mix("real:/a@0.7|synthetic@0.3") == [("real:/a", 0.7), ("synthetic", 0.3)]
+    with pytest.raises(DataError):
+        parse_mix("real:/a")
+    b = calibration_batches("mix:builtin@0.75|builtin-synthetic@0.25", 8, 3, seed=0)
+    assert [len(x) for x in b] == [3, 3, 2] and b[0].dtype == torch.float32

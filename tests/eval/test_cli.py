@@ -1,0 +1,87 @@
+"""`qfair evaluate` / `qfair compare` end to end on tiny models and the tiny built-in benchmark."""
+import json
+
+import pytest
+import torch
+
+from qfair.cli import main
+from qfair.config import load_config
+from qfair.eval.config import EvalConfig
+
+from .conftest import TinyNet
+from .test_embed import _onnx_of
+
+FAST = ["--bench", "builtin:tiny", "--n-bootstrap", "50", "--no-flip"]  # flip TTA is tested in test_embed
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from qfair.models import create_model
+    from qfair.quant import QuantConfig, quantize, save_quantized
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    fp = create_model("iresnet18", width=4, num_features=16).eval()
+    torch.save(fp.state_dict(), root / "fp32.pt")
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.rand(4, 3, 112, 112, generator=gen) * 2 - 1]
+    save_quantized(quantize(fp, QuantConfig(bits=6), calib), root / "w6")
+    (root / "cache").mkdir()
+    return root
+
+
+def test_config_file_loads():
+    cfg = load_config(EvalConfig, "configs/evaluate.yaml")
+    assert cfg == EvalConfig()
+
+
+def test_evaluate_float_checkpoint(models, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(models / "fp32.pt"), "--arch", "iresnet18", *FAST, "--out", str(out),
+                 "--cache-dir", str(models / "cache")]) == 0
+    for name in ("report.md", "metrics.json", "results.csv", "tables.tex", "config.yaml",
+                 "figures/accuracy_builtin-tiny.png", "figures/det_builtin-tiny.png"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "metrics.json").read_text())
+    r = doc["results"][0]
+    assert r["meta"]["bits"] == "FP32" and len(r["groups"]) == 4 and r["bootstrap"]["method"] == "identity"
+    assert "builtin-tiny: accuracy" in capsys.readouterr().out
+
+
+def test_compare_quantized_against_float(models, tmp_path):
+    out = tmp_path / "cmp"
+    rc = main(["compare", str(models / "w6"), str(models / "fp32.pt"), "--arch", "iresnet18", *FAST,
+               "--out", str(out), "--no-figures", "--cache-dir", str(models / "cache")])
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    (c,) = doc["comparisons"]
+    assert (c["reference"], c["other"]) == ("fp32", "w6")
+    assert set(c["per_group"]) == set(doc["results"][0]["groups"])
+    csv = (out / "results.csv").read_text().splitlines()
+    assert any(",w6,0,W6A6,synthetic" in line or ",w6,0,W6A6," in line for line in csv)
+    assert "McNemar" in (out / "report.md").read_text()
+
+
+def test_out_in_the_run_folder_keeps_its_config(models, tmp_path):
+    import shutil
+
+    run = tmp_path / "w6"
+    shutil.copytree(models / "w6", run)
+    before = (run / "config.yaml").read_text()
+    assert main(["evaluate", str(run), *FAST, "--out", str(run), "--no-figures", "--cache-dir",
+                 str(models / "cache")]) == 0
+    assert (run / "config.yaml").read_text() == before and (run / "eval_config.yaml").is_file()
+    r = json.loads((run / "metrics.json").read_text())["results"][0]
+    assert r["meta"]["bits"] == "W6A6" and r["meta"]["quantized"]
+
+
+def test_evaluate_onnx_file_and_errors(tmp_path, capsys):
+    path = _onnx_of(TinyNet.make(), tmp_path / "tiny.onnx")
+    assert main(["evaluate", str(path), *FAST, "--out", str(tmp_path / "o"), "--no-figures", "--no-cache",
+                 "--mode", "grid"]) == 0
+    r = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"][0]
+    assert r["meta"]["backend"] == "onnxruntime" and r["settings"]["mode"] == "grid"
+    assert main(["evaluate", str(tmp_path / "missing.pt"), *FAST, "--no-cache", "--out", str(tmp_path / "x")]) == 2
+    assert "model not found" in capsys.readouterr().err
+    assert main(["evaluate", str(path), *FAST, "--no-cache", "--out", str(tmp_path / "y"), "--groups", "Martian"]) == 2
+    assert "Martian" in capsys.readouterr().err

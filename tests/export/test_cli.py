@@ -1,0 +1,53 @@
+"""`qfair export` and `qfair bench` on a run folder (tiny model registered for the test only)."""
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from qfair.cli import main  # noqa: E402
+
+from .conftest import TinyFace  # noqa: E402
+
+
+@pytest.fixture()
+def run_dir(tmp_path, deploy6, monkeypatch):
+    from qfair.models import MODELS
+    from qfair.quant import save_quantized
+
+    monkeypatch.setitem(MODELS._items, "tinyface_test", lambda **kw: TinyFace())
+    save_quantized(deploy6, tmp_path / "run", arch={"name": "tinyface_test", "kwargs": {}})
+    return tmp_path / "run"
+
+
+def test_export_packed_and_bench(run_dir, capsys):
+    assert main(["export", str(run_dir), "--target", "onnxruntime", "--n-parity", "24"]) == 0
+    rep = json.loads((run_dir / "model.export.json").read_text())
+    assert rep["target"] == "onnxruntime" and rep["bits"] == 6 and rep["parity"]["passed"]
+    assert "keep_float choice" in capsys.readouterr().out
+    assert main(["export", str(run_dir), "--format", "packed"]) == 0
+    assert (run_dir / "model.qpk").exists()
+    assert main(["bench", str(run_dir), "--batches", "1", "2", "--repeats", "1", "--warmup", "0"]) == 0
+    res = json.loads((run_dir / "bench.json").read_text())
+    assert {"torch fp32", "onnxruntime fp32", "onnxruntime int8"} <= set(res["runtimes"])
+    assert res["sizes_bytes"]["int8_onnx"] < res["sizes_bytes"]["fp32_onnx"]
+
+
+def test_cli_bad_inputs(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--target", "coreml"]) == 2
+    assert "coreml" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "nope" / "m.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "no_such_run")]) == 2
+    assert main(["export", str(run_dir), "--format", "tensorrt", "--target", "onnxruntime"]) == 2
+
+
+def test_configs_load():
+    from pathlib import Path
+
+    from qfair.config import load_config
+    from qfair.export.config import BenchConfig, ExportConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    assert load_config(ExportConfig, root / "export_onnxruntime.yaml").target == "onnxruntime"
+    assert load_config(BenchConfig, root / "bench.yaml").batches == (1, 16, 64)

@@ -1,0 +1,123 @@
+"""export_onnx end to end on a tiny model quantized by the real recipes: graph contract, TensorRT
+rules, 6-bit exactness against ONNX Runtime, ONNX Runtime fusion, and the bad inputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from qfair.export import export_onnx, validate_onnx  # noqa: E402
+from qfair.utils.errors import ExportError, QfairError  # noqa: E402
+
+
+def _report(path):
+    return json.loads(path.with_name(path.stem + ".export.json").read_text())
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_tensorrt_graph_contract(tmp_path, deploy8, parity_images):
+    path = export_onnx(deploy8, "tensorrt", out=tmp_path / "m.onnx", parity_data=parity_images)
+    model = onnx.load(str(path))
+    assert validate_onnx(model, "tensorrt") == []
+    assert model.ir_version <= 10 and any(o.domain == "" and o.version >= 17 for o in model.opset_import)
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "input" and out.name == "embedding"
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 112, 112]
+    sess = _session(path)
+    for batch in (1, 3):  # dynamic batch
+        assert sess.run(None, {"input": parity_images[:batch].numpy()})[0].shape == (batch, 16)
+    rep = _report(path)
+    assert rep["parity"]["passed"] and rep["parity"]["cosine_mean"] >= 0.999 and rep["bits"] == 8
+
+
+def test_six_bit_is_exact_in_onnxruntime(tmp_path, deploy6, parity_images):
+    """Weights are 6-bit codes in int8; activations beyond the 6-bit range saturate like the torch model."""
+    path = export_onnx(deploy6, "tensorrt", out=tmp_path / "m6.onnx", parity_data=parity_images)
+    model = onnx.load(str(path))
+    codes = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8
+             and len(t.dims) > 1]
+    assert codes and all(c.min() >= -32 and c.max() <= 31 for c in codes)
+    assert any(n.op_type == "Clip" for n in model.graph.node)
+    # The stem alone: torch fake-quant vs ONNX Runtime, on inputs 3x beyond the calibrated range.
+    from qfair.export.onnx_graph import freeze_copy, torch_to_onnx
+
+    stem = freeze_copy(deploy6).stem
+    wrapped = torch.nn.Sequential(stem)
+    proto = torch_to_onnx(wrapped)
+    x = parity_images[:4] * 3
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = wrapped(x).numpy()
+    assert np.allclose(got, want, atol=1e-5)
+    assert _report(path)["parity"]["clipped_fraction"] > 0  # the stress inputs really saturated
+
+
+def test_asymmetric_model_refused_for_tensorrt(tmp_path, quantface8, parity_images):
+    with pytest.raises(ExportError, match="recipe deploy"):
+        export_onnx(quantface8, "tensorrt", out=tmp_path / "q.onnx", parity_data=parity_images)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("fixture", ["deploy8", "quantface8"])
+def test_onnxruntime_target_fuses_integer_kernels(tmp_path, request, fixture, parity_images):
+    model = request.getfixturevalue(fixture)
+    path = export_onnx(model, "onnxruntime", out=tmp_path / "o.onnx", parity_data=parity_images)
+    assert validate_onnx(str(path), "onnxruntime") == []
+    rep = _report(path)
+    assert rep["keep_float"] in ("none", "depthwise") and set(rep["latency_s_batch8"]) == {"none", "depthwise"}
+    assert "dw" in rep["float_layers"] or "dw" in rep["int8_layers"]
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert "QLinearConv" in ops  # ONNX Runtime really runs integer convolutions
+    assert rep["parity"]["passed"] and rep["parity"]["evaluated_cosine_mean"] > 0.99
+
+
+def test_float_model_exports_as_float(tmp_path, tiny_float, parity_images):
+    path = export_onnx(tiny_float, "tensorrt", out=tmp_path / "f.onnx", parity_data=parity_images)
+    rep = _report(path)
+    assert rep["quantized"] is False and "not quantized" in rep["notes"][0]
+    assert not any(n.op_type.endswith("Linear") for n in onnx.load(str(path)).graph.node)
+
+
+def test_bad_inputs(tmp_path, deploy8, parity_images, monkeypatch):
+    with pytest.raises(QfairError, match="onnxruntime"):
+        export_onnx(deploy8, "coreml", out=tmp_path / "x.onnx")
+    with pytest.raises(QfairError, match="does not exist"):
+        export_onnx(deploy8, "tensorrt", out=tmp_path / "missing" / "x.onnx")
+    import qfair.export.api as api
+
+    monkeypatch.setattr(api.os, "access", lambda *a: False)  # root ignores chmod, so fake a read-only folder
+    with pytest.raises(QfairError, match="not writable"):
+        export_onnx(deploy8, "tensorrt", out=tmp_path / "x.onnx")
+
+
+def test_failed_parity_writes_nothing_and_names_the_layer(tmp_path, deploy8, parity_images, monkeypatch):
+    """Corrupt conv2's weight codes in the graph: parity fails and points after conv2."""
+    from qfair.export import targets
+
+    spec = targets.TARGETS.get("tensorrt")
+
+    def corrupt(proto, ctx):
+        init = {t.name: t for t in proto.graph.initializer}
+        conv2 = next(n for n in proto.graph.node if n.name == "conv2")
+        dq = next(n for n in proto.graph.node if n.output[0] == conv2.input[1])
+        codes = onnx.numpy_helper.to_array(init[dq.input[0]])
+        init[dq.input[0]].CopyFrom(onnx.numpy_helper.from_array(-codes, dq.input[0]))
+        return spec.build(proto, ctx)
+
+    monkeypatch.setitem(targets.TARGETS._items, "tensorrt", targets.Target("tensorrt", "tensorrt", spec.check,
+                                                                          corrupt))
+    with pytest.raises(ExportError, match="parity check failed.*cosine") as err:
+        export_onnx(deploy8, "tensorrt", out=tmp_path / "bad.onnx", parity_data=parity_images)
+    assert "dw.input_quantizer" in str(err.value)  # the first quantizer after conv2
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,118 @@
+"""qfair qat / qfair distill end to end on tiny iresnets and the built-in data; configs; early errors."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qfair.cli import main
+from qfair.config import load_config
+from qfair.models import create_model
+from qfair.train.config import DistillConfig, QatConfig
+from qfair.utils.errors import CheckpointError, ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FAST = ["--steps", "3", "--batch-size", "8", "--data-n", "16", "--log-every", "1"]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("qat_*.yaml")), ids=lambda p: p.name)
+def test_qat_configs_load(path):
+    cfg = load_config(QatConfig, path, {"model": "teacher.pt"})
+    assert 2 <= cfg.wbits <= 8 and cfg.grad_clip == 5.0 and cfg.base_lr == 0.1 and cfg.base_batch == 512
+
+
+def test_default_qat_config_is_the_reference_recipe():
+    cfg = load_config(QatConfig, CONFIGS / "qat_kd_w6a6.yaml", {"model": "t.pt"})
+    assert (cfg.wbits, cfg.abits, cfg.kd_loss, cfg.margin, cfg.range_update_steps) == (6, 6, "mse", "none", 300)
+    assert cfg.momentum == 0.9 and cfg.nesterov and cfg.weight_decay == 5e-4 and cfg.batch_size == 512
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("distill_*.yaml")), ids=lambda p: p.name)
+def test_distill_configs_load(path):
+    cfg = load_config(DistillConfig, path, {"teacher": "teacher.pt"})
+    assert cfg.kd_weight == 10000.0 and cfg.milestones == (8, 14, 20, 25) and cfg.epochs == 26
+    assert cfg.base_lr * cfg.batch_size / cfg.base_batch == pytest.approx(0.025)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kd_los: mse\n")
+    with pytest.raises(ConfigError, match="kd_loss"):
+        load_config(QatConfig, bad, {"model": "t.pt"})
+    with pytest.raises(ConfigError, match="student"):
+        QatConfig()
+    with pytest.raises(ConfigError, match="milestones"):
+        QatConfig(model="t.pt", schedule="step")
+
+
+def _save(tmp_path, name="teacher.pt", dim=32, width=8, seed=0):
+    torch.manual_seed(seed)
+    m = create_model("iresnet18", width=width, num_features=dim)
+    torch.save(m.state_dict(), tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_qat_cli_end_to_end_and_resume(tmp_path, capsys):
+    teacher = _save(tmp_path)
+    out = tmp_path / "run"
+    args = ["qat", "--config", str(CONFIGS / "qat_kd_w6a6.yaml"), "--model", teacher, "--out", str(out),
+            "--calib-n", "8", "--range-update-steps", "2", "--checkpoint-every", "2", *FAST]
+    assert main(args) == 0
+    for f in ("config.yaml", "model.pt", "quant.json", "train.json", "metrics.jsonl", "checkpoints/last.pt"):
+        assert (out / f).exists(), f
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["steps"] == 3 and summary["quant"]["wbits"] == 6
+    from qfair.quant import load_quantized
+
+    q = load_quantized(out)
+    assert q(torch.zeros(2, 3, 112, 112)).shape == (2, 32)
+    # resuming with changed settings is refused before any work (a finished run's resume: test_resume.py)
+    assert main(args + ["--resume", "--lr", "0.5"]) == 2
+    assert "settings differ" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_teacher_that_does_not_load_stops_before_training(tmp_path, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    out = tmp_path / "never"
+    assert main(["qat", "--model", str(broken), "--arch", "r18", "--out", str(out), *FAST]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "could not be loaded" in err and "did not start" in err
+    assert not out.exists()
+    from qfair.train.api import load_teacher
+
+    with pytest.raises(CheckpointError):
+        load_teacher(str(tmp_path / "missing.pt"), "r18")
+
+
+def test_embedding_sizes_must_match_without_projection(tmp_path):
+    from qfair.train.api import distill, qat
+
+    teacher = _save(tmp_path, "t16.pt", dim=16)
+    with pytest.raises(ConfigError, match="projection"):
+        distill(DistillConfig(teacher=teacher, student_arch="iresnet18", embedding_size=32, steps=1, batch_size=4,
+                              student_kwargs={"width": 4},
+                              data_n=8), tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    student_src = _save(tmp_path, "s32.pt", dim=32)
+    with pytest.raises(ConfigError, match="16-d"):
+        qat(QatConfig(model=student_src, teacher=teacher, steps=1, batch_size=4, data_n=8, calib_n=4),
+            tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_distill_with_projection_quantization_and_cached_teacher(tmp_path):
+    from qfair.train.api import distill
+
+    teacher = _save(tmp_path, dim=32)
+    cfg = DistillConfig(teacher=teacher, student_arch="iresnet18", embedding_size=16, projection=True,
+                        student_kwargs={"width": 4},
+                        quantize=True, wbits=8, abits=8, steps=2, batch_size=8, data_n=16, margin="adaface",
+                        kd_weight=100.0, range_update_steps=1, log_every=1)
+    s = distill(cfg, tmp_path / "d")
+    out = tmp_path / "d"
+    assert s["steps"] == 2 and (out / "projection.pt").exists() and (out / "quant.json").exists()
+    caches = list((out / "teacher_cache").glob("teacher-*.pt"))
+    assert len(caches) == 1 and s["teacher_cache"] in caches[0].name
+    rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["margin"] > 0 and r["kd"] > 0 for r in rec)

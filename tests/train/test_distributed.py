@@ -1,0 +1,62 @@
+"""DDP on CPU (gloo, 2 processes): same weights and activation ranges as 1 process with the same total batch."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from train_tiny import tiny_data, tiny_pair
+
+from qfair.quant import QuantConfig, quantize
+from qfair.train import IndexedSource, fit
+
+KW = dict(steps=6, lr=0.05, range_update_steps=4, margin="arcface", margin_weight=0.1, fair_kd=True,
+          freeze_bn=True, hflip=True, log_every=2)
+
+
+def _setup():
+    student, teacher = tiny_pair()
+    images, labels, groups = tiny_data()
+    x = (images.float() / 255 - 0.5) / 0.5
+    q = quantize(student, QuantConfig(bits=6), [x[:16]])
+    src = IndexedSource(images, labels, groups, batch_size=8, seed=4, hflip=True, group_names=["a", "b", "c"])
+    return q, teacher, src
+
+
+def _worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        q, teacher, src = _setup()
+        res = fit(q, teacher, src, **KW)
+        state = {k: v.clone() for k, v in q.state_dict().items()}
+        state["__loss"] = torch.tensor(res.loss)
+        torch.save(state, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    q, teacher, src = _setup()
+    res = fit(q, teacher, src, **KW)
+    ref = q.state_dict()
+    for k, v in ref.items():
+        assert torch.equal(r0[k], r1[k]), f"ranks disagree on {k}"
+        assert torch.allclose(r0[k], v, atol=1e-5, rtol=1e-4), k
+    # the activation range covers both shards, as one process's does (exact for min/max ranges)
+    key = "act.output_quantizer.scale"
+    assert torch.allclose(r0[key], ref[key], rtol=1e-6)
+    assert float(r0["__loss"]) == pytest.approx(res.loss, rel=1e-4)

@@ -1,0 +1,32 @@
+"""Tiny models and data for the training tests (seconds on one CPU core); importable by subprocesses."""
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """(B, 3, 16, 16) -> (B, dim): conv, BN, PReLU, linear."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.embedding_size = dim
+        self.conv = nn.Conv2d(3, 4, 3, 2)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.PReLU(4)
+        self.fc = nn.Linear(4 * 7 * 7, dim)
+
+    def forward(self, x):
+        return self.fc(self.act(self.bn(self.conv(x))).flatten(1))
+
+
+def tiny_data(n=48, classes=6, groups=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % classes
+    return images, labels, labels % groups
+
+
+def tiny_pair(seed=0, dim=8):
+    torch.manual_seed(seed)
+    teacher = Tiny(dim)
+    student = Tiny(dim)
+    return student, teacher

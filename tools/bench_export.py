@@ -1,0 +1,167 @@
+"""Speed and size of qfair's ONNX Runtime int8 export, beside ONNX Runtime's own quantize_static.
+
+One run, same machine, same model and calibration images for both quantizers. For each
+architecture: ONNX Runtime float32, qfair int8 (deploy recipe, onnxruntime target) and
+``onnxruntime.quantization.quantize_static`` (QDQ, per channel, U8S8) are timed round-robin (so
+machine noise hits all three alike); each figure is the median of --repeats runs after warm-up.
+Weights are random with BatchNorm statistics re-estimated on images (speed does not depend on the
+weight values); the parity figures of the export are reported, not gated (``cosine_gate=0``).
+
+    OMP_NUM_THREADS=1 python tools/bench_export.py --archs iresnet50 mbf --threads 1 --out runs/bench_export.json
+
+Goals (issue 6): iresnet50 batch 16 int8 >= 2.2x float32; MobileFaceNet int8 not slower than
+float32; int8 ONNX file <= 0.26x the float32 file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    from qfair.data import to_model_input
+    from qfair.data.builtin import make_verification
+
+    vs = make_verification(seed=seed, pairs_per_group="small")
+    return to_model_input(vs.images.get_many(range(min(n, len(vs.images))))).float()
+
+
+def _float_model(arch: str, images: torch.Tensor) -> torch.nn.Module:
+    from qfair.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model(arch)
+    m.train()
+    for mod in m.modules():  # realistic BN statistics (cumulative average over the images)
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.momentum = None
+            mod.reset_running_stats()
+    with torch.no_grad():
+        for i in range(0, len(images), 16):
+            m(images[i:i + 16])
+    return m.eval()
+
+
+def _ort_static(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": calib[i:i + 8].numpy()} for i in range(0, len(calib), 8)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = out.with_name("pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def _sessions(paths: dict[str, Path], threads: int):
+    from qfair.export.parity import ort_session
+
+    return {k: ort_session(p, threads=threads) for k, p in paths.items()}
+
+
+def _time_round_robin(sessions: dict, batch: int, warmup: int, repeats: int) -> dict[str, float]:
+    x = {"input": (torch.rand(batch, 3, 112, 112) * 2 - 1).numpy()}
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, x)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(repeats):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, x)
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: int, repeats: int, work: Path) -> dict:
+    import onnx
+
+    from qfair.export import export_onnx
+    from qfair.export.onnx_graph import torch_to_onnx
+    from qfair.quant import QuantConfig, quantize
+
+    images = _images(96)
+    calib, parity = images[:64], images[64:96]
+    model = _float_model(arch, images)
+    t0 = time.time()
+    q = quantize(model, QuantConfig(bits=bits, recipe="deploy", calib_size=64, calib_batch_size=16),
+                 [calib[i:i + 16] for i in range(0, 64, 16)])
+    t_quant = time.time() - t0
+    paths = {"ort_fp32": work / f"{arch}_fp32.onnx"}
+    onnx.save_model(torch_to_onnx(model), str(paths["ort_fp32"]))
+    t0 = time.time()
+    paths["qfair_int8"] = export_onnx(q, "onnxruntime", out=work / f"{arch}_qfair_int8.onnx", parity_data=parity,
+                                      cosine_gate=0.0)
+    t_export = time.time() - t0
+    report = json.loads(paths["qfair_int8"].with_name(paths["qfair_int8"].stem + ".export.json").read_text())
+    paths["ort_quantize_static"] = _ort_static(paths["ort_fp32"], work / f"{arch}_ort_static.onnx", calib)
+    sessions = _sessions(paths, threads)
+    res = {"arch": arch, "bits": bits, "threads": threads, "quantize_s": t_quant, "export_s": t_export,
+           "sizes_bytes": {k: p.stat().st_size for k, p in paths.items()},
+           "parity": {k: report["parity"][k] for k in ("cosine_mean", "cosine_min", "evaluated_cosine_mean",
+                                                        "evaluated_cosine_min")},
+           "keep_float": report.get("keep_float"), "latency_s_batch8": report.get("latency_s_batch8"),
+           "float_layers": report.get("float_layers"), "seconds": {}, "speedup_vs_fp32": {}}
+    for b in batches:
+        sec = _time_round_robin(sessions, b, warmup, repeats)
+        res["seconds"][f"b{b}"] = sec
+        res["speedup_vs_fp32"][f"b{b}"] = {k: sec["ort_fp32"] / v for k, v in sec.items() if k != "ort_fp32"}
+    fp = res["sizes_bytes"]["ort_fp32"]
+    res["size_vs_fp32"] = {k: v / fp for k, v in res["sizes_bytes"].items() if k != "ort_fp32"}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", nargs="+", default=["iresnet50", "mbf"])
+    ap.add_argument("--bits", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default=None, help="JSON file for the results")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.archs:
+            r = bench_arch(arch, args.bits, args.threads, args.batches, args.warmup, args.repeats, Path(tmp))
+            results.append(r)
+            print(json.dumps({k: r[k] for k in ("arch", "speedup_vs_fp32", "size_vs_fp32", "parity", "keep_float")},
+                             indent=1), flush=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"ONNX Runtime int8 vs float32 ({args.threads} thread(s), median of {args.repeats})")
+    for c in ("arch", "batch", "fp32 ms", "qfair int8 ms", "x fp32", "quantize_static ms", "x fp32",
+              "qfair size", "static size"):
+        t.add_column(c)
+    for r in results:
+        for b, sec in r["seconds"].items():
+            sp = r["speedup_vs_fp32"][b]
+            t.add_row(r["arch"], b, f"{sec['ort_fp32'] * 1e3:.1f}", f"{sec['qfair_int8'] * 1e3:.1f}",
+                      f"{sp['qfair_int8']:.2f}", f"{sec['ort_quantize_static'] * 1e3:.1f}",
+                      f"{sp['ort_quantize_static']:.2f}", f"{r['size_vs_fp32']['qfair_int8']:.3f}",
+                      f"{r['size_vs_fp32']['ort_quantize_static']:.3f}")
+    Console().print(t)
+    if args.out:
+        from qfair.utils.io import atomic_write_json
+
+        atomic_write_json(args.out, {"results": results}, mkdir=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Benchmark: KD fine-tuning step time of a fake-quant (QAT) student relative to a float student, on CPU.
+
+One step = teacher forward (no grad) + student forward + KD loss + backward + clip + SGD step, the step
+of ``qfair.train.fit``. Variants: ``float`` (float student), ``qat-track`` (6-bit quantface student
+whose activation ranges still update, the first N steps), ``qat`` (ranges frozen, the rest of the run).
+
+    OMP_NUM_THREADS=2 python tools/bench_train.py --archs mbf iresnet18 --batch 32 --steps 5
+
+Prints a table and writes JSON (``--out``). Ratios come from one run on a shared machine: indicative.
+
+Acceptance experiment (issue 7): float model vs 6-bit PTQ vs 6-bit PTQ + KD fine-tuning, per group on
+the built-in benchmark (``qfair.train.kd_finetune`` with the reference lr rule 0.1 x batch / 512)::
+
+    OMP_NUM_THREADS=2 python tools/bench_train.py --acceptance CHECKPOINT --kd-steps 200 --bench builtin
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def bench_variant(arch: str, variant: str, batch: int, steps: int, warmup: int, bits: int) -> dict:
+    from qfair.models import create_model
+    from qfair.quant import QuantConfig, quantize
+    from qfair.train import ranges as R
+    from qfair.train.optim import make_sgd
+    from qfair.train.step import DistillStep
+
+    torch.manual_seed(0)
+    teacher = create_model(arch).eval().requires_grad_(False)
+    student = create_model(arch)
+    x = torch.randn(batch, 3, 112, 112).clamp(-1, 1)
+    if variant != "float":
+        student = quantize(student, QuantConfig(bits=bits), [x[:8]])
+        R.set_range_tracking(student, variant == "qat-track")
+    step = DistillStep(student).train()
+    opt = make_sgd(student.parameters(), 0.01)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            t_emb = teacher(x)
+        loss = step(x, t_emb, None, None)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2]
+    return {"arch": arch, "variant": variant, "batch": batch, "step_s": med, "images_per_s": batch / med,
+            "steps": steps, "min_s": times[0], "max_s": times[-1]}
+
+
+def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, bench: str, n_train: int,
+               seed: int) -> dict:
+    """Evaluate float, PTQ and PTQ + KD fine-tuning per group; returns {variant: summary}."""
+    from qfair.data import open_benchmark
+    from qfair.data.builtin import make_train
+    from qfair.eval import evaluate
+    from qfair.models import load_model
+    from qfair.quant import QuantConfig, quantize
+    from qfair.train import kd_finetune
+    from qfair.train.batches import to_model_input
+    from qfair.train.evaluation import summarize
+
+    t0 = time.perf_counter()
+    teacher = load_model(ckpt, arch).eval()
+    vset = open_benchmark(bench)
+    split = make_train(seed=seed + 101, n_ids=max(4, n_train // 8), imgs_per_id=8)  # unseen renders
+    calib = [to_model_input(split.images[i:i + 32]) for i in range(0, min(256, len(split)), 32)]
+    out = {}
+
+    def ev(name, model):
+        out[name] = summarize(evaluate(model, vset, n_bootstrap=0))
+        print(f"{name:10s} {json.dumps(out[name])}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    ev("float", teacher)
+    ptq = quantize(teacher, QuantConfig(bits=bits, seed=seed), calib)
+    ev(f"ptq-w{bits}a{bits}", ptq)
+    res = kd_finetune(ptq, teacher, split, steps=steps, lr=0.1 * batch / 512, batch_size=batch, seed=seed,
+                      range_update_steps=max(1, steps // 4), log_every=10)
+    ev(f"kd-w{bits}a{bits}", ptq)
+    out["kd_train"] = {"steps": res.steps, "final_kd": res.loss, "images_per_s": res.images_per_s,
+                       "first_kd": res.history[0]["loss"] if res.history else None}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archs", nargs="+", default=["mbf", "iresnet18"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--bits", type=int, default=6)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--acceptance", metavar="CKPT", help="run the float / PTQ / PTQ+KD comparison on CKPT")
+    p.add_argument("--arch", default=None, help="architecture of CKPT (guessed when omitted)")
+    p.add_argument("--kd-steps", type=int, default=200)
+    p.add_argument("--bench", default="builtin")
+    p.add_argument("--n-train", type=int, default=1024, help="training images for KD fine-tuning")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.acceptance:
+        res = acceptance(args.acceptance, args.arch, args.bits, args.kd_steps, args.batch, args.bench,
+                         args.n_train, 0)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump(res, f, indent=2)
+        return
+    rows = []
+    for arch in args.archs:
+        base = None
+        for variant in ("float", "qat-track", "qat"):
+            r = bench_variant(arch, variant, args.batch, args.steps, args.warmup, args.bits)
+            base = base or r["step_s"]
+            r["relative_to_float"] = r["step_s"] / base
+            rows.append(r)
+            print(f"{arch:10s} {variant:10s} step {r['step_s'] * 1000:8.1f} ms  {r['images_per_s']:7.1f} img/s  "
+                  f"x{r['relative_to_float']:.2f} of float", flush=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "bits": args.bits}
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
