@@ -108,7 +108,12 @@ def _mix(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, *
 def calibration_batches(source: str, n: int, batch_size: int, model: Any = None, seed: int = 0, *,
                         num_workers: int = 0, skip_corrupt: bool = False, **kw: Any) -> list:
     """``n`` images from ``source`` as a list of normalised float tensors (B, 3, 112, 112) (last batch
-    may be smaller). Seeded: the same arguments give the same images."""
+    may be smaller). Seeded: the same arguments give the same images.
+
+    Folder / ``.rec`` sources read with ``num_workers`` processes; ``skip_corrupt`` skips unreadable
+    images with a warning that counts them (otherwise the error names the file). Data-free
+    ``synthetic`` takes ``synth_settings=SynthSettings(...)`` and ``cache=False`` (see
+    :func:`qfair.data.synthesis.synthesize_uint8`)."""
     if n < 1 or batch_size < 1:
         raise DataError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     kind, _, path = str(source).partition(":")

@@ -58,6 +58,19 @@ def balanced_identity_sample(groups: Any, per_group: int | None = None, seed: in
     return np.sort(np.concatenate(keep))
 
 
+def identity_soft_labels(probs: np.ndarray, identity_of: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image soft labels (N, G) -> (identities (K,), mean soft label per identity (K, G)), the
+    identity scores :func:`balanced_identity_sample` takes."""
+    probs = np.asarray(probs, dtype=np.float64)
+    ids = np.asarray(identity_of)
+    if probs.ndim != 2 or len(probs) != len(ids):
+        raise DataError(f"need (N, G) probabilities and N identity labels, got {probs.shape} and {len(ids)}")
+    uniq, inv = np.unique(ids, return_inverse=True)
+    sums = np.zeros((len(uniq), probs.shape[1]))
+    np.add.at(sums, inv, probs)
+    return uniq, sums / np.bincount(inv, minlength=len(uniq))[:, None]
+
+
 class MixedSource:
     """Dataset of ``(image, label)`` with ``round(ratio_k * size)`` items from each source ``k``.
 

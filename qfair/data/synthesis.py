@@ -56,7 +56,7 @@ def _tv(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def _synthesize_batch(model, layers, b: int, s: SynthSettings, gen) -> torch.Tensor:
+def _synthesize_batch(model, layers, b: int, s: SynthSettings, gen, losses: list | None = None) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 
@@ -75,7 +75,7 @@ def _synthesize_batch(model, layers, b: int, s: SynthSettings, gen) -> torch.Ten
         z = (torch.randn((b, 3, s.init_res, s.init_res), generator=gen) * 0.5)
         z = z.contiguous(memory_format=torch.channels_last).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=s.lr)
-        for _ in range(s.iters):
+        for it in range(s.iters):
             opt.zero_grad(set_to_none=True)
             x = z if s.init_res == size else F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
             x = torch.tanh(x)  # keep inputs in the valid range [-1, 1]
@@ -83,6 +83,8 @@ def _synthesize_batch(model, layers, b: int, s: SynthSettings, gen) -> torch.Ten
             loss = bn_statistics_loss(stats, layers) + s.tv * _tv(x)
             if not torch.isfinite(loss):
                 raise DataError("data-free synthesis diverged (loss is not finite); lower --lr")
+            if losses is not None and (it == 0 or it == s.iters - 1):
+                losses.append(float(loss.detach()))
             loss.backward()
             opt.step()
         with torch.no_grad():
@@ -94,8 +96,11 @@ def _synthesize_batch(model, layers, b: int, s: SynthSettings, gen) -> torch.Ten
 
 
 def iter_synthesize_from_bn(model: torch.nn.Module, n: int, *, seed: int = 0,
-                            settings: SynthSettings = SynthSettings()) -> Iterator[torch.Tensor]:
-    """Yield batches of synthesised, normalised float images (B, 3, 112, 112) in [-1, 1], n in all."""
+                            settings: SynthSettings = SynthSettings(),
+                            log: list | None = None) -> Iterator[torch.Tensor]:
+    """Yield batches of synthesised, normalised float images (B, 3, 112, 112) in [-1, 1], n in all.
+
+    ``log`` (a list) receives ``(first_loss, last_loss)`` per batch, to check convergence."""
     import torch
 
     if n < 1:
@@ -113,7 +118,11 @@ def iter_synthesize_from_bn(model: torch.nn.Module, n: int, *, seed: int = 0,
         done = 0
         while done < n:
             b = min(settings.batch_size, n - done)
-            yield _synthesize_batch(model, layers, b, settings, gen)
+            losses: list = []
+            batch = _synthesize_batch(model, layers, b, settings, gen, losses)
+            if log is not None:
+                log.append((losses[0], losses[-1]))
+            yield batch
             done += b
     finally:
         for p, r in zip(model.parameters(), req):

@@ -113,7 +113,7 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     else:
         spec.check(ctx)
     proto = torch_to_onnx(frozen, opset)
-    layout = spec.build(proto, ctx) if bits is not None else {"layout": "float"}
+    layout = spec.build(proto, ctx)
     if bits is not None:
         check_onnx(proto, spec.rules)
     reference, evaluated = frozen, None

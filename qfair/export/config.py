@@ -25,8 +25,9 @@ class ExportConfig:
     parity: Optional[str] = cfg_field(None, help="benchmark spec whose images and pairs gate parity "
                                       "(default: builtin:tiny)")
     n_parity: int = cfg_field(64, help="real images used for the parity check", range=(2, 100000))
-    keep_float: str = cfg_field("auto", help="onnxruntime target: layers kept in float (auto = depthwise convs "
-                                "if that measures faster)", choices=["auto", "none", "depthwise"])
+    keep_float: str = cfg_field("auto", help="onnxruntime target: layers kept in float (auto = each layer int8 or "
+                                "float, whichever ONNX Runtime measures faster)",
+                                choices=["auto", "none", "depthwise", "all"])
     opset: int = cfg_field(18, help="ONNX opset", range=(17, 21))
     max_batch: int = cfg_field(64, help="tensorrt: largest batch of the optimisation profile", range=(1, 4096))
 

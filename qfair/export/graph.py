@@ -123,3 +123,36 @@ def opset_version(model: Any, domain: str = "") -> int:
         if o.domain in (domain, "ai.onnx" if domain == "" else domain):
             return int(o.version)
     return 0
+
+
+def rewrite_prelu(graph: Any) -> int:
+    """Replace PRelu (constant slope) by ``Max(x, x * a)`` (all slopes in [0, 1]) or
+    ``Relu(x) + Min(x, 0) * a``: the same numbers bit for bit (one product, then a selection), but
+    ONNX Runtime's CPU PRelu broadcasts the per-channel slope element by element and measured about
+    100x slower than Mul + Max on (16, 128, 28, 28) -- half of MobileFaceNet's float32 run time."""
+    from onnx import helper, numpy_helper
+
+    g = GraphIndex(graph)
+    out, count = [], 0
+    zero = None
+    for node in graph.node:
+        slope = g.const(node.input[1]) if node.op_type == "PRelu" else None
+        if slope is None:
+            out.append(node)
+            continue
+        x, y, base = node.input[0], node.output[0], node.name or node.output[0]
+        if np.all((slope >= 0) & (slope <= 1)):
+            out += [helper.make_node("Mul", [x, node.input[1]], [f"{base}_ax"], name=f"{base}_mul"),
+                    helper.make_node("Max", [x, f"{base}_ax"], [y], name=f"{base}_max")]
+        else:
+            if zero is None:
+                zero = "prelu_zero"
+                graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
+            out += [helper.make_node("Relu", [x], [f"{base}_pos"], name=f"{base}_relu"),
+                    helper.make_node("Min", [x, zero], [f"{base}_neg"], name=f"{base}_min"),
+                    helper.make_node("Mul", [f"{base}_neg", node.input[1]], [f"{base}_aneg"], name=f"{base}_mul"),
+                    helper.make_node("Add", [f"{base}_pos", f"{base}_aneg"], [y], name=f"{base}_add")]
+        count += 1
+    del graph.node[:]
+    graph.node.extend(out)
+    return count

@@ -299,7 +299,6 @@ def _quantize_bias(graph: Any, g: GraphIndex, conv: Any) -> list[Any]:
     base = conv.name
     name = _add_init(graph, f"{base}_bias_i32", codes)
     sname = _add_init(graph, f"{base}_bias_scale", scale)
-    zname = _add_init(graph, f"{base}_bias_zp", np.zeros(b.shape[0], np.int32))
     out = f"{base}_bias_dq"
-    conv.input[2] = out
-    return [helper.make_node("DequantizeLinear", [name, sname, zname], [out], name=f"{base}_biasDQ", axis=0)]
+    conv.input[2] = out  # no zero point input: int32 with zero point 0
+    return [helper.make_node("DequantizeLinear", [name, sname], [out], name=f"{base}_biasDQ", axis=0)]

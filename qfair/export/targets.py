@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -70,6 +71,8 @@ def _check_tensorrt(ctx: ExportContext) -> None:
 def _build_tensorrt(proto: Any, ctx: ExportContext) -> dict[str, Any]:
     from .ort_layout import quantized_layers
 
+    if not ctx.quantized:
+        return {"layout": "float", "int8_layers": [], "float_layers": []}
     return {"layout": "tensorrt explicit quantization (Q/DQ on conv inputs and residual skips)",
             "int8_layers": [n.name for n in quantized_layers(proto)], "float_layers": []}
 
@@ -89,32 +92,90 @@ def _latency(proto: Any, images: torch.Tensor, runs: int = 5) -> float:
     return float(np.median(times))
 
 
+def layer_times(proto: Any, images: torch.Tensor, layers: list[str], runs: int = 3) -> dict[str, float]:
+    """Seconds per run spent in each layer (its fused kernels and its output Q/DQ), from ONNX
+    Runtime's profiler (1 thread); node names start with the layer name."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "prof")
+        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        x = {"input": images.numpy().astype(np.float32)}
+        for _ in range(runs + 1):
+            sess.run(None, x)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node: dict[str, float] = {}
+    for e in events[len(events) // (runs + 1):]:  # roughly skip the warm-up run
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            per_node[name] = per_node.get(name, 0.0) + e["dur"] * 1e-6 / runs
+    # ONNX Runtime names fused int8 kernels "<layer>_token_N" and NCHWc float convs "<output>_nchwc"
+    nchwc = {f"{n.output[0]}_nchwc": n.name for n in proto.graph.node if n.name in layers}
+    by_len = sorted(layers, key=len, reverse=True)  # longest prefix wins
+    out = {layer: 0.0 for layer in layers}
+    for node, sec in per_node.items():
+        if node in nchwc:
+            out[nchwc[node]] += sec
+            continue
+        for layer in by_len:
+            if node == layer or node.startswith(layer + "_"):
+                out[layer] += sec
+                break
+    return out
+
+
 def _build_onnxruntime(proto: Any, ctx: ExportContext) -> dict[str, Any]:
+    """ONNX Runtime layout; with keep_float="auto" each quantized layer runs int8 or float, whichever
+    ONNX Runtime's profiler measured faster for it (all-int8 vs all-float graphs), and the result is
+    kept only if the whole graph also measures faster than all-int8."""
+    from .graph import rewrite_prelu
     from .ort_layout import is_depthwise, ort_layout, quantized_layers
 
     if not ctx.quantized:
-        return {"layout": "float", "int8_layers": [], "float_layers": []}
-    depthwise = {n.name for n in quantized_layers(proto) if is_depthwise(proto, n)}
-    choices = {"none": set(), "depthwise": depthwise}
-    if ctx.keep_float not in ("auto", *choices):
-        raise ExportError(f"unknown keep_float option '{ctx.keep_float}'; use auto, none or depthwise")
-    tried: dict[str, float] = {}
-    options = list(choices) if ctx.keep_float == "auto" and depthwise else \
-        [ctx.keep_float if ctx.keep_float != "auto" else "none"]
-    built = {}
-    for option in options:
+        return {"layout": "float", "int8_layers": [], "float_layers": [], "prelu_rewritten": rewrite_prelu(proto.graph)}
+    layers = [n.name for n in quantized_layers(proto)]
+    fixed = {"none": set(), "depthwise": {n.name for n in quantized_layers(proto) if is_depthwise(proto, n)},
+             "all": set(layers)}
+    if ctx.keep_float not in ("auto", *fixed):
+        raise ExportError(f"unknown keep_float option '{ctx.keep_float}'; use auto, none, depthwise or all")
+
+    def build(keep: set[str]):
         candidate = copy.deepcopy(proto)
-        built[option] = (candidate, ort_layout(candidate, ctx.calib_images, keep_float=choices[option]))
-        if len(options) > 1:  # chosen by measured latency (batch 8, one thread, median of 5)
-            tried[option] = _latency(candidate, ctx.calib_images[:8])
-    pick = min(tried, key=tried.get) if tried else options[0]
-    candidate, report = built[pick]
-    proto.CopyFrom(candidate)
+        rep = ort_layout(candidate, ctx.calib_images, keep_float=keep)
+        rewrite_prelu(candidate.graph)
+        return candidate, rep
+
+    bench = ctx.calib_images[:8]
+    measured: dict[str, Any] = {}
+    if ctx.keep_float == "auto":
+        int8, int8_rep = build(set())
+        flt, _ = build(set(layers))
+        t_int8, t_float = layer_times(int8, bench, layers), layer_times(flt, bench, layers)
+        keep = {n for n in layers if t_float[n] < t_int8[n]}
+        measured["per_layer_ms"] = {n: {"int8": t_int8[n] * 1e3, "float": t_float[n] * 1e3} for n in layers}
+        chosen, rep = (int8, int8_rep)
+        if keep:
+            mixed, mixed_rep = build(keep)
+            lat = {"all_int8": _latency(int8, bench), "mixed": _latency(mixed, bench)}
+            measured["latency_s_batch8"] = lat
+            if lat["mixed"] < lat["all_int8"]:
+                chosen, rep = mixed, mixed_rep
+        pick = "auto"
+    else:
+        chosen, rep = build(fixed[ctx.keep_float])
+        pick = ctx.keep_float
+    proto.CopyFrom(chosen)
     return {"layout": "onnxruntime QDQ (QLinearConv / QGemm fusion, uint8 activations, int8 weights)",
-            "keep_float": pick, "latency_s_batch8": tried, "int8_layers": report.int8_layers,
-            "float_layers": report.float_layers, "folded_bn": report.folded_bn,
-            "outputs": {"exact": report.exact_outputs, "shared": report.shared_outputs,
-                        "calibrated": report.calibrated_outputs}, "output_quant": report.output_quant}
+            "keep_float": pick, **measured, "int8_layers": rep.int8_layers, "float_layers": rep.float_layers,
+            "folded_bn": rep.folded_bn, "outputs": {"exact": rep.exact_outputs, "shared": rep.shared_outputs,
+                                                    "calibrated": rep.calibrated_outputs},
+            "output_quant": rep.output_quant}
 
 
 TARGETS.add("tensorrt", Target("tensorrt", "tensorrt", _check_tensorrt, _build_tensorrt), aliases=("trt",))

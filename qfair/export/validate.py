@@ -197,7 +197,8 @@ def rule_any_int8(model: Any, g: GraphIndex) -> list[Violation]:
     out = []
     for n in _qdq_nodes(g):
         ztype, _ = _zp_type_and_values(n, g)
-        bias = ztype == INT32 and n.op_type == "DequantizeLinear" and g.is_const(n.input[0])
+        bias = n.op_type == "DequantizeLinear" and n.input[0] in g.initializers and \
+            g.initializers[n.input[0]].data_type == INT32 and ztype in (None, INT32)
         if ztype not in (None, INT8, UINT8) and not bias:
             out.append(Violation("int8", n.name, f"{label(n)}: zero point must be an int8 or uint8 constant "
                                  "(int32 only for a constant bias)"))

@@ -3,8 +3,8 @@ recipes, PTQ with low-bit improvements, save / load and sensitivity analysis.
 
 Public API: ``QuantConfig``, ``prepare(model, cfg)``, ``quantize(model, cfg, calib_batches)``,
 ``save_quantized(model, run_dir)``, ``load_quantized(run_dir)``, ``iter_quantizers(model)``,
-``sensitivity(model, cfg, calib_batches, eval_fn=None)``, ``onnx_translation_table()``,
-``freeze_for_export(model)``.
+``sensitivity(model, cfg, calib_batches, eval_fn=None)``, ``freeze_for_export(model)``.
+The ONNX translation of the fake-quant op lives with the exporter (``qfair.export.translation``).
 
 Names resolve lazily so ``import qfair.quant.config`` (used by the CLI to build flags) stays free of torch.
 """
@@ -25,7 +25,6 @@ _LAZY = {
     "PTQ_IMPROVEMENTS": "improve",
     "load_quantized": "serialize", "save_quantized": "serialize", "quant_summary": "serialize",
     "sensitivity": "sensitivity_analysis", "overrides_yaml": "sensitivity_analysis",
-    "onnx_translation_table": "onnx_translation",
     "freeze_for_export": "ptq",
 }
 

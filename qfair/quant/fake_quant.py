@@ -17,12 +17,12 @@ Signature (kept simple so every exporter can translate it)::
   above, reduced to the scale's shape (LSQ's 1/sqrt(N * qmax) gradient scaling is applied by the
   module, see ``quantizer.py``); when ``zero_point`` requires grad (LSQ+): dy/dz = 0 inside, -s outside.
 
-ONNX export (for the export module): with ``torch.onnx.export(..., dynamo=True,
-custom_translation_table=qfair.quant.onnx_translation_table())`` the op becomes
-``QuantizeLinear -> DequantizeLinear`` (int8 for signed ranges, uint8 for unsigned) with the same scale
-and zero point and ``axis`` when per-channel; for sub-8-bit ranges a ``Clip`` to
-``[(qmin - z) * s, (qmax - z) * s]`` precedes the QuantizeLinear so the int8 Q/DQ computes exactly the
-6-bit grid (FACTS.md section 8). See ``onnx_translation.py``.
+ONNX export: ``qfair.export.translation.translation_table()`` is the ``custom_translation_table`` for
+``torch.onnx.export(..., dynamo=True)``: the op becomes ``QuantizeLinear -> DequantizeLinear`` (int8 for
+signed ranges, uint8 for unsigned) with the same scale, zero point and ``axis`` when per-channel; for
+sub-8-bit ranges a clip to ``[(qmin - z) * s, (qmax - z) * s]`` precedes the QuantizeLinear so the int8
+Q/DQ computes exactly the 6-bit grid (FACTS.md section 8). Call ``qfair.quant.freeze_for_export`` (or
+the exporter's ``freeze_copy``) first, so dynamic weight ranges become constants.
 """
 from __future__ import annotations
 

@@ -76,7 +76,11 @@ class ActQuantizer(nn.Module):
     def freeze(self) -> None:
         """Stop observing; set the range from what was observed (if anything); quantize."""
         if self.observer_enabled and not self.dynamic:
-            self.set_range(*self.observer.compute_range())
+            try:
+                lo_hi = self.observer.compute_range()
+            except QuantError as exc:
+                raise QuantError(f"{self.role} quantizer of layer '{self.layer}': {exc}") from None
+            self.set_range(*lo_hi)
         self.observer_enabled, self.fake_quant_enabled = False, True
 
     def make_static(self) -> None:

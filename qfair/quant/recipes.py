@@ -200,6 +200,10 @@ def prepare(model: nn.Module, cfg: QuantConfig | None = None, example_input: tor
     qmodel = copy.deepcopy(model)
     float_kept = recipe(qmodel, cfg, example_input)
     quantizers = list(iter_quantizers(qmodel))
+    param = next(iter(qmodel.parameters()), None)
+    if param is not None:  # new quantizer buffers follow the model (CUDA models stay on CUDA)
+        for _, q in quantizers:
+            q.to(param.device)
     if not quantizers:
         raise QuantError(f"nothing to quantize in {type(model).__name__}: recipe '{cfg.recipe}' found no Conv2d, "
                          f"Linear, PReLU or ResidualAdd outside the skip patterns {list(cfg.skip)}")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from qfair.data import calibration_batches
-from qfair.data.mixing import MixedSource, balanced_identity_sample, parse_mix
+from qfair.data.mixing import MixedSource, balanced_identity_sample, identity_soft_labels, parse_mix
 from qfair.utils.errors import DataError
 
 
@@ -57,3 +57,10 @@ def test_parse_and_mix_calibration():
         parse_mix("real:/a")
     b = calibration_batches("mix:builtin@0.75|builtin-synthetic@0.25", 8, 3, seed=0)
     assert [len(x) for x in b] == [3, 3, 2] and b[0].dtype == torch.float32
+
+
+def test_identity_soft_labels_average_images():
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])
+    ids, p = identity_soft_labels(probs, ["b", "b", "a"])
+    assert ids.tolist() == ["a", "b"] and np.allclose(p, [[0.1, 0.9], [0.7, 0.3]])
+    assert balanced_identity_sample(p, per_group=1).tolist() == [0, 1]

@@ -1,6 +1,7 @@
 import torch
 
-from qfair.data.synthesis import SynthSettings, _bn_layers, bn_statistics_loss, synthesize_from_bn, write_images
+from qfair.data.synthesis import (SynthSettings, _bn_layers, bn_statistics_loss, iter_synthesize_from_bn,
+                                  synthesize_from_bn, write_images)
 
 
 def _model():
@@ -37,8 +38,10 @@ def _loss(model, x):
 def test_synthesis_matches_bn_statistics():
     model = _model()
     before = _loss(model, torch.tanh(torch.randn(16, 3, 32, 32) * 0.5))
-    x = synthesize_from_bn(model, 16, seed=0, settings=SynthSettings(iters=60, batch_size=16, image_size=32,
-                                                                   init_res=16))
+    log = []
+    s = SynthSettings(iters=60, batch_size=16, image_size=32, init_res=16)
+    x = torch.cat(list(iter_synthesize_from_bn(model, 16, seed=0, settings=s, log=log)))
+    assert len(log) == 1 and log[0][1] < log[0][0]
     after = _loss(model, x)
     assert x.shape == (16, 3, 32, 32) and x.abs().max() <= 1
     assert after < 0.3 * before, (before, after)

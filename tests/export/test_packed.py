@@ -76,3 +76,19 @@ def test_codes_fit_the_bit_width():
     n = state["conv.weight"].numel() + state["fc.weight"].numel()
     assert len(blob) < n * 6 / 8 + 4096
     assert np.isfinite(len(blob))
+
+
+def test_quantized_model_round_trip(tmp_path, deploy6, quantface8, parity_images):
+    """A prepared model loaded from the packed file computes exactly what the original computes."""
+    import copy
+
+    from qfair.export.packed import load_packed_into
+
+    for model in (deploy6, quantface8):
+        path = save_packed(model, tmp_path / "m.qpk")
+        fresh = copy.deepcopy(model)
+        for p in fresh.parameters():
+            p.data.zero_()
+        load_packed_into(fresh, path)
+        with torch.no_grad():
+            assert torch.equal(fresh(parity_images[:4]), model(parity_images[:4]))

@@ -83,3 +83,24 @@ def test_cuda_matches_cpu():
     x, s, z, qmin, qmax, axis = _args(True)
     y = fake_quant(x.cuda(), s.cuda(), z.cuda(), qmin, qmax, axis).cpu()
     assert torch.equal(y, fake_quant(x, s, z, qmin, qmax, axis))
+
+
+def test_prepared_model_compiles_and_lsq_learns_scale():
+    from torch import nn
+
+    from qfair.quant import QuantConfig, iter_quantizers, quantize
+
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.PReLU(4), nn.Flatten(), nn.Linear(4 * 36, 8))
+    model.eval()
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    q = quantize(model, QuantConfig(bits=6, recipe="quantface"), [x])
+    compiled = torch.compile(q, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), q(x))
+    for _, qz in iter_quantizers(q):
+        qz.enable_lsq()
+    q(x).square().sum().backward()
+    scales = [qz.scale for _, qz in iter_quantizers(q)]
+    assert all(isinstance(s, nn.Parameter) and s.grad is not None for s in scales)
+    assert any(float(s.grad.abs().sum()) > 0 for s in scales)
