@@ -27,6 +27,19 @@ def _time(fn, steps: int, warmup: int = 1) -> float:
     return statistics.median(ts)
 
 
+def _time_interleaved(fns: list, steps: int) -> list[float]:
+    """Median time of each function, run in turns (a shared CPU's load hits all of them alike)."""
+    for f in fns:
+        f()
+    ts: list[list[float]] = [[] for _ in fns]
+    for _ in range(steps):
+        for i, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            ts[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in ts]
+
+
 def bn_ready(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     """Random weights with BatchNorm statistics estimated on ``x``: eval-mode activations then have
     the ranges training sees (default statistics would make calibration ranges meaningless)."""
@@ -77,13 +90,13 @@ def main() -> None:
     for arch in args.archs:
         model = bn_ready(create_model(arch), x)
         target = torch.nn.functional.normalize(torch.randn(args.batch, model.embedding_size))
-        t_float = _time(train_step_fn(model, x, target), args.steps)
         q = quantize(model, QuantConfig(bits=8, recipe="quantface"), [x[:16]])
-        t_q = _time(train_step_fn(q, x, target), args.steps)
-        for _, qz in iter_quantizers(q):
+        qt = quantize(model, QuantConfig(bits=8, recipe="quantface"), [x[:16]])
+        for _, qz in iter_quantizers(qt):
             if qz.role != "weight":
-                qz.track()
-        t_track = _time(train_step_fn(q, x, target), args.steps)
+                qz.track()  # QAT warm-up: activation ranges still tracked
+        t_float, t_q, t_track = _time_interleaved(
+            [train_step_fn(model, x, target), train_step_fn(q, x, target), train_step_fn(qt, x, target)], args.steps)
         print(f"| {arch} | {t_float:.3f} | {t_q:.3f} | {t_q / t_float:.2f}x | {t_track:.3f} | "
               f"{t_track / t_float:.2f}x |", flush=True)
 

@@ -7,9 +7,12 @@ from typing import Any
 
 @lru_cache(maxsize=1)
 def console():
+    import sys
+
     from rich.console import Console
 
-    return Console(highlight=False)
+    # Piped output (files, CI logs) gets a wide console so study tables are not folded into 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
         model, _ = load_for_export(run_dir)
         out = Path(cfg.out) if cfg.out else run_dir / "model.qpk"
-        save_packed(model, out, meta={"source": str(run_dir)})
+        save_packed(model, out, meta={"source": str(run_dir)}, float_dtype=cfg.packed_floats)
         size = out.stat().st_size
         ref = run_dir / "model.pt"
         ratio = f" ({size / ref.stat().st_size:.3f}x of model.pt)" if ref.exists() else ""

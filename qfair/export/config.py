@@ -29,6 +29,9 @@ class ExportConfig:
                                 "float, whichever ONNX Runtime measures faster)",
                                 choices=["auto", "none", "depthwise", "all"])
     opset: int = cfg_field(18, help="ONNX opset", range=(17, 21))
+    packed_floats: str = cfg_field("float32", help="packed format: storage of the float tensors (BatchNorm, "
+                                   "PReLU); float16 is smaller but not exact for them",
+                                   choices=["float32", "float16"])
     max_batch: int = cfg_field(64, help="tensorrt: largest batch of the optimisation profile", range=(1, 4096))
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ from ..utils.io import atomic_path
 MAGIC = b"QFAIRPK1"
 ALIGN = 64
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64", torch.int64: "int64",
-           torch.int32: "int32", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
+           torch.int32: "int32", torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
 _NP = {v: np.dtype(v) for v in _DTYPES.values()}
 
 
@@ -84,12 +84,21 @@ def _dequant(codes: Tensor, spec: WeightSpec, shape: list[int]) -> Tensor:
     return (q - z) * s  # same float ops as qfair::fake_quant's (clamp(...) - z) * s
 
 
-def pack_state_dict(state: dict[str, Tensor], specs: dict[str, WeightSpec], meta: dict[str, Any] | None = None
-                    ) -> bytes:
-    """Serialise ``state`` with the weights named in ``specs`` packed at their bit width."""
+def pack_state_dict(state: dict[str, Tensor], specs: dict[str, WeightSpec], meta: dict[str, Any] | None = None,
+                    *, float_dtype: str = "float32") -> bytes:
+    """Serialise ``state`` with the weights named in ``specs`` packed at their bit width.
+
+    Exact by default. Float tensors holding only integers in int16 range (zero points) are stored as
+    int16, identical small tensors once (a quantizer's scale and the packed weight's scale).
+    ``float_dtype="float16"`` stores the remaining float tensors (BatchNorm, PReLU) in half
+    precision: smaller, and no longer exact for them (the packed weights stay exact).
+    """
     from kernels import pack_bits
 
+    if float_dtype not in ("float32", "float16"):
+        raise ExportError(f"float_dtype must be float32 or float16, got {float_dtype!r}")
     entries, blobs, offset = [], [], 0
+    seen: dict[tuple[str, tuple[int, ...], bytes], dict[str, Any]] = {}
 
     def add_blob(data: bytes) -> tuple[int, int]:
         nonlocal offset
@@ -99,19 +108,32 @@ def pack_state_dict(state: dict[str, Tensor], specs: dict[str, WeightSpec], meta
         offset = start + len(data)
         return start, len(data)
 
-    def add_raw(name: str, t: Tensor) -> dict[str, Any]:
+    def add_raw(name: str, t: Tensor, lossy_ok: bool = False) -> dict[str, Any]:
         t = t.detach().cpu().contiguous()
         if t.dtype not in _DTYPES:
             raise ExportError(f"cannot store tensor '{name}' of dtype {t.dtype} in a packed checkpoint")
-        arr = t.numpy().astype(_NP[_DTYPES[t.dtype]].newbyteorder("<"), copy=False)
-        off, n = add_blob(arr.tobytes())
-        return {"name": name, "kind": "raw", "dtype": _DTYPES[t.dtype], "shape": list(t.shape), "offset": off,
-                "nbytes": n}
+        stored = _DTYPES[t.dtype]
+        if t.dtype == torch.float32 and t.numel() and bool(torch.all(t == torch.round(t))) and \
+                bool(t.abs().max() < 2 ** 15):
+            stored = "int16"  # integer-valued floats (zero points): exact in int16
+        elif t.dtype == torch.float32 and lossy_ok and float_dtype == "float16":
+            stored = "float16"
+        arr = t.numpy().astype(_NP[stored].newbyteorder("<"))
+        data = arr.tobytes()
+        key = (stored, tuple(t.shape), data) if len(data) <= 65536 else None
+        entry = {"name": name, "kind": "raw", "dtype": _DTYPES[t.dtype], "stored": stored, "shape": list(t.shape)}
+        if key is not None and key in seen:  # identical small tensor: point at the same bytes
+            return {**entry, "offset": seen[key]["offset"], "nbytes": seen[key]["nbytes"]}
+        off, n = add_blob(data)
+        entry.update(offset=off, nbytes=n)
+        if key is not None:
+            seen[key] = entry
+        return entry
 
     for name, t in state.items():
         spec = specs.get(name)
         if spec is None:
-            entries.append(add_raw(name, t))
+            entries.append(add_raw(name, t, lossy_ok=not name.endswith(("scale", "zero_point"))))
             continue
         if not 2 <= spec.bits <= 8 or spec.qmax - spec.qmin >= 2 ** spec.bits:
             raise ExportError(f"weight '{name}': range [{spec.qmin}, {spec.qmax}] does not fit {spec.bits} bits")
@@ -130,7 +152,8 @@ def pack_state_dict(state: dict[str, Tensor], specs: dict[str, WeightSpec], meta
 
 
 def save_packed(model_or_state: torch.nn.Module | dict[str, Tensor], path: str | Path, *,
-                specs: dict[str, WeightSpec] | None = None, meta: dict[str, Any] | None = None) -> Path:
+                specs: dict[str, WeightSpec] | None = None, meta: dict[str, Any] | None = None,
+                float_dtype: str = "float32") -> Path:
     """Write a packed checkpoint atomically. For a model, the specs come from its weight quantizers."""
     if isinstance(model_or_state, torch.nn.Module):
         model = model_or_state
@@ -139,21 +162,21 @@ def save_packed(model_or_state: torch.nn.Module | dict[str, Tensor], path: str |
         meta = {**(meta or {}), "qfair_quant": getattr(model, "qfair_quant", None)}
     else:
         state, specs = model_or_state, specs or {}
-    data = pack_state_dict(state, specs, meta)
+    data = pack_state_dict(state, specs, meta, float_dtype=float_dtype)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
 def _read_raw(buf: memoryview, base: int, e: dict[str, Any], where: str) -> Tensor:
-    dtype = _NP.get(e.get("dtype"))
-    if dtype is None:
+    dtype, stored = _NP.get(e.get("dtype")), _NP.get(e.get("stored", e.get("dtype")))
+    if dtype is None or stored is None:
         raise CheckpointError(f"{where}: tensor '{e.get('name')}' has unsupported dtype {e.get('dtype')!r}")
     start, n = base + int(e["offset"]), int(e["nbytes"])
-    if start < base or start + n > len(buf) or n != int(np.prod(e["shape"], dtype=np.int64)) * dtype.itemsize:
+    if start < base or start + n > len(buf) or n != int(np.prod(e["shape"], dtype=np.int64)) * stored.itemsize:
         raise CheckpointError(f"{where}: tensor '{e['name']}' points outside the file or has the wrong size "
                               "(truncated or corrupt file)")
-    arr = np.frombuffer(buf[start:start + n], dtype=dtype.newbyteorder("<")).reshape(e["shape"])
+    arr = np.frombuffer(buf[start:start + n], dtype=stored.newbyteorder("<")).reshape(e["shape"])
     return torch.from_numpy(arr.astype(dtype, copy=True))
 
 

@@ -46,7 +46,8 @@ def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: in
     """See the module docstring. Device-generic (CPU and CUDA run the same torch ops)."""
     s = _shape(x, scale.to(x.dtype), axis)
     z = _shape(x, zero_point.to(x.dtype), axis)
-    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+    t = x / s  # fresh tensor: the remaining steps run in place (same values, fewer allocations)
+    return t.round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)
 
 
 @fake_quant.register_fake
@@ -73,12 +74,18 @@ def _backward(ctx, grad: Tensor):
     qmin, qmax, axis = ctx.qmin, ctx.qmax, ctx.axis
     s = _shape(x, scale.to(x.dtype), axis)
     z = _shape(x, zero_point.to(x.dtype), axis)
+    gx = gs = gz = None
+    if ctx.needs_input_grad[0]:
+        # clipping mask as bounds on x: round(x/s) + z in [qmin, qmax] <=> x in [(qmin-z-1/2)s, (qmax-z+1/2)s]
+        # (up to exact ties), two comparisons instead of re-quantizing x
+        lo, hi = (qmin - z - 0.5) * s, (qmax - z + 0.5) * s
+        gx = grad * ((x >= lo) & (x <= hi))
+    if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        return gx, None, None, None, None, None
     xs = x / s
     q = torch.round(xs) + z
     below, above = q < qmin, q > qmax
     inside = ~(below | above)
-    gx = grad * inside if ctx.needs_input_grad[0] else None
-    gs = gz = None
     if ctx.needs_input_grad[1]:
         ds = torch.where(inside, torch.round(xs) - xs, torch.where(below, qmin - z, qmax - z))
         gs = _reduce_to(grad * ds, scale, axis).to(scale.dtype)

@@ -54,6 +54,8 @@ class CalibSpec:
 
     label: str = cfg_field(help="label in tables (e.g. real, synthetic, data-free)")
     source: str = cfg_field(help="calibration source spec")
+    size: Optional[int] = cfg_field(None, help="images from this source (default: the study's calib_size)",
+                                    range=(1, None))
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ class _Study:
             return folder / "model.onnx" if v.kind == "onnx" else load_quantized(folder)
         t = time.time()
         if v.kind == "ptq":
-            batches = self.calib_batches(v, v.calib.source, self.cfg.calib_size, self.cfg.calib_batch_size)
+            batches = self.calib_batches(v, v.calib.source, v.calib.size or self.cfg.calib_size,
+                                         self.cfg.calib_batch_size)
             model = quantize(self.float_model(v), self.quant_config(v), batches)
             model.qfair_quant["calib"] = v.calib.label
             RunDir.create(folder, {"variant": v.id, "calibration": {"label": v.calib.label, "source": v.calib.source},
@@ -178,10 +179,6 @@ def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None) -> Stu
         comparisons += compare(mine, reference=f"{m.name}-fp32", seed=cfg.seed,
                                n_bootstrap=cfg.eval.n_bootstrap)
     notes_title = f"qfair study: {cfg.name}"
-    if cfg.synthetic_benchmark:
-        for r in results:
-            if SYNTHETIC_NOTE not in r.notes:
-                r.notes.insert(0, SYNTHETIC_NOTE)
     files = write_report(st.root.path, results, comparisons, title=notes_title)
     if cfg.synthetic_benchmark:
         report = files["report.md"]

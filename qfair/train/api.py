@@ -163,7 +163,7 @@ def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False) -> dic
                            calib)
     out = _prepare_run(out, cfg, "qfair distill", resume)
     cache = None
-    if cfg.teacher_cache:
+    if cfg.teacher_cache and cfg.teacher_cache.lower() not in ("null", "none", "off"):
         cache_dir = out / "teacher_cache" if cfg.teacher_cache == "auto" else Path(cfg.teacher_cache)
         if dist_info().main:  # rank 0 computes and stores; the others read the file
             cache = TeacherCache.build(teacher, source, cache_dir)

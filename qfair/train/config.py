@@ -130,7 +130,7 @@ class DistillConfig(TrainConfig, DataSettings):
     abits: int = cfg_field(8, range=(2, 8))
     recipe: str = cfg_field("quantface")
     teacher_cache: str | None = cfg_field("auto", help="folder for precomputed teacher embeddings; "
-                                                      "'auto' = <out>/teacher_cache, null = no cache")
+                                                      "'auto' = <out>/teacher_cache, none = no cache")
 
     def __post_init__(self) -> None:
         TrainConfig.__post_init__(self)

@@ -1,7 +1,13 @@
 import torch
 
-from qfair.data.synthesis import (SynthSettings, _bn_layers, bn_statistics_loss, iter_synthesize_from_bn,
-                                  synthesize_from_bn, write_images)
+from qfair.data.synthesis import (
+    SynthSettings,
+    _bn_layers,
+    bn_statistics_loss,
+    iter_synthesize_from_bn,
+    synthesize_from_bn,
+    write_images,
+)
 
 
 def _model():

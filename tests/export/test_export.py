@@ -72,14 +72,30 @@ def test_onnxruntime_target_fuses_integer_kernels(tmp_path, request, fixture, pa
     path = export_onnx(model, "onnxruntime", out=tmp_path / "o.onnx", parity_data=parity_images)
     assert validate_onnx(str(path), "onnxruntime") == []
     rep = _report(path)
-    assert rep["keep_float"] in ("none", "depthwise") and set(rep["latency_s_batch8"]) == {"none", "depthwise"}
-    assert "dw" in rep["float_layers"] or "dw" in rep["int8_layers"]
+    assert rep["keep_float"] == "auto" and set(rep["per_layer_ms"]) == {"stem", "conv1", "conv2", "dw", "fc"}
+    assert sorted(rep["float_layers"] + rep["int8_layers"]) == sorted(rep["per_layer_ms"])
+    assert all(n not in rep["float_layers"] or t["float"] < t["int8"] for n, t in rep["per_layer_ms"].items())
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
-    assert "QLinearConv" in ops  # ONNX Runtime really runs integer convolutions
+    assert "QLinearConv" in ops or not rep["int8_layers"]  # ONNX Runtime really runs integer convolutions
+    assert "PRelu" not in ops  # rewritten to Mul + Max
     assert rep["parity"]["passed"] and rep["parity"]["evaluated_cosine_mean"] > 0.99
+
+
+def test_keep_float_options(tmp_path, deploy8, parity_images):
+    path = export_onnx(deploy8, "onnxruntime", out=tmp_path / "n.onnx", parity_data=parity_images, keep_float="none")
+    rep = _report(path)
+    assert rep["float_layers"] == [] and len(rep["int8_layers"]) == 5
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 4 and "QGemm" in ops
+    path = export_onnx(deploy8, "onnxruntime", out=tmp_path / "d.onnx", parity_data=parity_images,
+                       keep_float="depthwise")
+    assert _report(path)["float_layers"] == ["dw"]
 
 
 def test_float_model_exports_as_float(tmp_path, tiny_float, parity_images):

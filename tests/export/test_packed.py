@@ -92,3 +92,15 @@ def test_quantized_model_round_trip(tmp_path, deploy6, quantface8, parity_images
         load_packed_into(fresh, path)
         with torch.no_grad():
             assert torch.equal(fresh(parity_images[:4]), model(parity_images[:4]))
+
+
+def test_float16_option_and_dedup(tmp_path):
+    state, specs = _state_and_specs(6, channels=64, cin=64)
+    state["conv_quantizer.scale"] = specs["conv.weight"].scale.clone()  # stored once, shared
+    exact = save_packed(state, tmp_path / "a.qpk", specs=specs).stat().st_size
+    half = save_packed(state, tmp_path / "b.qpk", specs=specs, float_dtype="float16").stat().st_size
+    assert half < exact
+    loaded, _ = load_packed(tmp_path / "b.qpk")
+    assert torch.equal(loaded["conv_quantizer.scale"], state["conv_quantizer.scale"])  # scales stay exact
+    assert torch.allclose(loaded["bn.weight"], state["bn.weight"], rtol=1e-3)
+    assert loaded["bn.weight"].dtype == torch.float32
