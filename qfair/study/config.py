@@ -151,6 +151,8 @@ def demo_config(out: str = "runs/demo", quick: bool = False, model: str | None =
             spec.resolved_checkpoint()  # clear error for an unknown name
         cfg = replace(cfg, models=(spec,))
     if quick:  # used by the tests: the same pipeline on a handful of images
-        cfg = replace(cfg, bench=("builtin:tiny",), calib_size=16, calib_batch_size=8, eval=replace(cfg.eval, n_bootstrap=50),
+        cfg = replace(cfg, bench=("builtin:tiny",), calib_size=8, calib_batch_size=8,
+                      calibration=tuple(replace(c, size=None) for c in cfg.calibration),
+                      eval=replace(cfg.eval, n_bootstrap=50),
                       finetune=replace(cfg.finetune, steps=3, images=16, batch_size=8))
     return cfg

@@ -81,7 +81,9 @@ def test_onnxruntime_target_fuses_integer_kernels(tmp_path, request, fixture, pa
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
     assert "QLinearConv" in ops or not rep["int8_layers"]  # ONNX Runtime really runs integer convolutions
     assert "PRelu" not in ops  # rewritten to Mul + Max
-    assert rep["parity"]["passed"] and rep["parity"]["evaluated_cosine_mean"] > 0.99
+    assert rep["parity"]["passed"]
+    if rep["output_quant"]:  # conv outputs re-quantized: also compared with the evaluated model
+        assert rep["parity"]["evaluated_cosine_mean"] > 0.99
 
 
 def test_keep_float_options(tmp_path, deploy8, parity_images):

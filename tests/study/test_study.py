@@ -86,3 +86,30 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, tiny_ckpt):
     assert all("(resumed)" in line for line in lines2[1:])
     assert not any(k.startswith("tiny-w") for k in res2.timings)
     assert {r.name: r.accuracies() for r in res2.results} == first
+
+
+def test_demo_quick_runs_the_shipped_model(tmp_path, capsys):
+    """`qfair demo --quick`: the shipped demo model and every stage wired through the CLI."""
+    from qfair.cli import main
+    from qfair.study.config import builtin_models
+
+    assert {"mobilefacenet", "iresnet18w16"} <= set(builtin_models())
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "mobilefacenet-w6a6-synthetic-kd" in out and "ONNX Runtime" in out
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "SYNTHETIC benchmark" in report
+
+
+def test_shipped_demo_model_has_a_measurable_group_disparity():
+    """Evaluated here, not read from a record: best and worst group intervals do not overlap."""
+    from qfair.eval import evaluate
+    from qfair.models import load_model
+    from qfair.study.config import _ASSETS
+
+    model = load_model(_ASSETS / "demo_mobilefacenet.pt", arch="mobilefacenet")
+    res = evaluate(model, "builtin", flip=False, n_bootstrap=0)
+    groups = res.per_group
+    best = max(groups.values(), key=lambda g: g["accuracy"])
+    worst = min(groups.values(), key=lambda g: g["accuracy"])
+    assert worst["accuracy_ci"][1] < best["accuracy_ci"][0], res.accuracies()
