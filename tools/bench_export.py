@@ -4,8 +4,11 @@ One run, same machine, same model and calibration images for both quantizers. Fo
 architecture: ONNX Runtime float32, qfair int8 (deploy recipe, onnxruntime target) and
 ``onnxruntime.quantization.quantize_static`` (QDQ, per channel, U8S8) are timed round-robin (so
 machine noise hits all three alike); each figure is the median of --repeats runs after warm-up.
-Weights are random with BatchNorm statistics re-estimated on images (speed does not depend on the
-weight values); the parity figures of the export are reported, not gated (``cosine_gate=0``).
+Weights are random (speed does not depend on their values) with BatchNorm statistics re-estimated on
+images and the residual branches scaled down 10x, as in trained networks: a plain random deep net is
+chaotic (a quantization rounding flip grows until the embeddings decorrelate), which makes parity
+figures meaningless. The export's parity figures are reported and compared with the gates, not
+enforced (``cosine_gate=0``), so a speed figure is produced either way.
 
     OMP_NUM_THREADS=1 python tools/bench_export.py --archs iresnet50 mbf --threads 1 --out runs/bench_export.json
 
@@ -45,7 +48,25 @@ def _float_model(arch: str, images: torch.Tensor) -> torch.nn.Module:
     with torch.no_grad():
         for i in range(0, len(images), 16):
             m(images[i:i + 16])
+    _tame_residuals(m)
     return m.eval()
+
+
+def _tame_residuals(model: torch.nn.Module, factor: float = 0.1) -> None:
+    """Scale the last BatchNorm of every residual branch (iresnet ``bn3``; the last BN of a block with a
+    ``ResidualAdd`` otherwise, downsample paths excluded) by ``factor``."""
+    from qfair.models._layers import ResidualAdd
+
+    for block in model.modules():
+        if not any(isinstance(c, ResidualAdd) for c in block.children()):
+            continue
+        named = [(n, m) for n, m in block.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+                 and "downsample" not in n]
+        last = dict(named).get("bn3") or (named[-1][1] if named else None)
+        if last is not None:
+            with torch.no_grad():
+                last.weight.mul_(factor)
+                last.bias.mul_(factor)
 
 
 def _ort_static(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
@@ -91,14 +112,15 @@ def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: i
 
     from qfair.export import export_onnx
     from qfair.export.onnx_graph import torch_to_onnx
+    from qfair.export.parity import cosine_gate
     from qfair.quant import QuantConfig, quantize
 
-    images = _images(96)
-    calib, parity = images[:64], images[64:96]
+    images = _images(64)
+    calib, parity = images[:32], images[32:48]
     model = _float_model(arch, images)
     t0 = time.time()
-    q = quantize(model, QuantConfig(bits=bits, recipe="deploy", calib_size=64, calib_batch_size=16),
-                 [calib[i:i + 16] for i in range(0, 64, 16)])
+    q = quantize(model, QuantConfig(bits=bits, recipe="deploy", calib_size=32, calib_batch_size=16),
+                 [calib[i:i + 16] for i in range(0, 32, 16)])
     t_quant = time.time() - t0
     from qfair.export.graph import rewrite_prelu
 
@@ -117,7 +139,8 @@ def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: i
     res = {"arch": arch, "bits": bits, "threads": threads, "quantize_s": t_quant, "export_s": t_export,
            "sizes_bytes": {k: p.stat().st_size for k, p in paths.items()},
            "parity": {k: report["parity"][k] for k in ("cosine_mean", "cosine_min", "evaluated_cosine_mean",
-                                                        "evaluated_cosine_min")},
+                                                        "evaluated_cosine_min", "stress_cosine_mean")},
+           "parity_gate": cosine_gate(bits), "parity_gate_passed": report["parity"]["cosine_mean"] >= cosine_gate(bits),
            "keep_float": report.get("keep_float"), "latency_s_batch8": report.get("latency_s_batch8"),
            "float_layers": report.get("float_layers"), "seconds": {}, "speedup_vs_fp32": {},
            "speedup_vs_fp32_rewritten": {}, "per_layer_ms": report.get("per_layer_ms")}

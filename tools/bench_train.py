@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
+import numpy as np
 import torch
 
 
@@ -61,7 +63,7 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     """Evaluate float, PTQ and PTQ + KD fine-tuning per group; returns {variant: summary}."""
     from qfair.data import open_benchmark
     from qfair.data.builtin import make_train
-    from qfair.eval import evaluate
+    from qfair.eval import embed, evaluate
     from qfair.models import load_model
     from qfair.quant import QuantConfig, quantize
     from qfair.train import kd_finetune
@@ -75,8 +77,18 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     calib = [to_model_input(split.images[i:i + 32]) for i in range(0, min(256, len(split)), 32)]
     out = {}
 
+    cache = tempfile.mkdtemp(prefix="qfair-accept-")
+    embs = {}
+
     def ev(name, model):
-        out[name] = summarize(evaluate(model, vset, n_bootstrap=0))
+        out[name] = summarize(evaluate(model, vset, n_bootstrap=0, cache_dir=cache))
+        embs[name] = embed(model, vset, cache_dir=cache)  # read back from the cache just written
+        if "float" in embs and name != "float":  # per-group agreement with the float model's embeddings
+            out[name]["cos_to_float"] = {}
+            for g in sorted(set(vset.groups.tolist())):
+                idx = np.unique(vset.pairs[vset.groups == g].reshape(-1))
+                cos = (embs["float"][idx] * embs[name][idx]).sum(1)
+                out[name]["cos_to_float"][g] = float(cos.mean())
         print(f"{name:10s} {json.dumps(out[name])}  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     ev("float", teacher)

@@ -24,6 +24,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", nargs="+", help="evaluate only these groups (each must have pairs)")
     p.add_argument("--cache-dir", help="embedding cache folder (default: $QFAIR_CACHE/embeddings or "
                                        "~/.cache/qfair/embeddings)")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable images (and their pairs) instead of stopping; the counts are reported")
     p.add_argument("--config", help="YAML file with the settings below (flags override it)")
     add_config_arguments(p, EvalConfig)
 
@@ -48,7 +50,15 @@ def resolve(args: argparse.Namespace):
     specs = args.bench or ["builtin"]
     if not args.bench:
         info("no --bench given: using the built-in synthetic benchmark (real conclusions need RFW)")
-    benches = [open_benchmark(s) for s in specs]
+    benches = []
+    for s in specs:
+        if getattr(args, "skip_corrupt", False) and not s.startswith("builtin"):
+            vset = open_benchmark(s, skip_corrupt=True)
+            skipped_i, skipped_p = vset.meta.get("skipped_images", 0), vset.meta.get("skipped_pairs", 0)
+            info(f"{s}: skipped {skipped_i} corrupt images and {skipped_p} pairs that used them")
+        else:
+            vset = open_benchmark(s)
+        benches.append(vset)
     cache = (args.cache_dir or default_cache_dir()) if cfg.cache else None
     return cfg, benches, cache
 

@@ -47,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..export.api import export_onnx
 
+    if cfg.format == "tensorrt":  # say what is missing before spending minutes on the ONNX export
+        from ..export.tensorrt import tensorrt_status
+        from ..utils.errors import MissingDependencyError
+
+        ok, why = tensorrt_status()
+        if not ok:
+            raise MissingDependencyError(f"--format tensorrt needs TensorRT and an NVIDIA GPU: {why}. "
+                                         "--format onnx --target tensorrt writes the graph TensorRT would read.")
     onnx_out = cfg.out if cfg.format == "onnx" else None
     path = export_onnx(run_dir, cfg.target, out=onnx_out, parity_data=cfg.parity, n_parity=cfg.n_parity,
                        opset=cfg.opset, keep_float=cfg.keep_float)

@@ -19,7 +19,7 @@ class SynthConfig:
                                        "the built-in benchmark's synthetic domain (no model needed)",
                             choices=["bn", "builtin-synthetic"])
     iters: int = cfg_field(30, help="optimisation steps per batch", range=(1, 100_000))
-    lr: float = cfg_field(0.2, help="Adam learning rate", range=(1e-6, 10.0))
+    lr: float = cfg_field(0.1, help="Adam learning rate", range=(1e-6, 10.0))
     tv: float = cfg_field(0.02, help="weight of the total-variation (smoothness) prior", range=(0.0, 100.0))
     init_res: int = cfg_field(56, help="side of the optimised image before upsampling to 112", range=(4, 112))
     batch_size: int = cfg_field(32, help="images optimised together", range=(1, 4096))

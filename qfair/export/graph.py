@@ -125,6 +125,28 @@ def opset_version(model: Any, domain: str = "") -> int:
     return 0
 
 
+def _const_or_dequantized(g: GraphIndex, name: str) -> np.ndarray | None:
+    """A constant, or DequantizeLinear of constants computed as ONNX does ((q - zp) * s in float32)."""
+    value = g.const(name)
+    if value is not None:
+        return value
+    node = g.producer.get(name)
+    if node is not None and node.op_type in ("Reshape", "Unsqueeze") and len(node.input) > 1:
+        inner, shape = _const_or_dequantized(g, node.input[0]), g.const(node.input[1])
+        if inner is None or shape is None:
+            return None
+        if node.op_type == "Reshape":
+            return inner.reshape([d if d != 0 else inner.shape[i] for i, d in enumerate(shape.tolist())])
+        return np.expand_dims(inner, tuple(int(a) for a in shape.reshape(-1)))
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    q, s = g.const(node.input[0]), g.const(node.input[1])
+    z = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.int32)
+    if q is None or s is None or z is None or s.size != 1:
+        return None
+    return (q.astype(np.float32) - z.astype(np.float32)) * s.astype(np.float32)
+
+
 def rewrite_prelu(graph: Any) -> int:
     """Replace PRelu (constant slope) by ``Max(x, x * a)`` (all slopes in [0, 1]) or
     ``Relu(x) + Min(x, 0) * a``: the same numbers bit for bit (one product, then a selection), but
@@ -136,11 +158,14 @@ def rewrite_prelu(graph: Any) -> int:
     out, count = [], 0
     zero = None
     for node in graph.node:
-        slope = g.const(node.input[1]) if node.op_type == "PRelu" else None
+        slope = _const_or_dequantized(g, node.input[1]) if node.op_type == "PRelu" else None
         if slope is None:
             out.append(node)
             continue
         x, y, base = node.input[0], node.output[0], node.name or node.output[0]
+        if not g.is_const(node.input[1]):  # a quantized slope: its dequantized values, same float32 math
+            graph.initializer.append(numpy_helper.from_array(slope.astype(np.float32), f"{base}_slope"))
+            node.input[1] = f"{base}_slope"
         if np.all((slope >= 0) & (slope <= 1)):
             out += [helper.make_node("Mul", [x, node.input[1]], [f"{base}_ax"], name=f"{base}_mul"),
                     helper.make_node("Max", [x, f"{base}_ax"], [y], name=f"{base}_max")]

@@ -198,8 +198,11 @@ def _fits(g: GraphIndex, q: Any, lo: float, hi: float) -> bool:
     return (0 - z) * s <= lo and hi <= (255 - z) * s
 
 
-def ort_layout(proto: Any, calib_images: Any, keep_float: set[str] | frozenset[str] = frozenset()) -> OrtLayoutReport:
-    """Rewrite ``proto`` in place (module docstring); returns what was done per layer."""
+def ort_layout(proto: Any, calib_images: Any, keep_float: set[str] | frozenset[str] = frozenset(),
+               range_cache: dict[str, tuple[float, float]] | None = None) -> OrtLayoutReport:
+    """Rewrite ``proto`` in place (module docstring); returns what was done per layer.
+
+    ``range_cache`` shares calibrated conv-output ranges between layouts of the same graph."""
     report = OrtLayoutReport()
     name_nodes(proto.graph)
     fold_batchnorm(proto, report)
@@ -226,7 +229,10 @@ def ort_layout(proto: Any, calib_images: Any, keep_float: set[str] | frozenset[s
         todo.append((conv, down))
         if down is None:
             need_range.append(conv.output[0])
-    ranges = output_ranges(proto, need_range, calib_images)
+    cache = range_cache if range_cache is not None else {}
+    missing = [t for t in need_range if t not in cache]
+    cache.update(output_ranges(proto, missing, calib_images[:32]))
+    ranges = {t: cache[t] for t in need_range}
     from onnx import helper
 
     before: dict[str, list[Any]] = {}

@@ -145,9 +145,11 @@ def _build_onnxruntime(proto: Any, ctx: ExportContext) -> dict[str, Any]:
     if ctx.keep_float not in ("auto", *fixed):
         raise ExportError(f"unknown keep_float option '{ctx.keep_float}'; use auto, none, depthwise or all")
 
+    ranges: dict[str, tuple[float, float]] = {}
+
     def build(keep: set[str]):
         candidate = copy.deepcopy(proto)
-        rep = ort_layout(candidate, ctx.calib_images, keep_float=keep)
+        rep = ort_layout(candidate, ctx.calib_images, keep_float=keep, range_cache=ranges)
         rewrite_prelu(candidate.graph)
         return candidate, rep
 

@@ -40,6 +40,12 @@ def test_cli_bad_inputs(run_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "no_such_run")]) == 2
     assert main(["export", str(run_dir), "--format", "tensorrt", "--target", "onnxruntime"]) == 2
+    from qfair.export.tensorrt import tensorrt_status
+
+    if not tensorrt_status()[0]:
+        capsys.readouterr()
+        assert main(["export", str(run_dir), "--format", "tensorrt"]) == 2
+        assert "TensorRT" in capsys.readouterr().err
 
 
 def test_configs_load():

@@ -82,3 +82,20 @@ def test_lsq_autograd_through_dispatch(triton_kernels, monkeypatch):
         grads[mode] = (xx.grad, ss.grad)
     assert torch.equal(grads["reference"][0], grads["triton"][0])
     assert torch.allclose(grads["reference"][1], grads["triton"][1], atol=1e-5)
+
+
+def test_matches_the_quant_op():
+    """Second implementation: qfair.quant's custom op (forward and its autograd formula)."""
+    from qfair.quant.fake_quant import fake_quant
+
+    x, s, zp, qmin, qmax = _case((5, 4, 3, 3), axis=0, bits=6)
+    ss = s.clone().requires_grad_(True)
+    zz = zp.clone().requires_grad_(True)
+    xx = x.clone().requires_grad_(True)
+    y = fake_quant(xx, ss, zz, qmin, qmax, 0)
+    assert torch.equal(y, fake_quant_forward_ref(x, s, zp, qmin, qmax, 0))
+    g = torch.randn_like(x)
+    y.backward(g)
+    gx, gs, gzp = fake_quant_backward_ref(g, x, s, zp, qmin, qmax, 0)
+    assert torch.equal(gx, xx.grad)
+    assert torch.allclose(gs, ss.grad, atol=1e-5) and torch.allclose(gzp, zz.grad, atol=1e-5)

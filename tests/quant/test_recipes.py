@@ -113,7 +113,7 @@ def _raw_cfg(**kw):
 @pytest.mark.parametrize("arch", ["iresnet18", "mbf", "mobilefacenet"])
 def test_every_model_prepares(recipe, arch):
     kw = {"width": 8} if arch == "iresnet18" else {}
-    q = prepare(create_model(arch, **kw), QuantConfig(recipe=recipe))
+    q = prepare(create_model(arch, **kw).eval(), QuantConfig(recipe=recipe))
     assert all(isinstance(qz, ActQuantizer) for _, qz in iter_quantizers(q))
     with torch.no_grad():
         assert q(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
