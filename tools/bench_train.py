@@ -59,7 +59,7 @@ def bench_variant(arch: str, variant: str, batch: int, steps: int, warmup: int, 
 
 
 def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, bench: str, n_train: int,
-               seed: int) -> dict:
+               seed: int, freeze_bn: bool = False) -> dict:
     """Evaluate float, PTQ and PTQ + KD fine-tuning per group; returns {variant: summary}."""
     from qfair.data import open_benchmark
     from qfair.data.builtin import make_train
@@ -95,7 +95,7 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     ptq = quantize(teacher, QuantConfig(bits=bits, seed=seed), calib)
     ev(f"ptq-w{bits}a{bits}", ptq)
     res = kd_finetune(ptq, teacher, split, steps=steps, lr=0.1 * batch / 512, batch_size=batch, seed=seed,
-                      range_update_steps=max(1, steps // 4), log_every=10)
+                      range_update_steps=max(1, steps // 4), log_every=10, freeze_bn=freeze_bn)
     ev(f"kd-w{bits}a{bits}", ptq)
     out["kd_train"] = {"steps": res.steps, "final_kd": res.loss, "images_per_s": res.images_per_s,
                        "first_kd": res.history[0]["loss"] if res.history else None}
@@ -116,12 +116,13 @@ def main() -> None:
     p.add_argument("--kd-steps", type=int, default=200)
     p.add_argument("--bench", default="builtin")
     p.add_argument("--n-train", type=int, default=1024, help="training images for KD fine-tuning")
+    p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed while fine-tuning")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.acceptance:
         res = acceptance(args.acceptance, args.arch, args.bits, args.kd_steps, args.batch, args.bench,
-                         args.n_train, 0)
+                         args.n_train, 0, args.freeze_bn)
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:
                 json.dump(res, f, indent=2)

@@ -102,6 +102,8 @@ def adaround_layer(layer: QuantConv2d | QuantLinear, x_in: Tensor, y_ref: Tensor
     with torch.no_grad():
         hard = weights((v >= 0).float())
         learned = float(recon(None, hard))
+        if learned >= nearest:  # never worse than nearest rounding on the layer's own objective
+            hard, learned = weights((w / s - w_floor >= 0.5).float()), nearest
         layer.weight.copy_(hard)
     return {"nearest": nearest, "adaround": learned}
 
