@@ -35,7 +35,7 @@ def time_runtime(run: Callable[[torch.Tensor], Any], cfg: BenchConfig) -> dict[s
     out: dict[str, float] = {}
     for i, b in enumerate(cfg.batches):
         x = torch.rand(b, 3, 112, 112) * 2 - 1
-        sec = median_seconds(lambda: run(x), cfg.warmup, cfg.repeats if b < 32 else max(1, cfg.repeats // 2 + 1))
+        sec = median_seconds(lambda x=x: run(x), cfg.warmup, cfg.repeats if b < 32 else max(1, cfg.repeats // 2 + 1))
         if i == 0:
             out[f"latency_ms_b{b}"] = sec * 1000
         out[f"throughput_b{b}"] = b / sec

@@ -109,7 +109,6 @@ def _const_input(g: GraphIndex, name: str) -> tuple[np.ndarray | None, list[Any]
         if x is not None and (lo is not None or len(node.input) < 2) and (hi is not None or len(node.input) < 3):
             return np.clip(x, lo if lo is not None else -np.inf, hi if hi is not None else np.inf), [node]
     if node is not None and node.op_type in ("Min", "Max"):
-        a, b = g.const(node.input[0]), None
         inner, dead = _const_input(g, node.input[0])
         b = g.const(node.input[1])
         if inner is not None and b is not None:
