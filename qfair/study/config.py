@@ -72,7 +72,8 @@ class FinetuneSpec:
     lr: float = cfg_field(0.002, range=(0.0, None))
     range_update_steps: int = cfg_field(10, help="activation ranges track for these first steps, then freeze",
                                         range=(0, None))
-    fair_kd: bool = cfg_field(False, help="fairness-aware KD weighting (needs group labels)")
+    freeze_bn: bool = cfg_field(False, help="keep BatchNorm running statistics fixed (advisable with few images: "
+                                "with BN in training mode its statistics drift away from the float teacher's)")
 
 
 @dataclass(frozen=True)
