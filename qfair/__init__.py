@@ -6,8 +6,7 @@ only when a feature that needs them is used. Public entry points are resolved la
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from qfair.utils.lazy import lazy_exports
 
 from ._version import __version__
 
@@ -27,15 +26,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'qfair' has no attribute '{name}'")
-    mod, attr = target.split(":")
-    value = getattr(import_module(mod), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

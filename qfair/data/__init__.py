@@ -6,8 +6,7 @@ group-balanced identity sampling, the built-in synthetic benchmark, and the one 
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from qfair.utils.lazy import lazy_exports
 
 # public name -> "module:attribute" (resolved on first use)
 _LAZY = {
@@ -43,17 +42,4 @@ _SUBMODULES = ("builtin", "preprocess", "verification", "binfile", "rfw", "pairs
 __all__ = [*_LAZY]  # noqa: PLE0604 - the keys of _LAZY are strings
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None and name in _SUBMODULES:
-        return import_module(f"qfair.data.{name}")
-    if target is None:
-        raise AttributeError(f"module 'qfair.data' has no attribute '{name}'")
-    mod, attr = target.split(":")
-    value = getattr(import_module(mod), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, _SUBMODULES)

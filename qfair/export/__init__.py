@@ -7,8 +7,7 @@ Public API: ``export_onnx``, ``validate_onnx``, ``check_onnx``, ``TARGETS``, ``s
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from qfair.utils.lazy import lazy_exports
 
 _LAZY = {
     "export_onnx": "qfair.export.api:export_onnx",
@@ -27,11 +26,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'qfair.export' has no attribute '{name}'")
-    mod, attr = target.split(":")
-    value = getattr(import_module(mod), attr)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -10,8 +10,7 @@ Names resolve lazily so ``import qfair.quant.config`` (used by the CLI to build 
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from qfair.utils.lazy import lazy_exports
 
 _LAZY = {
     "QuantConfig": "config", "QuantizeRunConfig": "config", "PTQ_METHODS": "config",
@@ -31,14 +30,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    sub = _LAZY.get(name)
-    if sub is None:
-        raise AttributeError(f"module 'qfair.quant' has no attribute '{name}'")
-    value = getattr(import_module(f"qfair.quant.{sub}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, {k: f"qfair.quant.{v}:{k}" for k, v in _LAZY.items()})

@@ -5,8 +5,7 @@
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from qfair.utils.lazy import lazy_exports
 
 _LAZY = {
     "fit": "qfair.train.loop:fit",
@@ -32,15 +31,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'qfair.train' has no attribute '{name}'")
-    mod, attr = target.split(":")
-    value = getattr(import_module(mod), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
