@@ -18,6 +18,7 @@ caller imports. ``make_backend(obj, name=None)`` picks by name, or asks each bac
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import sys
@@ -33,7 +34,7 @@ from ..utils.registry import Registry
 BACKENDS: Registry[type["Backend"]] = Registry("backend")
 
 
-class Backend:
+class Backend(abc.ABC):
     """Base class of embedding backends (see module docstring)."""
 
     name = "base"
@@ -42,11 +43,13 @@ class Backend:
     def accepts(cls, obj: Any) -> bool:
         return False
 
-    def embed_batch(self, x: Any) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def embed_batch(self, x: Any) -> np.ndarray:
+        """Implemented by every subclass."""
 
-    def fingerprint(self) -> str:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """Implemented by every subclass."""
 
     def meta(self) -> dict[str, Any]:
         return {"backend": self.name}

@@ -12,6 +12,7 @@ Per-channel (weights), ``percentile`` and ``mse`` work on the stored raw tensor 
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Callable
 
@@ -25,7 +26,7 @@ from .math import compute_qparams, fake_quantize_ref, reduce_minmax
 OBSERVERS: Registry[Callable[..., "Observer"]] = Registry("observer")
 
 
-class Observer:
+class Observer(abc.ABC):
     """Base: ``qmin``/``qmax``/``symmetric`` describe the target grid (some observers optimise for it)."""
 
     name = "observer"
@@ -34,14 +35,17 @@ class Observer:
         self.qmin, self.qmax, self.symmetric, self.axis = int(qmin), int(qmax), bool(symmetric), axis
         self.reset()
 
+    @abc.abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        """Implemented by every subclass."""
 
+    @abc.abstractmethod
     def observe(self, x: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Implemented by every subclass."""
 
+    @abc.abstractmethod
     def compute_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """Implemented by every subclass."""
 
     def _empty(self) -> QuantError:
         return QuantError(f"observer '{self.name}' has seen no data: the calibration set was empty or never "
@@ -135,8 +139,9 @@ class _Histogram(Observer):
         return torch.maximum(torch.as_tensor(lo, dtype=torch.float32), mn), torch.minimum(
             torch.as_tensor(hi, dtype=torch.float32), mx)
 
+    @abc.abstractmethod
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """The clipping range chosen from the histogram (each histogram observer's own rule)."""
 
 
 @OBSERVERS.register("percentile", aliases=("histogram",))

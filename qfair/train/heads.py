@@ -16,6 +16,7 @@ Formulas, with cos_j = <e/|e|, W_j/|W_j|> and theta_j = acos(cos_j), for the tar
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -28,7 +29,7 @@ HEADS: Registry[type] = Registry("margin head")
 _EPS = 1e-7
 
 
-class MarginHead(nn.Module):
+class MarginHead(nn.Module, abc.ABC):
     """Base class: class centres W (C, D) and cross-entropy over ``logits``."""
 
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5) -> None:
@@ -45,9 +46,9 @@ class MarginHead(nn.Module):
         cos = F.linear(F.normalize(emb.float(), dim=1), F.normalize(self.weight.float(), dim=1))
         return cos.clamp(-1 + _EPS, 1 - _EPS)
 
+    @abc.abstractmethod
     def target_logit(self, cos_y: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B,) target cosines -> (B,) margin-applied target cosines (before the scale s)."""
-        raise NotImplementedError
 
     def logits(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cos = self.cosines(emb)  # (B, C)
