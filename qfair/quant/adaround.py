@@ -1,9 +1,9 @@
 """AdaRound: learned up/down rounding of the weights, layer by layer (Nagel et al., ICML 2020).
 
 For each quantized conv / linear, in module order: its input as the (partly quantized) model sees it
-and its float output (all quantizers off) are captured on ``samples`` calibration images; a soft
-rounding variable V per weight, h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1), is optimised
-with Adam so that layer(x_q; s * (floor(w / s) + h - z)) matches the float output, plus the
+is captured on ``samples`` calibration images; a soft rounding variable V per weight,
+h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1), is optimised with Adam so that
+layer(x_q; s * (floor(w / s) + h - z)) matches layer(x_q; w) (float weights, same inputs), plus the
 regulariser lambda * sum(1 - |2h - 1|^beta) with beta annealed 20 -> 2 that pushes h to 0 or 1.
 Finally the weights are replaced by their hard-rounded grid values and the weight quantizer becomes
 static (its grid is fixed; recomputing min/max from the rounded weights would move it).
@@ -59,10 +59,12 @@ def _h(v: Tensor) -> Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
 
-def adaround_layer(layer: QuantConv2d | QuantLinear, x_in: Tensor, y_ref: Tensor, *, iters: int = 200,
+def adaround_layer(layer: QuantConv2d | QuantLinear, x_in: Tensor, y_ref: Tensor | None = None, *, iters: int = 200,
                    batch: int = 4, lr: float = 1e-2, reg: float = 0.01, warmup: float = 0.2,
                    generator: torch.Generator | None = None) -> dict[str, float]:
-    """Optimise one layer's rounding in place; ``x_in``: its inputs (N, ...), ``y_ref``: float outputs."""
+    """Optimise one layer's rounding in place; ``x_in``: its inputs (N, ...) as the quantized model sees
+    them. ``y_ref``: reconstruction targets; default (None): the layer's output with its *float* weights on
+    those same (input-quantized) inputs, i.e. the objective ||W x - W~ x||^2 of Nagel et al."""
     wq = layer.weight_quantizer
     w = layer.weight.detach()
     if wq.dynamic:
@@ -86,6 +88,9 @@ def adaround_layer(layer: QuantConv2d | QuantLinear, x_in: Tensor, y_ref: Tensor
             xb = iq(xb) if iq is not None else xb
         return (_forward(layer, xb, wt) - yb).pow(2).flatten(1).sum(1).mean()
 
+    if y_ref is None:
+        with torch.no_grad():
+            y_ref = _forward(layer, iq(x_in) if iq is not None else x_in, w)
     with torch.no_grad():
         nearest = float(recon(None, weights((w / s - w_floor >= 0.5).float())))
     n = x_in.shape[0]
@@ -122,11 +127,12 @@ def adaround(qmodel: nn.Module, batches: list[Tensor], *, iters: int = 200, samp
     report = {}
     try:
         for name, layer in track(list(weight_layers(qmodel)), "adaround"):
-            set_quantizers(qmodel, False)
-            y_ref = _capture(qmodel, layer, x, "out")
-            set_quantizers(qmodel, True)
+            # target: this layer's float-weight output on its own quantized-model inputs. (The float
+            # model's output at this layer, taken with all quantizers off, is not a valid target: it
+            # already contains the earlier layers' rounded weights, and asking one layer's rounding to
+            # undo the upstream activation-quantization error over-fits the few calibration images.)
             x_in = _capture(qmodel, layer, x, "in")
-            report[name] = adaround_layer(layer, x_in, y_ref, iters=iters, generator=g)
+            report[name] = adaround_layer(layer, x_in, None, iters=iters, generator=g)
     finally:
         set_quantizers(qmodel, True)
         qmodel.train(was)
