@@ -111,23 +111,33 @@ def summary_table(qmodel, cosine: float | None):
     return table(title, ["layer type", "layers", "weights", "activations", "observer"], rows)
 
 
-def run(args: argparse.Namespace) -> int:
+def model_and_calibration(cfg: Any) -> tuple[Any, list]:
+    """The float model and its calibration batches for a run config (quantize, sensitivity)."""
     import torch
 
     from ..data import calibration_batches
-    from ..quant import quantize, save_quantized
-    from ..quant.config import QuantizeRunConfig
-    from ..runs import RunDir
     from ..utils.errors import ConfigError
-    from ._console import console
 
-    cfg = resolve(args, QuantizeRunConfig)
     if not cfg.out:
         raise ConfigError("--out RUN_DIR is required")
     torch.manual_seed(cfg.seed)
     model = load_float_model(cfg.model, cfg.arch, cfg.allow_random)
+    batches = calibration_batches(calibration_source(cfg.calib, cfg.calib_data), cfg.calib_size,
+                                  cfg.calib_batch_size, model=model, seed=cfg.seed)
+    return model, batches
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..quant import quantize, save_quantized
+    from ..quant.config import QuantizeRunConfig
+    from ..runs import RunDir
+    from ._console import console
+
+    cfg = resolve(args, QuantizeRunConfig)
+    model, batches = model_and_calibration(cfg)
     source = calibration_source(cfg.calib, cfg.calib_data)
-    batches = calibration_batches(source, cfg.calib_size, cfg.calib_batch_size, model=model, seed=cfg.seed)
     probe: list[torch.Tensor] = []
 
     def keep_first(it):

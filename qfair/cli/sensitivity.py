@@ -40,23 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
-    from ..data import calibration_batches
     from ..quant import sensitivity
     from ..quant.sensitivity_analysis import overrides_yaml
     from ..runs import RunDir
-    from ..utils.errors import ConfigError
     from ._console import console, table
-    from .quantize import calibration_source, load_float_model, resolve
+    from .quantize import model_and_calibration, resolve
 
     cfg = resolve(args, SensitivityRunConfig)
-    if not cfg.out:
-        raise ConfigError("--out RUN_DIR is required")
-    torch.manual_seed(cfg.seed)
-    model = load_float_model(cfg.model, cfg.arch, cfg.allow_random)
-    batches = calibration_batches(calibration_source(cfg.calib, cfg.calib_data), cfg.calib_size,
-                                  cfg.calib_batch_size, model=model, seed=cfg.seed)
+    model, batches = model_and_calibration(cfg)
     eval_fn = None
     if cfg.bench:
         from ..data import open_benchmark
