@@ -78,9 +78,6 @@ class RunDir:
             raise QfairError(f"run folder not found: {path}. Pass a folder written by a qfair command.")
         return cls(path)
 
-    def file(self, name: str) -> Path:
-        return self.path / name
-
     def read_config(self) -> dict[str, Any]:
         import yaml
 

@@ -44,16 +44,6 @@ def table(title: str, columns: list[str], rows: list[list[Any]]):
     return t
 
 
-def progress():
-    """A rich Progress with bar, count, rate and ETA (use as a context manager)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err_console(), transient=False)
-
-
 def _is_number(x: Any) -> bool:
     if isinstance(x, (int, float)):
         return True

@@ -22,15 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config, overrides_from_args
     from ..train.api import distill
     from ..train.config import DistillConfig
-    from ..train.distributed import init_from_env
-    from .qat import report
+    from .qat import run_training
 
-    cfg = load_config(DistillConfig, args.config, overrides_from_args(args, DistillConfig))
-    info = init_from_env()
-    summary = distill(cfg, args.out, resume=args.resume)
-    if info.main:
-        report(summary, "qfair distill")
-    return 0
+    return run_training(args, DistillConfig, distill, "qfair distill")

@@ -6,6 +6,7 @@ Thin: parse, load the config (file + flags), call :func:`qfair.train.qat`, print
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -43,15 +44,22 @@ def report(summary: dict, title: str) -> None:
     console().print(table(title, ["", "value"], rows))
 
 
-def run(args: argparse.Namespace) -> int:
+def run_training(args: argparse.Namespace, cfg_cls: type, api: Callable[..., Any], title: str) -> int:
+    """Shared body of ``qfair qat`` and ``qfair distill``: resolve the config, join torchrun if launched
+    by it, train, and print the summary on the main rank only."""
     from ..config import load_config, overrides_from_args
-    from ..train.api import qat
-    from ..train.config import QatConfig
     from ..train.distributed import init_from_env
 
-    cfg = load_config(QatConfig, args.config, overrides_from_args(args, QatConfig))
+    cfg = load_config(cfg_cls, args.config, overrides_from_args(args, cfg_cls))
     info = init_from_env()
-    summary = qat(cfg, args.out, resume=args.resume)
+    summary = api(cfg, args.out, resume=args.resume)
     if info.main:
-        report(summary, "qfair qat")
+        report(summary, title)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.api import qat
+    from ..train.config import QatConfig
+
+    return run_training(args, QatConfig, qat, "qfair qat")

@@ -5,7 +5,6 @@ from .base import (
     config_from_dict,
     config_to_dict,
     load_config,
-    resolve_config,
 )
 from .cli_args import add_config_arguments, overrides_from_args
 
@@ -15,7 +14,6 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
-    "resolve_config",
     "add_config_arguments",
     "overrides_from_args",
 ]

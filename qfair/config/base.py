@@ -247,8 +247,3 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping
         if value is not None:
             merged[key] = value
     return config_from_dict(cls, merged, source=source)
-
-
-def resolve_config(cls: type[C], path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> C:
-    """Alias of :func:`load_config`, kept for readability at call sites."""
-    return load_config(cls, path, overrides)

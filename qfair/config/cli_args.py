@@ -25,7 +25,7 @@ def _scalar_type(tp: Any) -> Any:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
     """Add one flag per top-level field of ``cls`` (see module docstring)."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"settings (also valid as keys of a --config YAML file)")
+    group = parser.add_argument_group("settings (also valid as keys of a --config YAML file)")
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.metadata.get("flag", True):
             continue
