@@ -87,6 +87,17 @@ def _ort_static(fp32: Path, out: Path, calib: torch.Tensor) -> Path:
     return out
 
 
+def _size_breakdown(path: Path) -> dict[str, int]:
+    """Bytes of an ONNX file by what they hold: weights (tensors with two or more dims above 1), small
+    constants (scales, biases, slopes, zero points) and the rest (nodes, names, headers)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = sum(t.ByteSize() for t in model.graph.initializer if sum(d > 1 for d in t.dims) >= 2)
+    small = sum(t.ByteSize() for t in model.graph.initializer) - weights
+    return {"weights": weights, "small_constants": small, "graph": path.stat().st_size - weights - small}
+
+
 def _sessions(paths: dict[str, Path], threads: int):
     from qfair.export.parity import ort_session
 
@@ -138,6 +149,7 @@ def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: i
     sessions = _sessions(paths, threads)
     res = {"arch": arch, "bits": bits, "threads": threads, "quantize_s": t_quant, "export_s": t_export,
            "sizes_bytes": {k: p.stat().st_size for k, p in paths.items()},
+           "size_breakdown": {k: _size_breakdown(paths[k]) for k in ("ort_fp32", "qfair_int8", "ort_quantize_static")},
            "parity": {k: report["parity"][k] for k in ("cosine_mean", "cosine_min", "evaluated_cosine_mean",
                                                         "evaluated_cosine_min", "stress_cosine_mean")},
            "parity_gate": cosine_gate(bits), "parity_gate_passed": report["parity"]["cosine_mean"] >= cosine_gate(bits),
@@ -172,7 +184,7 @@ def main() -> None:
             r = bench_arch(arch, args.bits, args.threads, args.batches, args.warmup, args.repeats, Path(tmp))
             results.append(r)
             print(json.dumps({k: r[k] for k in ("arch", "speedup_vs_fp32", "speedup_vs_fp32_rewritten", "size_vs_fp32",
-                                                "parity", "float_layers")},
+                                                "size_breakdown", "parity", "float_layers")},
                              indent=1), flush=True)
     from rich.console import Console
     from rich.table import Table

@@ -58,31 +58,56 @@ def bench_variant(arch: str, variant: str, batch: int, steps: int, warmup: int, 
             "steps": steps, "min_s": times[0], "max_s": times[-1]}
 
 
+def _calibration(kind: str, model, seed: int, n: int = 256) -> list:
+    """Calibration batches: ``real`` (unseen renders of the training distribution), ``synthetic`` (the
+    generated-face domain) or ``data-free`` (synthesised from the model's BatchNorm statistics)."""
+    from qfair.data.builtin import make_synthetic_domain, make_train
+    from qfair.train.batches import to_model_input
+
+    if kind == "real":
+        imgs = make_train(seed=seed + 101, n_ids=max(4, n // 8), imgs_per_id=8).images[:n]
+    elif kind == "synthetic":
+        imgs = make_synthetic_domain(n, seed=seed + 202)
+    elif kind == "data-free":
+        from qfair.data import calibration_batches
+
+        return [b if isinstance(b, torch.Tensor) else b[0]
+                for b in calibration_batches("synthetic", min(n, 64), 32, model=model, seed=seed)]
+    else:
+        raise SystemExit(f"--calib must be real, synthetic or data-free, got {kind}")
+    return [to_model_input(imgs[i:i + 32]) for i in range(0, len(imgs), 32)]
+
+
 def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, bench: str, n_train: int,
-               seed: int, freeze_bn: bool = False) -> dict:
+               seed: int, freeze_bn: bool = False, calib: str = "real", kd_data: str = "builtin",
+               lr: float | None = None, flip: bool = True, range_steps: int | None = None,
+               fair_kd: bool = False, cache: str | None = None, weight_decay: float = 0.0,
+               schedule: str = "constant") -> dict:
     """Evaluate float, PTQ and PTQ + KD fine-tuning per group; returns {variant: summary}."""
     from qfair.data import open_benchmark
-    from qfair.data.builtin import make_train
     from qfair.eval import embed, evaluate
     from qfair.models import load_model
     from qfair.quant import QuantConfig, quantize
     from qfair.train import kd_finetune
-    from qfair.train.batches import to_model_input
+    from qfair.train.data import build_source
     from qfair.train.evaluation import summarize
 
     t0 = time.perf_counter()
     teacher = load_model(ckpt, arch).eval()
     vset = open_benchmark(bench)
-    split = make_train(seed=seed + 101, n_ids=max(4, n_train // 8), imgs_per_id=8)  # unseen renders
-    calib = [to_model_input(split.images[i:i + 32]) for i in range(0, min(256, len(split)), 32)]
-    out = {}
-
-    cache = tempfile.mkdtemp(prefix="qfair-accept-")
+    out: dict = {"settings": {"checkpoint": ckpt, "bits": bits, "calib": calib, "kd_data": kd_data,
+                              "kd_steps": steps, "batch": batch, "n_train": n_train, "bench": bench,
+                              "freeze_bn": freeze_bn, "flip": flip, "fair_kd": fair_kd,
+                              "weight_decay": weight_decay, "schedule": schedule}}
+    cache = cache or tempfile.mkdtemp(prefix="qfair-accept-")  # embeddings keyed by model + benchmark
     embs = {}
 
+    results = {}
+
     def ev(name, model):
-        out[name] = summarize(evaluate(model, vset, n_bootstrap=0, cache_dir=cache))
-        embs[name] = embed(model, vset, cache_dir=cache)  # read back from the cache just written
+        results[name] = evaluate(model, vset, n_bootstrap=0, cache_dir=cache, flip=flip)
+        out[name] = summarize(results[name])
+        embs[name] = embed(model, vset, cache_dir=cache, flip=flip)  # read back from the cache just written
         if "float" in embs and name != "float":  # per-group agreement with the float model's embeddings
             out[name]["cos_to_float"] = {}
             for g in sorted(set(vset.groups.tolist())):
@@ -92,14 +117,53 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
         print(f"{name:10s} {json.dumps(out[name])}  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     ev("float", teacher)
-    ptq = quantize(teacher, QuantConfig(bits=bits, seed=seed), calib)
-    ev(f"ptq-w{bits}a{bits}", ptq)
-    res = kd_finetune(ptq, teacher, split, steps=steps, lr=0.1 * batch / 512, batch_size=batch, seed=seed,
-                      range_update_steps=max(1, steps // 4), log_every=10, freeze_bn=freeze_bn)
-    ev(f"kd-w{bits}a{bits}", ptq)
-    out["kd_train"] = {"steps": res.steps, "final_kd": res.loss, "images_per_s": res.images_per_s,
-                       "first_kd": res.history[0]["loss"] if res.history else None}
+    ptq = quantize(teacher, QuantConfig(bits=bits, seed=seed), _calibration(calib, teacher, seed))
+    ev("ptq", ptq)
+    source = build_source(kd_data, n_train, batch, seed=seed + 303, model=teacher)
+    lr = lr if lr is not None else 0.1 * batch / 512  # the reference rule: 0.1 at a total batch of 512
+    res = kd_finetune(ptq, teacher, source, steps=steps, lr=lr, batch_size=batch, seed=seed,
+                      range_update_steps=range_steps if range_steps is not None else max(1, steps // 4),
+                      log_every=10, freeze_bn=freeze_bn, fair_kd=fair_kd, weight_decay=weight_decay,
+                      schedule=schedule)
+    ev("kd", ptq)
+    out["kd_train"] = {"steps": res.steps, "lr": lr, "final_kd": res.loss, "images_per_s": res.images_per_s,
+                       "first_kd": res.history[0]["loss"] if res.history else None,
+                       "curve": [(h.get("step"), h.get("loss")) for h in res.history]}
+    _print_acceptance(out, vset)
+    _paired(out, results)
     return out
+
+
+def _paired(out: dict, results: dict, n_bootstrap: int = 1000) -> None:
+    """Paired comparisons against the float model (and KD against PTQ): per-group McNemar (Holm) and
+    identity-bootstrap 95 % intervals of the AVG / STD / SER changes."""
+    from qfair.eval import compare_pair
+
+    out["paired"] = {}
+    for ref, other in (("float", "ptq"), ("float", "kd"), ("ptq", "kd")):
+        c = compare_pair(results[ref], results[other], n_bootstrap=n_bootstrap, seed=0)
+        d = {k: {"delta": v["delta"], "ci": v.get("delta_ci")} for k, v in c.deltas.items()}
+        g = {k: {"b": v["b"], "c": v["c"], "p_holm": v["p_holm"]} for k, v in c.per_group.items()}
+        out["paired"][f"{other}-vs-{ref}"] = {"deltas": d, "groups": g}
+        print(f"{other} - {ref}: " + ", ".join(
+            f"{k.upper()} {v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" for k, v in d.items()
+            if k in ("avg", "std", "ser")) + " | McNemar p_holm " +
+            ", ".join(f"{k} {v['p_holm']:.3g}" for k, v in g.items()), flush=True)
+
+
+def _print_acceptance(out: dict, vset) -> None:
+    groups = list(out["float"]["accuracy"])
+    print("\n| model | " + " | ".join(groups) + " | AVG | STD | SER | cos to float |")
+    print("|---|" + "---:|" * (len(groups) + 4))
+    for name in ("float", "ptq", "kd"):
+        r = out[name]
+        cos = np.mean(list(r["cos_to_float"].values())) if "cos_to_float" in r else 1.0
+        print(f"| {name} | " + " | ".join(f"{r['accuracy'][g]:.2f}" for g in groups)
+              + f" | {r['avg']:.2f} | {r['std']:.2f} | {r['ser']:.2f} | {cos:.5f} |")
+    f, p, k = out["float"], out["ptq"], out["kd"]
+    verdict = {m: abs(k[m] - f[m]) < abs(p[m] - f[m]) for m in ("avg", "ser", "std")}
+    out["closer_to_float"] = verdict
+    print(f"\nKD closer to float than PTQ: {verdict} ({len(vset.issame)} pairs)")
 
 
 def main() -> None:
@@ -117,12 +181,23 @@ def main() -> None:
     p.add_argument("--bench", default="builtin")
     p.add_argument("--n-train", type=int, default=1024, help="training images for KD fine-tuning")
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed while fine-tuning")
+    p.add_argument("--calib", default="real", help="PTQ calibration: real, synthetic or data-free")
+    p.add_argument("--kd-data", default="builtin", help="fine-tuning data spec (builtin, builtin-synthetic, ...)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 x batch / 512)")
+    p.add_argument("--range-steps", type=int, default=None, help="steps with activation ranges tracking")
+    p.add_argument("--no-flip", action="store_true", help="evaluate without the flipped-image embedding")
+    p.add_argument("--fair-kd", action="store_true", help="fairness-aware distillation (needs group labels)")
+    p.add_argument("--cache", default=None, help="embedding cache folder (reused across runs)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the KD fine-tuning")
+    p.add_argument("--schedule", default="constant", help="lr schedule: constant, cosine or step")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.acceptance:
         res = acceptance(args.acceptance, args.arch, args.bits, args.kd_steps, args.batch, args.bench,
-                         args.n_train, 0, args.freeze_bn)
+                         args.n_train, 0, args.freeze_bn, args.calib, args.kd_data, args.lr, not args.no_flip,
+                         args.range_steps, args.fair_kd, args.cache, args.weight_decay,
+                         args.schedule)
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:
                 json.dump(res, f, indent=2)

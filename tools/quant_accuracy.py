@@ -3,13 +3,16 @@
     OMP_NUM_THREADS=2 python tools/quant_accuracy.py --arch mbf [--model CKPT] [--table observers|ptq|both]
 
 Table "observers": W8A8 and W6A6 for every recipe x activation observer.
-Table "ptq": the low-bit PTQ improvements (none, bias correction, BN re-estimation, AdaRound and
-combinations) at W6A6 and W4A4 (quantface recipe; deploy with --recipe deploy).
+Table "ptq": the low-bit PTQ improvements (``--methods``: none, bias correction, BN re-estimation,
+AdaRound, BRECQ, ...; ``+`` chains methods) at every ``--bits`` setting (W/A, default 6/6 4/4 4/8 3/8),
+with the seconds each quantization took (calibration + improvement; wall clock and process CPU time).
+``--verify builtin`` adds the verification accuracy (10-fold, no flip) of each model on that benchmark
+(test identities: disjoint from the calibration images).
 
-Calibration: ``--calib-size`` images of the built-in benchmark (qfair.data "builtin"); evaluation:
-``--eval-size`` different images (another seed). Without ``--model`` the network is random with its
-BatchNorm statistics re-estimated in float on built-in images (so activations have realistic ranges);
-numbers from a trained checkpoint are the ones to quote.
+Calibration: ``--calib-size`` images of the built-in benchmark's training distribution (qfair.data
+"builtin", seed 0); cosine: ``--eval-size`` other images (seed 1, other identities). Without ``--model``
+the network is random with its BatchNorm statistics re-estimated in float on built-in images (so
+activations have realistic ranges); numbers from a trained checkpoint are the ones to quote.
 """
 from __future__ import annotations
 
@@ -45,6 +48,16 @@ def cosine(a: torch.nn.Module, b: torch.nn.Module, xs: list[torch.Tensor]) -> fl
     return float(torch.nn.functional.cosine_similarity(ea, eb).mean())
 
 
+def verification_accuracy(model: torch.nn.Module, vset) -> float:
+    """10-fold verification accuracy (%) without flip."""
+    from qfair.eval import embed, kfold_accuracy
+    from qfair.eval.embed import check_pairs
+
+    emb = embed(model, vset, flip=False, batch_size=64)
+    pairs = check_pairs(vset)
+    return kfold_accuracy(emb[pairs[:, 0]], emb[pairs[:, 1]], vset.issame)[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="mbf")
@@ -52,9 +65,17 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--table", default="both", choices=["observers", "ptq", "both"])
     ap.add_argument("--recipe", default="quantface")
+    ap.add_argument("--observer", default="minmax", help="activation observer of the ptq table")
     ap.add_argument("--calib-size", type=int, default=128)
     ap.add_argument("--eval-size", type=int, default=64)
-    ap.add_argument("--adaround-iters", type=int, default=100)
+    ap.add_argument("--bits", nargs="+", default=["6/6", "4/4", "4/8", "3/8"], help="W/A pairs of the ptq table")
+    ap.add_argument("--methods", nargs="+", default=["none", "bias_correction", "bn_reestimate", "adaround", "brecq"],
+                    help="ptq table rows; 'a+b' applies a then b; 'brecq:iters=0,act_lr=0' (or adaround:...) "
+                    "runs the reconstruction with those ReconSettings (component ablations)")
+    ap.add_argument("--adaround-iters", type=int, default=200, help="adaround / brecq steps per layer / block")
+    ap.add_argument("--adaround-samples", type=int, default=None, help="default: --calib-size")
+    ap.add_argument("--verify", default=None, help="also report verification accuracy on this benchmark "
+                    "(e.g. builtin)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
 
@@ -76,25 +97,52 @@ def main() -> None:
                 out[f"{recipe}/{obs}"] = row
                 print(f"| {recipe} | {obs} | {row['W8A8']:.5f} | {row['W6A6']:.5f} |", flush=True)
     if args.table in ("ptq", "both"):
-        combos = [(), ("bias_correction",), ("bn_reestimate",), ("bn_reestimate", "bias_correction"),
-                  ("adaround",), ("adaround", "bias_correction")]
-        print(f"\n| {args.arch} {args.recipe} PTQ | W6A6 cos | W4A4 cos | time W4A4 (s) |\n|---|---|---|---|")
-        for ptq in combos:
-            row = {}
-            for bits in (6, 4):
-                t = time.perf_counter()
-                cfg = QuantConfig(bits=bits, recipe=args.recipe, ptq=ptq, adaround_iters=args.adaround_iters,
-                                  adaround_samples=32)
+        vset = None
+        if args.verify:
+            from qfair.data import open_benchmark
+
+            vset = open_benchmark(args.verify)
+            out["float"] = {"acc": verification_accuracy(model, vset)}
+            print(f"float model: verification accuracy {out['float']['acc']:.2f} % on {vset.name}")
+        pairs = [tuple(int(b) for b in wa.split("/")) for wa in args.bits]
+        heads = [f"W{w}A{a}" for w, a in pairs]
+        cell = "cos / acc % / s (cpu s)" if vset is not None else "cos / s (cpu s)"
+        print(f"\n{args.arch} {args.recipe}, activation observer {args.observer}, calibration {args.calib_size} "
+              f"images, {args.adaround_iters} reconstruction steps; cells: {cell}")
+        print("| method | " + " | ".join(heads) + " |\n|---|" + "---|" * len(heads))
+        for method in args.methods:
+            ptq = () if method == "none" else tuple(method.split("+"))
+            recon, settings = None, {}
+            if ":" in method:  # one reconstruction with explicit settings, after plain calibration
+                recon, _, opts = method.partition(":")
+                settings = {k: json.loads(v) for k, v in (o.split("=") for o in opts.split(","))}
+                ptq = ()
+            row: dict[str, float] = {}
+            cells = []
+            for (w, a), head in zip(pairs, heads):
+                t, c = time.perf_counter(), time.process_time()
+                cfg = QuantConfig(wbits=w, abits=a, recipe=args.recipe, observer=args.observer, ptq=ptq,
+                                  adaround_iters=args.adaround_iters,
+                                  adaround_samples=args.adaround_samples or args.calib_size)
                 q = quantize(model, cfg, calib)
-                row[f"W{bits}A{bits}"] = cosine(model, q, held)
-                row[f"time{bits}"] = time.perf_counter() - t
-            name = "+".join(ptq) or "none"
-            out[f"ptq/{name}"] = row
-            print(f"| {name} | {row['W6A6']:.5f} | {row['W4A4']:.5f} | {row['time4']:.1f} |", flush=True)
+                if recon is not None:
+                    from qfair.quant.reconstruction import reconstruct
+
+                    reconstruct(q, calib, granularity={"brecq": "block", "adaround": "layer"}[recon],
+                                samples=cfg.adaround_samples, **{"iters": args.adaround_iters, **settings})
+                row[f"time_{head}"], row[f"cpu_{head}"] = time.perf_counter() - t, time.process_time() - c
+                row[head] = cosine(model, q, held)
+                txt = f"{row[head]:.5f}"
+                if vset is not None:
+                    row[f"acc_{head}"] = verification_accuracy(q, vset)
+                    txt += f" / {row[f'acc_{head}']:.2f}"
+                cells.append(f"{txt} / {row[f'time_{head}']:.0f} ({row[f'cpu_{head}']:.0f})")
+            out[f"ptq/{method}"] = row
+            print(f"| {method} | " + " | ".join(cells) + " |", flush=True)
     if args.json:
         from pathlib import Path
 
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": out}, indent=2))
 
 
 if __name__ == "__main__":

@@ -68,10 +68,19 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
     name_nodes(proto.graph)
     remove_unused_initializers(proto.graph)
     proto.ir_version = IR_VERSION
-    del proto.metadata_props[:]
+    strip_metadata(proto)
     for vi in [*proto.graph.input, *proto.graph.output]:
         vi.type.tensor_type.shape.dim[0].dim_param = "batch"
     return proto
+
+
+def strip_metadata(proto: Any) -> None:
+    """Drop the exporter's bookkeeping (the exported program's signature on the graph, per-tensor origin
+    notes): about 47 KB on MobileFaceNet, 2% of its int8 file, and no runtime reads it."""
+    del proto.metadata_props[:]
+    del proto.graph.metadata_props[:]
+    for item in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info, *proto.graph.initializer]:
+        del item.metadata_props[:]
 
 
 def name_by_module(graph: Any) -> None:

@@ -11,8 +11,23 @@ graph of a quantized model:
 3. each quantized Conv / Gemm gets an int32 bias (scale s_x * s_w) and a Q/DQ on its output: with the
    downstream quantizer's own scale when the output only feeds that quantizer (then exact, also
    for 6-bit ranges whose Clip moves after the DQ), otherwise with a range calibrated on images;
-4. layers listed in ``keep_float`` (e.g. depthwise convs, where int8 is slower on this runtime) keep
-   their dequantized float weights: numerically the same, just not fused.
+4. layers listed in ``keep_float`` (e.g. depthwise convs, where int8 is slower on this runtime) run a
+   float convolution on weights stored as int8 codes and dequantized by ``Cast -> Mul`` (the same
+   float32 numbers as DequantizeLinear): ONNX Runtime constant-folds those into float weights when the
+   session starts (NCHWc float kernels, as fast as float initializers), while the file keeps one byte
+   per weight. (A DequantizeLinear would stay in the graph: ONNX Runtime never folds it, to keep Q/DQ
+   groups, so it would dequantize at every run and block the NCHWc layout.) Exception: a float layer
+   whose output goes straight into a QuantizeLinear (through Clip, Relu or a Reshape-like op at most)
+   keeps its DequantizeLinear weights and gets its bias as a separate ``Add``: ONNX Runtime's
+   WeightBiasQuantization pass would otherwise re-quantize float weights there per tensor (its own
+   scale, not ours) and round the bias to int32, a different model.
+
+Integer kernels add the bias as int32 at scale s_x * s_w (step 3), so the bias moves by up to half a
+step; float layers get the same int32-grid bias (``float_bias_on_grid``; not in the all-float exact
+layout), so the model does not depend on the per-layer int8 / float choice. ``OrtLayoutReport.bias_shift``
+records the move per torch module and parity simulates it (with the output Q/DQ) on the torch model:
+at 6 bits a deep network is chaotic enough that even this sub-step shift flips downstream roundings
+(demo MobileFaceNet: embedding cosine 0.977 against the unshifted model).
 """
 from __future__ import annotations
 
@@ -21,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from .graph import GraphIndex, attr, name_nodes, remove_dead_nodes, remove_unused_initializers
+from .graph import GraphIndex, attr, move_bias_to_add, name_nodes, remove_dead_nodes, remove_unused_initializers
+from .ort_storage import act_dq, add_init, per_channel, quantize_bias, weight_dq, weight_only_dequant
 
 
 @dataclass
@@ -35,53 +51,26 @@ class OrtLayoutReport:
     # torch module whose output got a new Q/DQ (the BN folded into the conv, else the conv itself)
     # -> (scale, uint8 zero point): lets parity simulate the layout on the torch model
     output_quant: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # torch module (the BN folded into the conv, else the conv) -> (C,) float64 shift of its bias by the
+    # int32 bias rounding (what ONNX Runtime adds minus the float bias)
+    bias_shift: dict[str, list[float]] = field(default_factory=dict)
     _bn_of: dict[str, str] = field(default_factory=dict)
-
-
-def _add_init(graph: Any, name: str, value: np.ndarray) -> str:
-    from onnx import numpy_helper
-
-    graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-    return name
-
-
-def _weight_dq(g: GraphIndex, conv: Any) -> Any | None:
-    """The DequantizeLinear of a constant int8 weight feeding ``conv`` (or None)."""
-    node = g.producer.get(conv.input[1]) if len(conv.input) > 1 else None
-    if node is None or node.op_type != "DequantizeLinear" or g.const(node.input[0]) is None:
-        return None
-    return node
-
-
-def _act_dq(g: GraphIndex, conv: Any) -> Any | None:
-    node = g.producer.get(conv.input[0])
-    if node is None or node.op_type != "DequantizeLinear" or g.is_const(node.input[0]):
-        return None
-    return node
 
 
 def quantized_layers(proto: Any) -> list[Any]:
     """Conv / Gemm nodes whose input and weight both come from DequantizeLinear."""
     g = GraphIndex(proto.graph)
     return [n for n in proto.graph.node
-            if n.op_type in ("Conv", "Gemm") and _act_dq(g, n) is not None and _weight_dq(g, n) is not None]
+            if n.op_type in ("Conv", "Gemm") and act_dq(g, n) is not None and weight_dq(g, n) is not None]
 
 
 def is_depthwise(proto: Any, node: Any) -> bool:
     g = GraphIndex(proto.graph)
     if node.op_type != "Conv":
         return False
-    dq = _weight_dq(g, node)
+    dq = weight_dq(g, node)
     w = g.const(dq.input[0]) if dq is not None else None
     return w is not None and attr(node, "group", 1) > 1 and w.shape[1] == 1
-
-
-def _per_channel(g: GraphIndex, dq: Any, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    codes = g.const(dq.input[0])
-    s = np.broadcast_to(g.const(dq.input[1]).astype(np.float32), (channels,)).copy()
-    z = np.broadcast_to(g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), codes.dtype),
-                        (channels,)).copy()
-    return codes, s, z
 
 
 def fold_batchnorm(proto: Any, report: OrtLayoutReport) -> None:
@@ -92,23 +81,23 @@ def fold_batchnorm(proto: Any, report: OrtLayoutReport) -> None:
         conv = g.producer.get(bn.input[0])
         if conv is None or conv.op_type != "Conv" or len(g.downstream(conv.output[0])) != 1:
             continue
-        dq = _weight_dq(g, conv)
+        dq = weight_dq(g, conv)
         vals = [g.const(i) for i in bn.input[1:5]]
         if dq is None or any(v is None for v in vals) or attr(dq, "axis", 1) not in (0, 1):
             continue
         gamma, beta, mean, var = (v.astype(np.float64) for v in vals)
         k = gamma / np.sqrt(var + attr(bn, "epsilon", 1e-5))
-        codes, s, z = _per_channel(g, dq, len(k))
+        codes, s, z = per_channel(g, dq, len(k))
         if np.any(k < 0) and (np.any(z != 0) or codes.dtype != np.int8 or np.any(codes[k < 0] == -128)):
             continue  # flipping asymmetric codes could leave the integer range
         sign = np.where(k < 0, -1, 1).astype(codes.dtype).reshape([-1] + [1] * (codes.ndim - 1))
         bias = g.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(len(k))
         base = conv.name or conv.output[0]
-        dq.input[0] = _add_init(graph, f"{base}_w_bn", codes * sign)
-        dq.input[1] = _add_init(graph, f"{base}_ws_bn", (s * np.abs(k)).astype(np.float32))
-        dq.input[2] = _add_init(graph, f"{base}_wz_bn", z)
+        dq.input[0] = add_init(graph, f"{base}_w_bn", codes * sign)
+        dq.input[1] = add_init(graph, f"{base}_ws_bn", (s * np.abs(k)).astype(np.float32))
+        dq.input[2] = add_init(graph, f"{base}_wz_bn", z)
         _set_attr(dq, "axis", 0)
-        new_bias = _add_init(graph, f"{base}_b_bn", ((bias - mean) * k + beta).astype(np.float32))
+        new_bias = add_init(graph, f"{base}_b_bn", ((bias - mean) * k + beta).astype(np.float32))
         if len(conv.input) > 2:
             conv.input[2] = new_bias
         else:
@@ -144,7 +133,7 @@ def signed_to_unsigned(proto: Any) -> None:
         if z is None or z.dtype != np.int8:
             continue
         if n.input[2] not in done:
-            done[n.input[2]] = _add_init(graph, f"{n.input[2]}_u8", (z.astype(np.int16) + 128).astype(np.uint8))
+            done[n.input[2]] = add_init(graph, f"{n.input[2]}_u8", (z.astype(np.int16) + 128).astype(np.uint8))
         n.input[2] = done[n.input[2]]
 
 
@@ -180,6 +169,25 @@ def _downstream_quantizer(g: GraphIndex, name: str) -> tuple[Any, Any | None] | 
     return None
 
 
+def _feeds_quantizer(g: GraphIndex, name: str) -> bool:
+    """Whether ``name`` goes straight into a QuantizeLinear, possibly through Clip / Relu and ops that only
+    move data (ONNX Runtime moves a Q back across those): the pattern ONNX Runtime's
+    WeightBiasQuantization pass turns into an integer layer."""
+    for _ in range(8):
+        users = g.downstream(name)
+        if len(users) != 1 or name in g.graph_outputs:
+            return False
+        if users[0].op_type == "QuantizeLinear":
+            return True
+        if users[0].op_type not in ("Clip", "Relu", *_MOVE_OPS):
+            return False
+        name = users[0].output[0]
+    return False
+
+
+_MOVE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+
+
 def _through_activation(g: GraphIndex, name: str) -> Any | None:
     """The Q behind a lone PRelu / Relu / LeakyRelu consumer (whose positive side is the identity)."""
     users = g.downstream(name)
@@ -199,10 +207,14 @@ def _fits(g: GraphIndex, q: Any, lo: float, hi: float) -> bool:
 
 
 def ort_layout(proto: Any, calib_images: Any, keep_float: set[str] | frozenset[str] = frozenset(),
-               range_cache: dict[str, tuple[float, float]] | None = None) -> OrtLayoutReport:
+               range_cache: dict[str, tuple[float, float]] | None = None,
+               float_bias_on_grid: bool = True) -> OrtLayoutReport:
     """Rewrite ``proto`` in place (module docstring); returns what was done per layer.
 
-    ``range_cache`` shares calibrated conv-output ranges between layouts of the same graph."""
+    ``range_cache`` shares calibrated conv-output ranges between layouts of the same graph.
+    ``float_bias_on_grid``: float layers add their bias on the int32 grid of the integer layers too (the
+    model then does not depend on which layers run int8; 2 bytes per channel instead of 4); False
+    keeps their float bias (the exact layout)."""
     report = OrtLayoutReport()
     name_nodes(proto.graph)
     fold_batchnorm(proto, report)
@@ -211,14 +223,10 @@ def ort_layout(proto: Any, calib_images: Any, keep_float: set[str] | frozenset[s
     g = GraphIndex(graph)
     layers = quantized_layers(proto)
     todo, need_range = [], []
+    before: dict[str, list[Any]] = {}
+    after: dict[str, list[Any]] = {}
     for conv in layers:
         if conv.name in keep_float:
-            dq = _weight_dq(g, conv)
-            codes, s, z = _per_channel(g, dq, g.const(dq.input[0]).shape[attr(dq, "axis", 1)])
-            shape = [1] * codes.ndim
-            shape[attr(dq, "axis", 1)] = -1
-            w = (codes.astype(np.float32) - z.reshape(shape).astype(np.float32)) * s.reshape(shape)
-            conv.input[1] = _add_init(graph, f"{conv.name}_w_float", w.astype(np.float32))
             report.float_layers.append(conv.name)
             continue
         report.int8_layers.append(conv.name)
@@ -233,13 +241,25 @@ def ort_layout(proto: Any, calib_images: Any, keep_float: set[str] | frozenset[s
     missing = [t for t in need_range if t not in cache]
     cache.update(output_ranges(proto, missing, calib_images[:32]))
     ranges = {t: cache[t] for t in need_range}
+    for conv in layers:  # after the range run: the new nodes join the graph only at the end
+        if conv.name in keep_float:
+            if _feeds_quantizer(g, conv.output[0]):  # see the module docstring, step 4
+                add = move_bias_to_add(graph, g, conv)
+                after[conv.name] = [add] if add is not None else []
+            else:
+                nodes: list[Any] = []
+                if float_bias_on_grid:  # before the weights change: it reads the weight scale
+                    nodes, shift = quantize_bias(graph, g, conv, as_float=True)
+                    if shift is not None:
+                        report.bias_shift[report._bn_of.get(conv.name, conv.name)] = shift.tolist()
+                before[conv.name] = nodes + weight_only_dequant(graph, g, conv)
     from onnx import helper
 
-    before: dict[str, list[Any]] = {}
-    after: dict[str, list[Any]] = {}
     for conv, down in todo:
         out = conv.output[0]
-        before[conv.name] = _quantize_bias(graph, g, conv)
+        before[conv.name], shift = quantize_bias(graph, g, conv)
+        if shift is not None:
+            report.bias_shift[report._bn_of.get(conv.name, conv.name)] = shift.tolist()
         if down == "float-output":
             continue
         act_q = _through_activation(g, out) if down is None else None
@@ -255,8 +275,8 @@ def ort_layout(proto: Any, calib_images: Any, keep_float: set[str] | frozenset[s
         else:
             lo, hi = ranges[out]
             s = np.float32(max(hi - lo, 1e-8) / 255.0)
-            scale = _add_init(graph, f"{conv.name}_out_scale", s)
-            zp = _add_init(graph, f"{conv.name}_out_zp", np.uint8(np.clip(np.rint(-lo / s), 0, 255)))
+            scale = add_init(graph, f"{conv.name}_out_scale", s)
+            zp = add_init(graph, f"{conv.name}_out_zp", np.uint8(np.clip(np.rint(-lo / s), 0, 255)))
             report.calibrated_outputs += 1
         sv, zv = g.const(scale) if g.const(scale) is not None else graph_const(graph, scale), \
             g.const(zp) if g.const(zp) is not None else graph_const(graph, zp)
@@ -285,26 +305,3 @@ def graph_const(graph: Any, name: str) -> np.ndarray:
         if t.name == name:
             return numpy_helper.to_array(t)
     raise KeyError(name)
-
-
-def _quantize_bias(graph: Any, g: GraphIndex, conv: Any) -> list[Any]:
-    """int32 bias with scale s_x * s_w (zero point 0), which ONNX Runtime's QDQ fusion requires.
-    Returns the new DequantizeLinear node (to be placed before ``conv``)."""
-    from onnx import helper
-
-    if len(conv.input) < 3 or not conv.input[2]:
-        return []
-    b = g.const(conv.input[2])
-    x_dq, w_dq = _act_dq(g, conv), _weight_dq(g, conv)
-    if b is None or b.ndim != 1:
-        return []
-    sx = float(g.const(x_dq.input[1]))
-    _, sw, _ = _per_channel(g, w_dq, b.shape[0])
-    scale = (sx * sw).astype(np.float32)
-    codes = np.clip(np.rint(b.astype(np.float64) / scale), -2**31, 2**31 - 1).astype(np.int32)
-    base = conv.name
-    name = _add_init(graph, f"{base}_bias_i32", codes)
-    sname = _add_init(graph, f"{base}_bias_scale", scale)
-    out = f"{base}_bias_dq"
-    conv.input[2] = out  # no zero point input: int32 with zero point 0
-    return [helper.make_node("DequantizeLinear", [name, sname], [out], name=f"{base}_biasDQ", axis=0)]

@@ -124,18 +124,27 @@ def _pair_scores(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (e[pairs[:, 0]] * e[pairs[:, 1]]).sum(1)
 
 
-def simulate_output_quant(model: nn.Module, output_quant: dict[str, tuple[float, int]]) -> nn.Module:
-    """Copy of ``model`` whose named modules' outputs are fake-quantized to uint8 (scale, zero point):
-    the torch twin of the Q/DQ the ONNX Runtime layout adds after conv outputs."""
+def simulate_output_quant(model: nn.Module, output_quant: dict[str, tuple[float, int]],
+                          bias_shift: dict[str, list[float]] | None = None) -> nn.Module:
+    """Copy of ``model`` whose named modules' outputs are fake-quantized to uint8 (scale, zero point) and
+    whose named modules' biases move by ``bias_shift`` (C,): the torch twin of the Q/DQ the ONNX
+    Runtime layout adds after conv outputs and of its int32 biases."""
     import copy
 
     from ..quant.fake_quant import fake_quant
 
     sim = copy.deepcopy(model)
     modules = dict(sim.named_modules())
-    for name, (scale, zp) in output_quant.items():
+    for name in [*output_quant, *(bias_shift or {})]:
         if name not in modules:
             raise KeyError(f"layout names module '{name}', which the model does not have")
+    for name, shift in (bias_shift or {}).items():
+        m = modules[name]
+        if getattr(m, "bias", None) is None:
+            raise KeyError(f"layout rounds the bias of module '{name}', which has none")
+        with torch.no_grad():  # in float64, so a conv's own bias lands exactly on the graph's value
+            m.bias.copy_((m.bias.double() + torch.tensor(shift, dtype=torch.float64)).to(m.bias.dtype))
+    for name, (scale, zp) in output_quant.items():
         s, z = torch.tensor(scale), torch.tensor(float(zp))
         modules[name].register_forward_hook(lambda m, a, out, s=s, z=z: fake_quant(out, s, z, 0, 255, -1))
     return sim

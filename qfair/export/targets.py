@@ -39,6 +39,8 @@ class Target:
     rules: str  # validation rule set (qfair.export.validate.RULESETS)
     check: Callable[[ExportContext], None]
     build: Callable[[Any, ExportContext], dict[str, Any]]  # rewrites the graph in place, returns a report
+    compact: bool = False  # short tensor names in the written file (graph.compact_graph)
+    exact_fallback: str | None = None  # keep_float layout used when "auto" fails parity (api.export_onnx)
 
 
 TARGETS: Registry[Target] = Registry("export target")
@@ -69,12 +71,15 @@ def _check_tensorrt(ctx: ExportContext) -> None:
 
 
 def _build_tensorrt(proto: Any, ctx: ExportContext) -> dict[str, Any]:
+    from .graph import bias_as_add
     from .ort_layout import quantized_layers
 
     if not ctx.quantized:
         return {"layout": "float", "int8_layers": [], "float_layers": []}
+    layers = [n.name for n in quantized_layers(proto)]
+    moved = bias_as_add(proto.graph)  # float bias stays float in ONNX Runtime too (see bias_as_add)
     return {"layout": "tensorrt explicit quantization (Q/DQ on conv inputs and residual skips)",
-            "int8_layers": [n.name for n in quantized_layers(proto)], "float_layers": []}
+            "int8_layers": layers, "float_layers": [], "float_bias_adds": moved}
 
 
 def _latency(proto: Any, images: torch.Tensor, runs: int = 5) -> float:
@@ -149,7 +154,9 @@ def _build_onnxruntime(proto: Any, ctx: ExportContext) -> dict[str, Any]:
 
     def build(keep: set[str]):
         candidate = copy.deepcopy(proto)
-        rep = ort_layout(candidate, ctx.calib_images, keep_float=keep, range_cache=ranges)
+        # all layers float: the exact layout, float biases as in the model
+        rep = ort_layout(candidate, ctx.calib_images, keep_float=keep, range_cache=ranges,
+                         float_bias_on_grid=keep != set(layers))
         rewrite_prelu(candidate.graph)
         return candidate, rep
 
@@ -177,9 +184,9 @@ def _build_onnxruntime(proto: Any, ctx: ExportContext) -> dict[str, Any]:
             "keep_float": pick, **measured, "int8_layers": rep.int8_layers, "float_layers": rep.float_layers,
             "folded_bn": rep.folded_bn, "outputs": {"exact": rep.exact_outputs, "shared": rep.shared_outputs,
                                                     "calibrated": rep.calibrated_outputs},
-            "output_quant": rep.output_quant}
+            "output_quant": rep.output_quant, "bias_shift": rep.bias_shift}
 
 
 TARGETS.add("tensorrt", Target("tensorrt", "tensorrt", _check_tensorrt, _build_tensorrt), aliases=("trt",))
-TARGETS.add("onnxruntime", Target("onnxruntime", "onnxruntime", lambda ctx: None, _build_onnxruntime),
-            aliases=("ort",))
+TARGETS.add("onnxruntime", Target("onnxruntime", "onnxruntime", lambda ctx: None, _build_onnxruntime, compact=True,
+                                   exact_fallback="all"), aliases=("ort",))

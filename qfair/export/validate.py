@@ -148,8 +148,17 @@ def rule_matmul_inputs(model: Any, g: GraphIndex) -> list[Violation]:
     return out
 
 
-def _is_conv_output(name: str, g: GraphIndex) -> bool:
+def _producer_past_bias(name: str, g: GraphIndex) -> Any:
+    """The producer of ``name``, looking through an Add of a constant (a conv bias moved out of the conv
+    by graph.bias_as_add)."""
     node = g.producer.get(name)
+    if node is not None and node.op_type == "Add" and len(node.input) == 2 and g.is_const(node.input[1]):
+        return g.producer.get(node.input[0])
+    return node
+
+
+def _is_conv_output(name: str, g: GraphIndex) -> bool:
+    node = _producer_past_bias(name, g)
     if node is not None and node.op_type == "BatchNormalization":
         node = g.producer.get(node.input[0])
     return node is not None and node.op_type in MATMUL_OPS
@@ -182,7 +191,7 @@ def rule_no_qdq_inside_conv_bn_act(model: Any, g: GraphIndex) -> list[Violation]
     for n in g.graph.node:
         if n.op_type != "QuantizeLinear":
             continue
-        src = g.producer.get(n.input[0])
+        src = _producer_past_bias(n.input[0], g)
         if src is None or src.op_type not in (*MATMUL_OPS, "BatchNormalization"):
             continue
         for dq in g.downstream(n.output[0]):

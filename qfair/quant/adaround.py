@@ -1,142 +1,86 @@
-"""AdaRound: learned up/down rounding of the weights, layer by layer (Nagel et al., ICML 2020).
+"""AdaRound: learned up/down rounding of the weights (Nagel et al., ICML 2020).
 
-For each quantized conv / linear, in module order: its input as the (partly quantized) model sees it
-is captured on ``samples`` calibration images; a soft rounding variable V per weight,
-h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1), is optimised with Adam so that
-layer(x_q; s * (floor(w / s) + h - z)) matches layer(x_q; w) (float weights, same inputs), plus the
-regulariser lambda * sum(1 - |2h - 1|^beta) with beta annealed 20 -> 2 that pushes h to 0 or 1.
-Finally the weights are replaced by their hard-rounded grid values and the weight quantizer becomes
-static (its grid is fixed; recomputing min/max from the rounded weights would move it).
+A layer's weights sit on its quantizer's grid as ``s * (floor(w / s) + h - z)`` with one soft rounding
+variable per weight, h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1) (the rectified sigmoid),
+initialised so that h equals the float remainder w / s - floor(w / s) (the soft weights start at the
+float weights). V is optimised so that the layer's (or block's, see ``reconstruction.py``) output
+matches the float one, plus the regulariser sum(1 - |2h - 1|^beta), beta annealed 20 -> 2, which
+pushes every h to 0 or 1. The final weights round down where V < 0 and up otherwise.
 
-CPU-cheap by design: few hundred steps, mini-batches of 4 images per step.
+:func:`adaround` reconstructs every quantized conv / linear on its own (layer-wise, the AdaRound paper);
+:func:`qfair.quant.reconstruction.brecq` does the same per residual block (BRECQ).
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.progress import track
-from .layers import QuantConv2d, QuantLinear, weight_layers
-from .math import reduce_minmax
-from .ptq import set_quantizers
+from .layers import QuantConv2d, QuantLinear
 
 ZETA, GAMMA = 1.1, -0.1
 
 
-class _Stop(Exception):
-    pass
-
-
-def _capture(model: nn.Module, layer: nn.Module, x: Tensor, want: str) -> Tensor:
-    """Run ``model`` on ``x`` until ``layer``; return its input ("in") or output ("out")."""
-    box: list[Tensor] = []
-
-    def hook(m, args, out):
-        box.append((args[0] if want == "in" else out).detach())
-        raise _Stop
-
-    h = layer.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            model(x)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    return box[0]
-
-
-def _forward(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
-    if isinstance(layer, QuantConv2d):
-        return layer._conv_forward(x, w, layer.bias)
-    return F.linear(x, w, layer.bias)
-
-
-def _h(v: Tensor) -> Tensor:
+def rectified_sigmoid(v: Tensor) -> Tensor:
+    """h(V) in [0, 1], exactly 0 or 1 beyond |V| ~ 2.4."""
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
 
-def adaround_layer(layer: QuantConv2d | QuantLinear, x_in: Tensor, y_ref: Tensor | None = None, *, iters: int = 200,
-                   batch: int = 4, lr: float = 1e-2, reg: float = 0.01, warmup: float = 0.2,
-                   generator: torch.Generator | None = None) -> dict[str, float]:
-    """Optimise one layer's rounding in place; ``x_in``: its inputs (N, ...) as the quantized model sees
-    them. ``y_ref``: reconstruction targets; default (None): the layer's output with its *float* weights on
-    those same (input-quantized) inputs, i.e. the objective ||W x - W~ x||^2 of Nagel et al."""
-    wq = layer.weight_quantizer
-    w = layer.weight.detach()
-    if wq.dynamic:
-        wq.set_range(*reduce_minmax(w, wq.axis))
-    wq.make_static()
-    shape = [-1] + [1] * (w.dim() - 1) if wq.axis is not None else []
-    s = wq.scale.detach().reshape(shape)
-    z = wq.zero_point.detach().reshape(shape)
-    w_floor = torch.floor(w / s)
-    rest = (w / s - w_floor).clamp(1e-4, 1 - 1e-4)
-    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).requires_grad_(True)  # h(v) == rest at start
-    opt = torch.optim.Adam([v], lr=lr)
-    iq = layer.input_quantizer
+class SoftRounding(nn.Module):
+    """The learnable rounding of one layer's weight on its weight quantizer's grid.
 
-    def weights(h: Tensor) -> Tensor:
-        return (torch.clamp(w_floor + h + z, wq.qmin, wq.qmax) - z) * s
+    The quantizer must be static (its scale / zero point are read once). ``weight(mode)`` gives the
+    weight tensor for ``"soft"`` (differentiable in V), ``"hard"`` (V >= 0 rounds up) or ``"nearest"``
+    (plain rounding, the baseline) rounding; :meth:`commit` writes one of them into the layer.
+    """
 
-    def recon(idx: Tensor | None, wt: Tensor) -> Tensor:
-        xb, yb = (x_in, y_ref) if idx is None else (x_in[idx], y_ref[idx])
-        with torch.no_grad():
-            xb = iq(xb) if iq is not None else xb
-        return (_forward(layer, xb, wt) - yb).pow(2).flatten(1).sum(1).mean()
+    def __init__(self, layer: QuantConv2d | QuantLinear) -> None:
+        super().__init__()
+        wq = layer.weight_quantizer
+        assert not wq.dynamic, "SoftRounding needs a static weight grid"
+        w = layer.weight.detach()
+        shape = [-1] + [1] * (w.dim() - 1) if wq.axis is not None else []  # (Cout, 1, ...) per-channel
+        self.layer, self.qmin, self.qmax = layer, wq.qmin, wq.qmax
+        self.register_buffer("s", wq.scale.detach().reshape(shape).clone())
+        self.register_buffer("z", wq.zero_point.detach().reshape(shape).clone())
+        self.register_buffer("w_floor", torch.floor(w / self.s))
+        rest = (w / self.s - self.w_floor).clamp(1e-4, 1 - 1e-4)
+        self.register_buffer("rest", rest)
+        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))  # h(V) == rest at start
 
-    if y_ref is None:
-        with torch.no_grad():
-            y_ref = _forward(layer, iq(x_in) if iq is not None else x_in, w)
-    with torch.no_grad():
-        nearest = float(recon(None, weights((w / s - w_floor >= 0.5).float())))
-    n = x_in.shape[0]
-    for it in range(iters):
-        idx = torch.randint(0, n, (min(batch, n),), generator=generator)
-        h = _h(v)
-        loss = recon(idx, weights(h))
-        if it >= warmup * iters:
-            beta = 20 + (2 - 20) * (it - warmup * iters) / max(iters * (1 - warmup), 1)
-            loss = loss + reg * (1 - (2 * h - 1).abs().pow(beta)).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        hard = weights((v >= 0).float())
-        learned = float(recon(None, hard))
-        if learned >= nearest:  # never worse than nearest rounding on the layer's own objective
-            hard, learned = weights((w / s - w_floor >= 0.5).float()), nearest
-        layer.weight.copy_(hard)
-    return {"nearest": nearest, "adaround": learned}
+    def h(self) -> Tensor:
+        return rectified_sigmoid(self.v)
+
+    def weight(self, mode: str = "soft") -> Tensor:
+        if mode == "soft":
+            up = self.h()
+        elif mode == "hard":
+            up = (self.v.detach() >= 0).to(self.s.dtype)
+        elif mode == "nearest":
+            up = (self.rest >= 0.5).to(self.s.dtype)
+        else:
+            raise ValueError(f"rounding mode must be soft, hard or nearest, got {mode!r}")
+        return (torch.clamp(self.w_floor + up + self.z, self.qmin, self.qmax) - self.z) * self.s
+
+    def regularizer(self, beta: float) -> Tensor:
+        """sum(1 - |2h - 1|^beta): 0 when every h is 0 or 1."""
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
+
+    @torch.no_grad()
+    def commit(self, mode: str = "hard") -> None:
+        """Replace the layer's weight by its rounded grid values (the static quantizer keeps them)."""
+        self.layer.weight.copy_(self.weight(mode))
 
 
-def adaround(qmodel: nn.Module, batches: list[Tensor], *, iters: int = 200, samples: int = 64, seed: int = 0
-             ) -> dict[str, dict[str, float]]:
-    """AdaRound every quantized conv / linear of ``qmodel`` (module order); returns per-layer output
-    errors (sum of squares per image) with nearest rounding and with the learned rounding."""
-    if not batches:
-        return {}
-    g = torch.Generator().manual_seed(seed)
-    dev = next(qmodel.parameters()).device
-    x = torch.cat([b for b in batches])[:samples].to(dev)
-    was = qmodel.training
-    qmodel.eval()
-    report = {}
-    try:
-        for name, layer in track(list(weight_layers(qmodel)), "adaround"):
-            # target: this layer's float-weight output on its own quantized-model inputs. (The float
-            # model's output at this layer, taken with all quantizers off, is not a valid target: it
-            # already contains the earlier layers' rounded weights, and asking one layer's rounding to
-            # undo the upstream activation-quantization error over-fits the few calibration images.)
-            x_in = _capture(qmodel, layer, x, "in")
-            report[name] = adaround_layer(layer, x_in, None, iters=iters, generator=g)
-    finally:
-        set_quantizers(qmodel, True)
-        qmodel.train(was)
-    if report:
-        gain = [r["adaround"] / max(r["nearest"], 1e-30) for r in report.values()]
-        qmodel.qfair_quant["adaround_error_ratio_mean"] = float(sum(gain) / len(gain))
-    return report
+def adaround(qmodel: nn.Module, batches: list[Tensor], *, iters: int = 200, samples: int = 64, seed: int = 0,
+             **settings) -> dict[str, dict[str, float]]:
+    """AdaRound every quantized conv / linear of ``qmodel`` on its own, in forward order.
+
+    Each layer's output (on its inputs as the partly reconstructed quantized model produces them) is
+    matched to the float model's output at that layer; ``settings`` go to
+    :func:`qfair.quant.reconstruction.reconstruct`. Returns per-layer calibration errors: ``"nearest"``
+    (plain rounding on the initial grid) and ``"adaround"`` (learned rounding).
+    """
+    from .reconstruction import reconstruct
+
+    report = reconstruct(qmodel, batches, granularity="layer", iters=iters, samples=samples, seed=seed, **settings)
+    return {k: {**r, "adaround": r["after"]} for k, r in report.items()}

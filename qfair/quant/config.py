@@ -10,7 +10,7 @@ from typing import Optional
 from ..config import cfg_field
 from ..utils.errors import ConfigError
 
-PTQ_METHODS = ("bn_reestimate", "bias_correction", "adaround")
+PTQ_METHODS = ("bn_reestimate", "bias_correction", "adaround", "brecq")
 
 
 def _recipes() -> list[str]:
@@ -57,8 +57,9 @@ class QuantConfig:
                                             help="module name pattern -> activation bits (mixed precision)")
     ptq: tuple[str, ...] = cfg_field((), help="PTQ improvements applied after calibration, in order",
                                      choices=list(PTQ_METHODS))
-    adaround_iters: int = cfg_field(200, help="adaround: optimisation steps per layer", range=(1, 100000))
-    adaround_samples: int = cfg_field(64, help="adaround: calibration images used per layer",
+    adaround_iters: int = cfg_field(200, help="adaround / brecq: optimisation steps per layer / block",
+                                      range=(1, 100000))
+    adaround_samples: int = cfg_field(64, help="adaround / brecq: calibration images used (a quarter held out)",
                                       range=(1, 100000))
     calib_size: int = cfg_field(256, help="number of calibration images", range=(1, None))
     calib_batch_size: int = cfg_field(32, help="calibration batch size", range=(1, None))

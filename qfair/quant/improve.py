@@ -10,7 +10,9 @@ are handled for free.
 - ``bn_reestimate``: BatchNorm re-estimation: the running statistics of every BatchNorm left in the
   model are re-computed under quantization (cumulative average over the calibration images), so they
   match the shifted activations the quantized network produces.
-- ``adaround``: learned rounding (Nagel et al. 2020, "Up or Down?"), layer by layer; see ``adaround.py``.
+- ``adaround``: learned rounding (Nagel et al. 2020, "Up or Down?"), layer by layer;
+- ``brecq``: learned rounding and activation step sizes, residual block by residual block (Li et al.
+  2021), against the float model's block outputs; see ``reconstruction.py`` (both use it).
 """
 from __future__ import annotations
 
@@ -97,3 +99,10 @@ def _adaround(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig) 
     from .adaround import adaround
 
     adaround(qmodel, batches, iters=cfg.adaround_iters, samples=cfg.adaround_samples, seed=cfg.seed)
+
+
+@PTQ_IMPROVEMENTS.register("brecq")
+def _brecq(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig) -> None:
+    from .reconstruction import brecq
+
+    brecq(qmodel, batches, iters=cfg.adaround_iters, samples=cfg.adaround_samples, seed=cfg.seed)

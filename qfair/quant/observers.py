@@ -1,5 +1,8 @@
 """Range observers behind one small interface: ``observe(x)``, ``compute_range() -> (lo, hi)``, ``reset()``.
 
+``observe(x, minmax=(lo, hi))`` passes the batch's min and max (along ``axis``) when the caller has them
+already (the quantizer computes them to check for NaN / Inf), so no observer reads ``x`` again for them.
+
 Registered by name in :data:`OBSERVERS` (``minmax``, ``moving_average_minmax``, ``percentile``, ``mse``,
 ``entropy``). ``lo``/``hi`` are 0-d tensors per-tensor or (C,) along ``axis`` per-channel. Observers
 are plain objects, not modules: their statistics are calibration scratch, never part of a checkpoint
@@ -40,8 +43,8 @@ class Observer(abc.ABC):
         """Implemented by every subclass."""
 
     @abc.abstractmethod
-    def observe(self, x: torch.Tensor) -> None:
-        """Implemented by every subclass."""
+    def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Implemented by every subclass. ``minmax``: ``reduce_minmax(x.float(), axis)`` if already computed."""
 
     @abc.abstractmethod
     def compute_range(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +65,8 @@ class MinMaxObserver(Observer):
         self.min_val: torch.Tensor | None = None
         self.max_val: torch.Tensor | None = None
 
-    def observe(self, x: torch.Tensor) -> None:
-        lo, hi = reduce_minmax(x.float(), self.axis)
+    def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        lo, hi = minmax if minmax is not None else reduce_minmax(x.float(), self.axis)
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi
         else:
@@ -86,8 +89,8 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         self.c = float(averaging_constant)
         super().__init__(qmin, qmax, symmetric, axis)
 
-    def observe(self, x: torch.Tensor) -> None:
-        lo, hi = reduce_minmax(x.float(), self.axis)
+    def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        lo, hi = minmax if minmax is not None else reduce_minmax(x.float(), self.axis)
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi
         else:
@@ -106,14 +109,15 @@ class _Histogram(Observer):
         self.raw: list[torch.Tensor] = []  # per-channel only: (C, n) slices
         self.minmax = MinMaxObserver(axis=self.axis)
 
-    def observe(self, x: torch.Tensor) -> None:
+    def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         x = x.detach().float()
-        self.minmax.observe(x)
+        lo, hi = minmax if minmax is not None else reduce_minmax(x, self.axis)
+        self.minmax.observe(x, (lo, hi))
         if self.axis is not None:
             self.raw.append(x.transpose(0, self.axis).reshape(x.shape[self.axis], -1).cpu())
             return
         x = x.flatten()
-        m = float(x.abs().max()) if x.numel() else 0.0
+        m = max(-float(lo), float(hi))  # max |x|, from the min and max already at hand
         if self.hist is None:
             self.R = 2.0 ** math.ceil(math.log2(m)) if m > 0 else 2.0**-20
             self.hist = torch.zeros(self.bins, dtype=torch.float64)
@@ -238,11 +242,11 @@ class EntropyObserver(_Histogram):
 
     name = "entropy"
 
-    def observe(self, x: torch.Tensor) -> None:
+    def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         if self.axis is not None:
             raise QuantError("observer 'entropy' computes per-tensor ranges only; use minmax, mse or percentile "
                              "for per-channel weights (weight_observer)")
-        super().observe(x)
+        super().observe(x, minmax)
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.bins // 2

@@ -16,7 +16,8 @@ Recipes are registered in :data:`RECIPES`; each rewrites a deep copy of any ``nn
     to keep the FC weights float as well.
 
 ``deploy`` -- what TensorRT runs (FACTS.md section 8): BatchNorm folded into the conv it directly
-follows when that conv's output feeds nothing else (exact; found by tracing one forward pass), symmetric
+follows when that conv's output feeds nothing else (exact; proven on the ``torch.fx`` graph, and the
+BNs left unfolded are recorded with the reason in ``qfair_quant["bn_fold"]``), symmetric
 per-channel weights (axis 0), symmetric per-tensor quantizers on every Conv2d / Linear input and on
 the skip input of every ``ResidualAdd``; PReLU and BN that cannot be folded run in float between Q/DQ.
 
@@ -98,7 +99,7 @@ def quantface(model: nn.Module, cfg: QuantConfig, example: torch.Tensor | None =
     """QuantFace placement (module docstring)."""
     place = _Placer(cfg, _sym(cfg.weight_symmetric, False), _sym(cfg.act_symmetric, False))
     if cfg.fold_bn:
-        fold_batchnorm(model, example)
+        _fold(model)
     for name, m in list(model.named_modules()):
         if not isinstance(m, (nn.Conv2d, nn.Linear, nn.PReLU, ResidualAdd)) or place.skipped(name):
             continue
@@ -119,7 +120,7 @@ def deploy(model: nn.Module, cfg: QuantConfig, example: torch.Tensor | None = No
     """TensorRT-style placement (module docstring)."""
     place = _Placer(cfg, _sym(cfg.weight_symmetric, True), _sym(cfg.act_symmetric, True))
     if cfg.fold_bn is None or cfg.fold_bn:
-        fold_batchnorm(model, example)
+        _fold(model)
     for name, m in list(model.named_modules()):
         if not isinstance(m, (nn.Conv2d, nn.Linear, ResidualAdd)) or place.skipped(name):
             continue
@@ -132,7 +133,7 @@ def deploy(model: nn.Module, cfg: QuantConfig, example: torch.Tensor | None = No
     return place.float_kept
 
 
-# ---------------------------------------------------------------------------- BN folding by tracing
+# ---------------------------------------------------------------------------- BN folding
 
 
 def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -141,54 +142,82 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, str]]:
-    """Fold every BatchNorm whose input is the output of one Conv2d/Linear that feeds nothing else.
+def foldable_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(conv, bn) name pairs where folding the BatchNorm into the conv / linear is exact, and the reason
+    every other BatchNorm is not folded (bn name -> reason), from the ``torch.fx`` graph of ``model``.
 
-    Found by running ``example`` (default: zeros (2, 3, 112, 112)) once in eval mode and matching
-    tensors by identity between module calls. Returns the (conv, bn) name pairs folded; each BN is
-    replaced by ``nn.Identity``. Consumers outside modules (a functional ``+``) are not visible, so a
-    conv output also used functionally would be folded wrongly -- qfair's models use modules.
+    Exact means: the BN is called once, on the output of a Conv2d / Linear that is called once, and
+    that output has no other user (a functional ``+``, a second module, the model's outputs, ...), the
+    BN tracks running statistics and its channel count matches. A model that ``torch.fx`` cannot trace
+    (data-dependent control flow) gets no folding at all: nothing can be proven exact.
     """
-    example = torch.zeros(2, 3, 112, 112) if example is None else example
-    calls: list[tuple[str, nn.Module, list[torch.Tensor], torch.Tensor]] = []
-    names = {id(m): n for n, m in model.named_modules()}
-    leaves = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm))
-              or not list(m.children())]
+    import torch.fx as fx
 
-    def hook(m, args, out):
-        calls.append((names[id(m)], m, [a for a in args if isinstance(a, torch.Tensor)], out))
-
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    model.eval()
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not bns:
+        return [], {}
     try:
-        model(example.to(next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    producers = {id(out): (n, m) for n, m, _, out in calls if isinstance(out, torch.Tensor)}
-    consumers: dict[int, int] = {}
-    for _, _, ins, _ in calls:
-        for t in ins:
-            consumers[id(t)] = consumers.get(id(t), 0) + 1
-    count = {}
-    for n, _, _, _ in calls:
-        count[n] = count.get(n, 0) + 1
-    folded = []
-    for n, m, ins, _ in calls:
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or len(ins) != 1 or count[n] != 1:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...) on untraceable code
+        reason = f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); " \
+                 "no BatchNorm is folded"
+        return [], {n: reason for n in bns}
+    calls: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(str(node.target), []).append(node)
+    pairs, skipped = [], {}
+    for name, bn in bns.items():
+        nodes = calls.get(name, [])
+        if len(nodes) != 1:
+            skipped[name] = f"called {len(nodes)} times in the traced graph"
             continue
-        prod = producers.get(id(ins[0]))
-        if prod is None or not isinstance(prod[1], (nn.Conv2d, nn.Linear)) or count[prod[0]] != 1:
+        node = nodes[0]
+        src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not isinstance(src, fx.Node) or src.op != "call_module":
+            skipped[name] = "input is not the output of a module"
             continue
-        if consumers.get(id(ins[0]), 0) != 1 or not m.track_running_stats:
-            continue
-        fold_bn_into(prod[1], m)
-        _set_child(model, n, nn.Identity())
-        folded.append((prod[0], n))
-    return folded
+        conv_name = str(src.target)
+        conv = model.get_submodule(conv_name)
+        if not isinstance(conv, (nn.Conv2d, nn.Linear)):
+            skipped[name] = f"input comes from {type(conv).__name__} '{conv_name}', not a Conv2d / Linear"
+        elif len(calls[conv_name]) != 1:
+            skipped[name] = f"'{conv_name}' is called {len(calls[conv_name])} times"
+        elif len(src.users) != 1:
+            users = ", ".join(sorted(str(u.target) for u in src.users))
+            skipped[name] = f"the output of '{conv_name}' also feeds {users}: folding would change those"
+        elif not bn.track_running_stats or bn.running_mean is None:
+            skipped[name] = "no running statistics"
+        elif bn.num_features != (conv.out_channels if isinstance(conv, nn.Conv2d) else conv.out_features):
+            skipped[name] = f"channel count differs from '{conv_name}'"
+        else:
+            pairs.append((conv_name, name))
+    return pairs, skipped
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None,
+                   skipped: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Fold every BatchNorm where that is exact (:func:`foldable_pairs`) into its conv / linear, in place.
+
+    Each folded BN becomes ``nn.Identity``; returns the (conv, bn) name pairs folded. ``skipped``, when
+    given, receives bn name -> why it was kept. ``example`` is accepted for compatibility and unused: the
+    analysis is symbolic, so it holds for every input.
+    """
+    pairs, why = foldable_pairs(model)
+    if skipped is not None:
+        skipped.update(why)
+    for conv_name, bn_name in pairs:
+        fold_bn_into(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        _set_child(model, bn_name, nn.Identity())
+    return pairs
+
+
+def _fold(model: nn.Module) -> None:
+    """Fold for a recipe and remember what happened (``prepare`` moves it into ``qfair_quant``)."""
+    skipped: dict[str, str] = {}
+    folded = fold_batchnorm(model, skipped=skipped)
+    model._qfair_bn_fold = {"folded": [list(p) for p in folded], "not_folded": skipped}
 
 
 def prepare(model: nn.Module, cfg: QuantConfig | None = None, example_input: torch.Tensor | None = None
@@ -214,4 +243,7 @@ def prepare(model: nn.Module, cfg: QuantConfig | None = None, example_input: tor
         "observer": cfg.observer, "weight_observer": cfg.weight_observer, "float_kept": float_kept,
         "config": config_to_dict(cfg), "calibrated": False,
     }
+    fold = qmodel.__dict__.pop("_qfair_bn_fold", None)
+    if fold is not None:
+        qmodel.qfair_quant["bn_fold"] = fold
     return qmodel

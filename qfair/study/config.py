@@ -74,6 +74,9 @@ class FinetuneSpec:
                                         range=(0, None))
     freeze_bn: bool = cfg_field(False, help="keep BatchNorm running statistics fixed (advisable with few images: "
                                 "with BN in training mode its statistics drift away from the float teacher's)")
+    weight_decay: float = cfg_field(0.0, range=(0.0, None),
+                                    help="L2 decay toward zero; 0 for short fine-tuning from a trained model (decay "
+                                         "pulls it away from the teacher faster than a small KD loss pulls back)")
 
 
 @dataclass(frozen=True)

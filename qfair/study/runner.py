@@ -116,7 +116,8 @@ class _Study:
         RunDir.create(folder, {"variant": v.id, "start": v.parent, "finetune": ft}, command="qfair study: kd",
                       seed=self.cfg.seed)
         res = kd_finetune(student, self.float_model(v), images, steps=ft.steps, lr=ft.lr, batch_size=ft.batch_size,
-                          range_update_steps=ft.range_update_steps, seed=self.cfg.seed, freeze_bn=ft.freeze_bn)
+                          range_update_steps=ft.range_update_steps, seed=self.cfg.seed, freeze_bn=ft.freeze_bn,
+                          weight_decay=ft.weight_decay)
         student.eval()
         student.qfair_quant["calib"] = v.calib.label
         student.qfair_quant["finetune"] = {"steps": ft.steps, "data": ft.data, "final_loss": float(res.loss)}

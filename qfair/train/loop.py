@@ -90,7 +90,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
         raise ConfigError("nothing to learn from: give a teacher (or teacher embeddings) or a margin head")
     if teacher is not None:
         check_pair(student, teacher, projection)
-        teacher.to(device).eval().requires_grad_(False)
+        teacher.to(device).eval()  # run under no_grad; its requires_grad flags are left as the caller set them
     quantized = R.is_quantized(student)
     lsq_params = R.enable_learnable_scales(student) if cfg.learnable_scales and quantized else []
     if cfg.learnable_scales and not quantized:
@@ -113,6 +113,9 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
     scale_ids = {id(p) for p in lsq_params}
     main_params = [p for m in (student, projection, head) if m is not None for p in m.parameters()
                    if p.requires_grad and id(p) not in scale_ids]
+    if not main_params and not lsq_params:
+        raise ConfigError("the student has no trainable parameters (every requires_grad is False); if it was copied "
+                          "from a frozen model, call student.requires_grad_(True) before fine-tuning")
     opt = make_sgd(main_params, lr0, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     if lsq_params:
         opt.add_param_group({"params": lsq_params, "weight_decay": 0.0, "lr_mult": cfg.scale_lr_mult})

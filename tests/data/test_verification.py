@@ -74,3 +74,12 @@ def test_open_builtin_spec():
     vs = open_benchmark("builtin:tiny")
     assert vs.meta["synthetic"] and len(vs.group_names()) == 4
     assert sorted(set(vs.folds.tolist())) == list(range(10))
+
+
+def test_open_builtin_numeric_size():
+    vs = open_benchmark("builtin:30")
+    # 30 genuine + 30 impostor pairs in each of the 4 groups, balanced across the 10 folds
+    assert len(vs.issame) == 4 * 60 and int(vs.issame.sum()) == 4 * 30
+    assert vs.name == "builtin-30"
+    with pytest.raises(DataError, match="number of genuine pairs"):
+        open_benchmark("builtin:huge")

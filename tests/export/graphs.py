@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 def residual_block(*, zp_value=0, zp_type=TensorProto.INT8, act_per_channel=False, weight_axis=0,
                    conv_input_qdq=True, skip_qdq=True, qdq_conv_act=False, opset=17, fixed_batch=False,
-                   ir_version=10) -> onnx.ModelProto:
+                   ir_version=10, conv2_bias=False) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     C = 4
     init, nodes = [], []
@@ -53,7 +53,8 @@ def residual_block(*, zp_value=0, zp_type=TensorProto.INT8, act_per_channel=Fals
     nodes.append(helper.make_node("PRelu", [y, const("slope", np.full((C, 1, 1), 0.25, np.float32))], ["a1"],
                                   name="prelu1"))
     a = qdq("a1", "act", scale="s_act", zp="zp_act", axis=1 if act_per_channel else None)
-    nodes.append(helper.make_node("Conv", [a, weight("conv2", C)], ["c2"], name="conv2", pads=[1, 1, 1, 1]))
+    bias2 = [const("b2", np.full(C, 0.1, np.float32))] if conv2_bias else []
+    nodes.append(helper.make_node("Conv", [a, weight("conv2", C), *bias2], ["c2"], name="conv2", pads=[1, 1, 1, 1]))
     skip = qdq("a1", "skip") if skip_qdq else "a1"
     nodes.append(helper.make_node("Add", ["c2", skip], ["embedding"], name="add1"))
     batch = 2 if fixed_batch else "batch"

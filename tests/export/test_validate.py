@@ -38,6 +38,21 @@ def test_each_rule_names_the_offending_node(kwargs, rule, node):
         check_onnx(residual_block(**kwargs), "tensorrt")
 
 
+@pytest.mark.parametrize("kwargs,rule,node", [
+    ({}, None, None),
+    ({"skip_qdq": False}, "residual-skip", "add1"),
+    ({"qdq_conv_act": True}, "conv-bn-act", "mid_Q"),
+])
+def test_rules_see_through_a_bias_moved_into_an_add(kwargs, rule, node):
+    """The TensorRT target moves conv biases into Adds (graph.bias_as_add); the rules still hold."""
+    from qfair.export.graph import bias_as_add
+
+    model = residual_block(conv2_bias=True, **kwargs)
+    assert bias_as_add(model.graph) == 2
+    bad = validate_onnx(model, "tensorrt")
+    assert [(v.rule, v.node) for v in bad] == ([] if rule is None else [(rule, node)])
+
+
 def test_onnxruntime_rules_accept_uint8_zero_points():
     assert validate_onnx(residual_block(zp_type=TensorProto.UINT8, zp_value=3), "onnxruntime") == []
 

@@ -138,3 +138,63 @@ def test_entropy_refuses_per_channel():
     obs = make_observer("entropy", -128, 127, True, axis=0)
     with pytest.raises(QuantError, match="per-tensor"):
         obs.observe(torch.randn(4, 4))
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+@pytest.mark.parametrize("name", OBSERVERS.names())
+def test_given_batch_minmax_changes_nothing(name, axis):
+    """observe(x, minmax) (the quantizer passes the min / max it computed anyway) == observe(x)."""
+    from qfair.quant.math import reduce_minmax
+
+    if name == "entropy" and axis is not None:
+        pytest.skip("entropy is per-tensor only")
+    g = torch.Generator().manual_seed(1)
+    plain, given = make_observer(name, 0, 255, False, axis), make_observer(name, 0, 255, False, axis)
+    for k in range(3):
+        x = torch.randn(6, 4, 5, 5, generator=g) * (1 + k)
+        plain.observe(x)
+        given.observe(x, reduce_minmax(x.float(), axis))
+    for a, b in zip(plain.compute_range(), given.compute_range()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_quantizer_batch_minmax_is_reduce_minmax(axis):
+    from qfair.quant.math import reduce_minmax
+    from qfair.quant.quantizer import _batch_minmax
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 7, 3, 3, generator=g)
+    x[1, 2, 0, 0] = float("nan")
+    for a, b in zip(_batch_minmax(x, axis), reduce_minmax(x, axis)):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_tracking_quantizer_feeds_observer_and_proxies():
+    """A tracking quantizer hands the batch range to a registered observer, and plain observe(x) to a proxy
+    object (e.g. the DDP range synchroniser); both end with the same range."""
+    from qfair.quant.quantizer import ActQuantizer
+
+    class Proxy:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def observe(self, x):
+            self.calls += 1
+            self.inner.observe(x)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(4, 3, 8, 8, generator=g) * (k + 1) for k in range(3)]
+    direct, proxied = ActQuantizer(8), ActQuantizer(8)
+    proxied.observer = Proxy(proxied.observer)
+    for q in (direct, proxied):
+        q.track()
+        for x in xs:
+            q(x)
+    assert proxied.observer.calls == 3
+    assert torch.equal(direct.scale, proxied.scale) and torch.equal(direct.zero_point, proxied.zero_point)
+    lo, hi = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
+    assert float(direct.observer.min_val) == lo and float(direct.observer.max_val) == hi

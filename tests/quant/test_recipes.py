@@ -117,3 +117,59 @@ def test_every_model_prepares(recipe, arch):
     assert all(isinstance(qz, ActQuantizer) for _, qz in iter_quantizers(q))
     with torch.no_grad():
         assert q(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
+
+
+class _ConvFeedsBnAndAdd(nn.Module):
+    """The conv output feeds its BN *and* a functional ``+``: folding the BN would change the sum."""
+
+    def __init__(self, reuse_conv: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 1)
+        self.bn2 = nn.BatchNorm2d(3)
+        self.reuse_conv = reuse_conv
+        g = torch.Generator().manual_seed(0)
+        for bn in (self.bn, self.bn2):
+            bn.running_mean.copy_(torch.randn(3, generator=g))
+            bn.running_var.copy_(torch.rand(3, generator=g) + 0.5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        out = self.bn(y) + (self.conv(x) if self.reuse_conv else y)
+        return self.bn2(self.conv2(out))  # the one exact pair
+
+
+@pytest.mark.parametrize("reuse_conv", [False, True])
+def test_fold_skips_conv_with_other_consumers(reuse_conv):
+    import copy
+
+    model = _ConvFeedsBnAndAdd(reuse_conv).eval()
+    x = torch.randn(2, 3, 8, 8)
+    m = copy.deepcopy(model)
+    skipped = {}
+    folded = fold_batchnorm(m, skipped=skipped)
+    assert folded == [("conv2", "bn2")]
+    assert set(skipped) == {"bn"}
+    assert ("also feeds" in skipped["bn"]) if not reuse_conv else ("called 2 times" in skipped["bn"])
+    assert isinstance(m.bn, nn.BatchNorm2d) and isinstance(m.bn2, nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), model(x), atol=1e-5, rtol=1e-5)
+    q = prepare(model, QuantConfig(recipe="deploy"))  # the recipe records what it did and why
+    assert q.qfair_quant["bn_fold"]["folded"] == [["conv2", "bn2"]]
+    assert "bn" in q.qfair_quant["bn_fold"]["not_folded"]
+
+
+def test_fold_needs_a_traceable_model():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return y if float(y.sum()) > 0 else -y
+
+    skipped = {}
+    assert fold_batchnorm(DataDependent().eval(), skipped=skipped) == []
+    assert "torch.fx could not trace" in skipped["bn"]

@@ -65,3 +65,17 @@ def test_fit_validates_its_keyword_settings():
         fit(student, teacher, [torch.zeros(2, 3, 16, 16)], steps=1, range_update_step=3)
     with pytest.raises(ConfigError, match="grad_clip"):
         fit(student, teacher, [torch.zeros(2, 3, 16, 16)], steps=1, grad_clip=-1.0)
+
+
+def test_fit_leaves_the_teacher_trainable_flags_alone_and_names_a_frozen_student():
+    import pytest
+
+    from qfair.utils.errors import ConfigError
+
+    student, teacher = tiny_pair()
+    images, _, _ = tiny_data(n=16)
+    kd_finetune(student, teacher, images, steps=2, batch_size=8)
+    assert all(p.requires_grad for p in teacher.parameters())  # the caller may quantize it next
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher ran without autograd
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        kd_finetune(student.requires_grad_(False), teacher, images, steps=2, batch_size=8)

@@ -164,9 +164,12 @@ def make_verification(seed: int = 0, pairs_per_group: int | str = 300, imgs_per_
     """Balanced verification split: per group ``pairs_per_group`` genuine and as many impostor pairs
     (impostors within the group, as in RFW), arranged in ``n_folds`` contiguous folds each holding equal
     shares of both. ``pairs_per_group`` may be a size name: tiny (20), small (100), default (300), large."""
+    if isinstance(pairs_per_group, str) and pairs_per_group.isdigit():
+        pairs_per_group = int(pairs_per_group)
     if isinstance(pairs_per_group, str):
         if pairs_per_group not in SIZES:
-            raise DataError(f"unknown built-in size '{pairs_per_group}'; sizes: {', '.join(SIZES)}")
+            raise DataError(f"unknown built-in size '{pairs_per_group}'; sizes: {', '.join(SIZES)} "
+                            "or a number of genuine pairs per group (e.g. builtin:1000)")
         pairs_per_group = SIZES[pairs_per_group]
     if pairs_per_group < n_folds or imgs_per_id < 2:
         raise DataError(f"need pairs_per_group >= n_folds ({n_folds}) and imgs_per_id >= 2")
@@ -230,7 +233,8 @@ def make_calibration(n: int, seed: int = 0, domain: str = "real", n_ids: int = 4
 
 
 def open_builtin(arg: str = "", **kw) -> VerificationSet:
-    """Reader for ``--bench builtin`` / ``builtin:SIZE`` / ``builtin:SIZE:SEED``. File-reader options
+    """Reader for ``--bench builtin`` / ``builtin:SIZE`` / ``builtin:SIZE:SEED``; SIZE is a size name or a
+    number of genuine pairs per group (``builtin:1000``). File-reader options
     (``skip_corrupt``, ``validate``) are accepted and ignored: generated images cannot be corrupt."""
     kw.pop("skip_corrupt", None)
     kw.pop("validate", None)
