@@ -7,8 +7,10 @@ machine noise hits all three alike); each figure is the median of --repeats runs
 Weights are random (speed does not depend on their values) with BatchNorm statistics re-estimated on
 images and the residual branches scaled down 10x, as in trained networks: a plain random deep net is
 chaotic (a quantization rounding flip grows until the embeddings decorrelate), which makes parity
-figures meaningless. The export's parity figures are reported and compared with the gates, not
-enforced (``cosine_gate=0``), so a speed figure is produced either way.
+figures meaningless. The integer layout's parity figures are reported and compared with the gates,
+not enforced (``cosine_gate=0``), so a speed figure is produced either way; "shipped" is what
+``qfair export`` writes by default (the integer layout only if it also stays within the cosine gate of
+the evaluated model, else the exact float-kernel layout).
 
     OMP_NUM_THREADS=1 python tools/bench_export.py --archs iresnet50 mbf --threads 1 --out runs/bench_export.json
 
@@ -145,6 +147,10 @@ def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: i
                                       cosine_gate=0.0)
     t_export = time.time() - t0
     report = json.loads(paths["qfair_int8"].with_name(paths["qfair_int8"].stem + ".export.json").read_text())
+    # what `qfair export` ships by default: the same layout only if it also passes the cosine gate against
+    # the evaluated model, else the exact float-kernel layout
+    paths["qfair_shipped"] = export_onnx(q, "onnxruntime", out=work / f"{arch}_qfair_shipped.onnx", parity_data=parity)
+    shipped = json.loads(paths["qfair_shipped"].with_name(paths["qfair_shipped"].stem + ".export.json").read_text())
     paths["ort_quantize_static"] = _ort_static(paths["ort_fp32"], work / f"{arch}_ort_static.onnx", calib)
     sessions = _sessions(paths, threads)
     res = {"arch": arch, "bits": bits, "threads": threads, "quantize_s": t_quant, "export_s": t_export,
@@ -153,6 +159,12 @@ def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: i
            "parity": {k: report["parity"][k] for k in ("cosine_mean", "cosine_min", "evaluated_cosine_mean",
                                                         "evaluated_cosine_min", "stress_cosine_mean")},
            "parity_gate": cosine_gate(bits), "parity_gate_passed": report["parity"]["cosine_mean"] >= cosine_gate(bits),
+           # `qfair export` ships this layout by default only if it also stays within the gate of the evaluated
+           # model (otherwise "auto" falls back to the exact float-kernel layout; --requant ships it anyway)
+           "ships_by_default": (report["parity"]["evaluated_cosine_mean"] or 1.0) >= cosine_gate(bits),
+           "shipped_keep_float": shipped.get("keep_float"), "shipped_int8_layers": len(shipped.get("int8_layers", [])),
+           "shipped_parity": {k: shipped["parity"][k] for k in ("cosine_mean", "evaluated_cosine_mean", "passed")},
+           "shipped_notes": shipped.get("notes"),
            "keep_float": report.get("keep_float"), "latency_s_batch8": report.get("latency_s_batch8"),
            "float_layers": report.get("float_layers"), "seconds": {}, "speedup_vs_fp32": {},
            "speedup_vs_fp32_rewritten": {}, "per_layer_ms": report.get("per_layer_ms")}
@@ -184,14 +196,15 @@ def main() -> None:
             r = bench_arch(arch, args.bits, args.threads, args.batches, args.warmup, args.repeats, Path(tmp))
             results.append(r)
             print(json.dumps({k: r[k] for k in ("arch", "speedup_vs_fp32", "speedup_vs_fp32_rewritten", "size_vs_fp32",
-                                                "size_breakdown", "parity", "float_layers")},
+                                                "size_breakdown", "parity", "float_layers", "ships_by_default",
+                                                "shipped_keep_float", "shipped_int8_layers", "shipped_parity")},
                              indent=1), flush=True)
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"ONNX Runtime int8 vs float32 ({args.threads} thread(s), median of {args.repeats})")
-    for c in ("arch", "batch", "fp32 ms", "fp32 rw ms", "qfair int8 ms", "x fp32", "x fp32 rw", "static ms", "x fp32",
-              "qfair size", "static size"):
+    for c in ("arch", "batch", "fp32 ms", "fp32 rw ms", "qfair int8 ms", "x fp32", "x fp32 rw", "shipped x fp32",
+              "static ms", "x fp32", "qfair size", "static size"):
         t.add_column(c)
     for r in results:
         for b, sec in r["seconds"].items():
@@ -199,6 +212,7 @@ def main() -> None:
             rw = r["speedup_vs_fp32_rewritten"][b]
             t.add_row(r["arch"], b, f"{sec['ort_fp32'] * 1e3:.1f}", f"{sec['ort_fp32_prelu_rewritten'] * 1e3:.1f}",
                       f"{sec['qfair_int8'] * 1e3:.1f}", f"{sp['qfair_int8']:.2f}", f"{rw['qfair_int8']:.2f}",
+                      f"{sp['qfair_shipped']:.2f}",
                       f"{sec['ort_quantize_static'] * 1e3:.1f}",
                       f"{sp['ort_quantize_static']:.2f}", f"{r['size_vs_fp32']['qfair_int8']:.3f}",
                       f"{r['size_vs_fp32']['ort_quantize_static']:.3f}")

@@ -6,6 +6,8 @@
    QuantFace W8A8 after its ranges froze (weights still re-quantized from min/max every step), and
    while activation ranges are still tracked (the first 300 QAT steps). Goal: <= 1.3x.
 2. Calibration over ``--calib-images`` images with each observer / one float forward pass over them.
+
+``--archs`` or ``--calib-archs`` with no names skips that part.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archs", nargs="+", default=["iresnet18", "mbf"])
+    ap.add_argument("--archs", nargs="*", default=["iresnet18", "mbf"])
     ap.add_argument("--calib-archs", nargs="*", default=["mbf", "iresnet18"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)

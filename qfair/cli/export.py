@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                                          "--format onnx --target tensorrt writes the graph TensorRT would read.")
     onnx_out = cfg.out if cfg.format == "onnx" else None
     path = export_onnx(run_dir, cfg.target, out=onnx_out, parity_data=cfg.parity, n_parity=cfg.n_parity,
-                       opset=cfg.opset, keep_float=cfg.keep_float)
+                       opset=cfg.opset, keep_float=cfg.keep_float,
+                       requant=cfg.requant)
     import json
 
     rep = json.loads(path.with_name(path.stem + ".export.json").read_text())

@@ -80,7 +80,7 @@ def _check_out(out: Path) -> None:
 
 def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorrt", out: str | Path | None = None,
                 parity_data: Any = None, *, parity_set: Any = None, n_parity: int = 64, opset: int = 18,
-                keep_float: str = "auto", cosine_gate: float | None = None) -> Path:
+                keep_float: str = "auto", cosine_gate: float | None = None, requant: bool = False) -> Path:
     """Export a quantized run for ``target`` ("tensorrt" or "onnxruntime"); returns the .onnx path.
 
     ``parity_data``: None (the built-in benchmark), a benchmark spec ("lfw:/x/lfw.bin"), a
@@ -89,7 +89,11 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     Raises ExportError when the target cannot run the model exactly, the graph breaks the target's
     rules, or parity fails (cosine gate 0.999 at 8 bits, 0.995 at 6; accuracy gate 0.1 pp). With
     ``keep_float="auto"`` a target with an exact fallback layout (ONNX Runtime: every layer float on int8
-    weights) uses it when its fast layout fails parity, and says so in the report's notes.
+    weights) uses it when its fast layout fails parity, and says so in the report's notes. A layout that
+    changes the math (ONNX Runtime's integer kernels re-quantize conv outputs to uint8 and round biases to
+    int32) must pass the cosine gate twice: against a torch twin with the same extra quantizers (the graph
+    is exact) and against the evaluated model (what was evaluated is what ships); ``requant=True`` drops
+    the second cosine gate (the cosine is still reported, the accuracy gate still applies).
     """
     import onnx
 
@@ -112,13 +116,13 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
         ctx.notes.append("the model is not quantized: exported as float32 (no Q/DQ); quantize it first for int8")
     else:
         spec.check(ctx)
-    proto, layout, parity = _build_and_check(spec, ctx, opset, pairs, issame, cosine_gate)
+    proto, layout, parity = _build_and_check(spec, ctx, opset, pairs, issame, cosine_gate, requant)
     if not parity.passed and spec.exact_fallback and ctx.keep_float == "auto" and layout.get("int8_layers"):
         # integer kernels change the model (int32 biases, int8 conv outputs); a chaotic 6-bit net, or a
         # verification pair on a knife edge, then fails parity: ship the exact layout instead
         first = parity
         ctx.keep_float = spec.exact_fallback
-        proto, layout, parity = _build_and_check(spec, ctx, opset, pairs, issame, cosine_gate)
+        proto, layout, parity = _build_and_check(spec, ctx, opset, pairs, issame, cosine_gate, requant)
         ctx.notes.append(f"the integer-kernel layout failed parity ({'; '.join(first.reasons)}; {first.summary()}); "
                          f"exported keep_float={spec.exact_fallback} instead: int8 weights in the file, float "
                          "kernels, exactly the evaluated model")
@@ -127,7 +131,8 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
         ctx.notes.append(f"ONNX Runtime layout: {len(layout['output_quant'])} conv outputs re-quantized to uint8 "
                          f"and {len(layout.get('bias_shift') or {})} biases rounded to int32 for integer fusion; "
                          "parity is checked against the torch model with the same quantizers and biases, and "
-                         "against the evaluated model (accuracy gate, cosine reported)")
+                         "against the evaluated model (" + ("accuracy gate, cosine reported: --requant"
+                                                            if requant else "cosine and accuracy gates") + ")")
     if not parity.passed:
         where = ""
         if parity.first_divergence:
@@ -152,7 +157,7 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
 
 
 def _build_and_check(spec: Any, ctx: Any, opset: int, pairs: np.ndarray | None, issame: np.ndarray | None,
-                     cosine_gate: float | None) -> tuple[Any, dict[str, Any], Any]:
+                     cosine_gate: float | None, requant: bool = False) -> tuple[Any, dict[str, Any], Any]:
     """Export ``ctx.model``, lay it out for ``spec``, validate it, and compare it with the torch model:
     (graph, layout report, ParityReport)."""
     from .onnx_graph import torch_to_onnx
@@ -168,7 +173,7 @@ def _build_and_check(spec: Any, ctx: Any, opset: int, pairs: np.ndarray | None, 
         reference = simulate_output_quant(ctx.model, layout["output_quant"], layout.get("bias_shift"))
         evaluated = ctx.model
     parity = parity_check(reference, proto, ctx.calib_images, bits=ctx.bits, pairs=pairs, issame=issame,
-                          threshold=cosine_gate, evaluated=evaluated)
+                          threshold=cosine_gate, evaluated=evaluated, gate_evaluated=not requant)
     return proto, layout, parity
 
 

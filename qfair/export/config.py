@@ -28,6 +28,10 @@ class ExportConfig:
     keep_float: str = cfg_field("auto", help="onnxruntime target: layers kept in float (auto = each layer int8 or "
                                 "float, whichever ONNX Runtime measures faster)",
                                 choices=["auto", "none", "depthwise", "all"])
+    requant: bool = cfg_field(False, help="onnxruntime target: ship the integer-kernel layout even when its extra "
+                              "uint8 re-quantization of conv outputs moves the embeddings below the cosine gate "
+                              "against the evaluated model (that cosine is still reported, the accuracy gate "
+                              "still applies); without it such a layout falls back to the exact one")
     opset: int = cfg_field(18, help="ONNX opset", range=(17, 21))
     packed_floats: str = cfg_field("float32", help="packed format: storage of the float tensors (BatchNorm, "
                                    "PReLU); float16 is smaller but not exact for them",

@@ -223,13 +223,13 @@ def first_divergence(model: nn.Module, proto: Any, images: torch.Tensor, thresho
 def parity_check(model: nn.Module, proto: Any, images: torch.Tensor, *, bits: int | None,
                  pairs: np.ndarray | None = None, issame: np.ndarray | None = None, n_stress: int = 8,
                  threshold: float | None = None, acc_gate_pp: float = ACC_GATE_PP, batch_size: int = 32,
-                 evaluated: nn.Module | None = None) -> ParityReport:
+                 evaluated: nn.Module | None = None, gate_evaluated: bool = True) -> ParityReport:
     """Compare the ONNX graph with the torch model on ``images`` (+ stress inputs) and on ``pairs``.
 
     ``evaluated``: when the target layout adds quantizers (ONNX Runtime), ``model`` simulates that
     layout and ``evaluated`` is the model that was evaluated: the cosine gate applies to ``model``
-    (the export is exact), the accuracy gate to ``evaluated`` (the layout changes no decision), and
-    the cosine to ``evaluated`` is reported."""
+    (the export is exact) and, unless ``gate_evaluated`` is False, to ``evaluated`` too (what was
+    evaluated ships); the accuracy gate applies to ``evaluated`` (the layout changes no decision)."""
     threshold = cosine_gate(bits) if threshold is None else threshold
     stress = stress_inputs(images, n_stress)
     everything = torch.cat([images, stress])
@@ -249,6 +249,10 @@ def parity_check(model: nn.Module, proto: Any, images: torch.Tensor, *, bits: in
         base = torch_embed(evaluated, everything, batch_size)
         ev = cosines(base, out)
         rep.evaluated_cosine_mean, rep.evaluated_cosine_min = float(ev.mean()), float(ev.min())
+        if gate_evaluated and rep.evaluated_cosine_mean < threshold:
+            rep.reasons.append(f"mean embedding cosine against the evaluated model {rep.evaluated_cosine_mean:.5f} "
+                               f"< {threshold}: the integer layout's uint8 re-quantization of conv outputs changes "
+                               "the model (--requant accepts it; --keep-float all exports it exactly)")
     if pairs is not None and issame is not None and len(pairs):
         rep.n_pairs = len(pairs)
         rep.acc_torch = best_threshold_accuracy(_pair_scores(base[:n], pairs), issame)

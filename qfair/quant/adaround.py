@@ -12,10 +12,13 @@ pushes every h to 0 or 1. The final weights round down where V < 0 and up otherw
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from .layers import QuantConv2d, QuantLinear
+from .math import compute_qparams, fake_quantize_ref, reduce_minmax
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -69,6 +72,38 @@ class SoftRounding(nn.Module):
     def commit(self, mode: str = "hard") -> None:
         """Replace the layer's weight by its rounded grid values (the static quantizer keeps them)."""
         self.layer.weight.copy_(self.weight(mode))
+
+
+@torch.no_grad()
+def search_weight_range(layer: QuantConv2d | QuantLinear, x: Tensor, grid: int = 16) -> Tensor:
+    """Set ``layer``'s weight quantizer (made static) to the range ``r * [min, max]`` whose nearest-rounded
+    weights give the smallest output error on inputs ``x``, r in [0.25, 1] per output channel (per
+    tensor for a per-tensor quantizer). Returns the chosen ratios."""
+    wq = layer.weight_quantizer
+    w = layer.weight.detach()
+    lo, hi = reduce_minmax(w, wq.axis)
+    if layer.input_quantizer is not None:
+        x = layer.input_quantizer(x)
+    dims = [d for d in range(x.dim()) if d != 1]
+    best_err = torch.full(lo.shape, math.inf, device=w.device)
+    best = torch.ones(lo.shape, device=w.device)
+    for r in torch.linspace(0.25, 1.0, grid).tolist():
+        scale, zp = compute_qparams(lo * r, hi * r, wq.qmin, wq.qmax, wq.symmetric)
+        dw = fake_quantize_ref(w, scale.to(w.device), zp.to(w.device), wq.qmin, wq.qmax, wq.axis) - w
+        err = _plain_forward(layer, x, dw, bias=False).pow(2).sum(dims)  # output error (Cout,): linear in dw
+        err = err if wq.axis is not None else err.sum()
+        better = err < best_err
+        best_err, best = torch.where(better, err, best_err), torch.where(better, torch.full_like(best, r), best)
+    wq.set_range(lo * best, hi * best)
+    wq.make_static()
+    return best
+
+
+def _plain_forward(layer: nn.Module, x: Tensor, w: Tensor, bias: bool = True) -> Tensor:
+    b = layer.bias if bias else None
+    if isinstance(layer, QuantConv2d):
+        return layer._conv_forward(x, w, b)
+    return nn.functional.linear(x, w, b)
 
 
 def adaround(qmodel: nn.Module, batches: list[Tensor], *, iters: int = 200, samples: int = 64, seed: int = 0,

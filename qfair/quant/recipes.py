@@ -151,14 +151,14 @@ def foldable_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, s
     BN tracks running statistics and its channel count matches. A model that ``torch.fx`` cannot trace
     (data-dependent control flow) gets no folding at all: nothing can be proven exact.
     """
-    import torch.fx as fx
+    from torch import fx
 
     bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     if not bns:
         return [], {}
     try:
         graph = fx.symbolic_trace(model).graph
-    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...) on untraceable code
+    except Exception as exc:  # noqa: BLE001 -- fx raises many types (TraceError, TypeError, ...)
         reason = f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); " \
                  "no BatchNorm is folded"
         return [], {n: reason for n in bns}

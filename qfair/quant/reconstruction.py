@@ -42,10 +42,10 @@ from torch.func import functional_call
 from ..models._layers import ResidualAdd
 from ..utils.errors import QuantError
 from ..utils.progress import track
-from .adaround import SoftRounding
+from .adaround import SoftRounding, search_weight_range
 from .fake_quant import fake_quant
-from .layers import QuantConv2d, QuantLinear, weight_layers
-from .math import compute_qparams, fake_quantize_ref, reduce_minmax
+from .layers import weight_layers
+from .math import reduce_minmax
 from .quantizer import ActQuantizer, WeightQuantizer, iter_quantizers
 
 
@@ -173,41 +173,6 @@ def _rec_error(y: Tensor, t: Tensor) -> Tensor:
     """Squared error summed over channels (dim 1), averaged over images and positions."""
     d = (y - t).pow(2)
     return d.sum(1).mean() if d.dim() > 1 else d.mean()
-
-
-# ---------------------------------------------------------------------------- weight ranges
-
-
-@torch.no_grad()
-def search_weight_range(layer: QuantConv2d | QuantLinear, x: Tensor, grid: int = 16) -> Tensor:
-    """Set ``layer``'s weight quantizer (made static) to the range ``r * [min, max]`` whose nearest-rounded
-    weights give the smallest output error on inputs ``x``, r in [0.25, 1] per output channel (per
-    tensor for a per-tensor quantizer). Returns the chosen ratios."""
-    wq = layer.weight_quantizer
-    w = layer.weight.detach()
-    lo, hi = reduce_minmax(w, wq.axis)
-    if layer.input_quantizer is not None:
-        x = layer.input_quantizer(x)
-    dims = [d for d in range(x.dim()) if d != 1]
-    best_err = torch.full(lo.shape, math.inf, device=w.device)
-    best = torch.ones(lo.shape, device=w.device)
-    for r in torch.linspace(0.25, 1.0, grid).tolist():
-        scale, zp = compute_qparams(lo * r, hi * r, wq.qmin, wq.qmax, wq.symmetric)
-        dw = fake_quantize_ref(w, scale.to(w.device), zp.to(w.device), wq.qmin, wq.qmax, wq.axis) - w
-        err = _plain_forward(layer, x, dw, bias=False).pow(2).sum(dims)  # output error (Cout,): linear in dw
-        err = err if wq.axis is not None else err.sum()
-        better = err < best_err
-        best_err, best = torch.where(better, err, best_err), torch.where(better, torch.full_like(best, r), best)
-    wq.set_range(lo * best, hi * best)
-    wq.make_static()
-    return best
-
-
-def _plain_forward(layer: nn.Module, x: Tensor, w: Tensor, bias: bool = True) -> Tensor:
-    b = layer.bias if bias else None
-    if isinstance(layer, QuantConv2d):
-        return layer._conv_forward(x, w, b)
-    return nn.functional.linear(x, w, b)
 
 
 # ---------------------------------------------------------------------------- one unit

@@ -69,7 +69,7 @@ def test_asymmetric_model_refused_for_tensorrt(tmp_path, quantface8, parity_imag
 @pytest.mark.parametrize("fixture", ["deploy8", "quantface8"])
 def test_onnxruntime_target_fuses_integer_kernels(tmp_path, request, fixture, parity_images):
     model = request.getfixturevalue(fixture)
-    path = export_onnx(model, "onnxruntime", out=tmp_path / "o.onnx", parity_data=parity_images)
+    path = export_onnx(model, "onnxruntime", out=tmp_path / "o.onnx", parity_data=parity_images, requant=True)
     assert validate_onnx(str(path), "onnxruntime") == []
     rep = _report(path)
     quantized = {"deploy8": {"stem", "conv1", "conv2", "dw", "fc"}, "quantface8": {"conv1", "conv2", "dw"}}
@@ -88,7 +88,8 @@ def test_onnxruntime_target_fuses_integer_kernels(tmp_path, request, fixture, pa
 
 
 def test_keep_float_options(tmp_path, deploy8, parity_images):
-    path = export_onnx(deploy8, "onnxruntime", out=tmp_path / "n.onnx", parity_data=parity_images, keep_float="none")
+    path = export_onnx(deploy8, "onnxruntime", out=tmp_path / "n.onnx", parity_data=parity_images, keep_float="none",
+                       requant=True)
     rep = _report(path)
     assert rep["float_layers"] == [] and len(rep["int8_layers"]) == 5
     so = ort.SessionOptions()
@@ -97,8 +98,32 @@ def test_keep_float_options(tmp_path, deploy8, parity_images):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ops.count("QLinearConv") == 4 and "QGemm" in ops
     path = export_onnx(deploy8, "onnxruntime", out=tmp_path / "d.onnx", parity_data=parity_images,
-                       keep_float="depthwise")
+                       keep_float="depthwise", requant=True)
     assert _report(path)["float_layers"] == ["dw"]
+
+
+def test_integer_layout_is_gated_against_the_evaluated_model(tmp_path, deploy8, parity_images):
+    """The integer layout re-quantizes conv outputs: it ships only if its embeddings stay within the
+    cosine gate of the evaluated fake-quant model (or with requant=True)."""
+    fast = _report(export_onnx(deploy8, "onnxruntime", out=tmp_path / "r.onnx", parity_data=parity_images,
+                               keep_float="none", requant=True))
+    ev = fast["parity"]["evaluated_cosine_mean"]
+    assert fast["parity"]["cosine_mean"] > 0.99999 and 0.9 < ev < 0.99999  # exact vs its twin, not vs the model
+    strict = (ev + 1) / 2  # between the evaluated cosine and the twin's
+    with pytest.raises(ExportError, match="against the evaluated model.*--requant"):
+        export_onnx(deploy8, "onnxruntime", out=tmp_path / "n.onnx", parity_data=parity_images, keep_float="none",
+                    cosine_gate=strict)
+    assert not (tmp_path / "n.onnx").exists()
+    rep = _report(export_onnx(deploy8, "onnxruntime", out=tmp_path / "a.onnx", parity_data=parity_images,
+                              cosine_gate=strict))
+    # auto ships either a layout within the gate of the evaluated model or (the fallback) the exact one
+    if rep["int8_layers"]:
+        assert rep["parity"]["evaluated_cosine_mean"] >= strict
+    else:
+        assert rep["parity"]["cosine_mean"] > 0.99999 and rep["parity"]["evaluated_cosine_mean"] is None
+    loose = _report(export_onnx(deploy8, "onnxruntime", out=tmp_path / "l.onnx", parity_data=parity_images,
+                                keep_float="none", cosine_gate=ev - 1e-4))
+    assert len(loose["int8_layers"]) == 5 and loose["parity"]["passed"]
 
 
 def test_float_model_exports_as_float(tmp_path, tiny_float, parity_images):

@@ -41,7 +41,7 @@ def _run(model, x, optimize=True):
 @pytest.mark.parametrize("keep_float", ["depthwise", "all"])
 def test_float_layers_store_int8_weights(tmp_path, deploy8, parity_images, keep_float):
     path = export_onnx(deploy8, "onnxruntime", out=tmp_path / "f.onnx", parity_data=parity_images,
-                       keep_float=keep_float)
+                       keep_float=keep_float, requant=True)
     rep = _report(path)
     assert rep["float_layers"] == (["dw"] if keep_float == "depthwise" else ["stem", "conv1", "conv2", "dw", "fc"])
     weights = [t for t in onnx.load(str(path)).graph.initializer if sum(d > 1 for d in t.dims) >= 2]  # not (1, C, 1, 1)
@@ -58,7 +58,8 @@ def test_float_layers_store_int8_weights(tmp_path, deploy8, parity_images, keep_
 def test_six_bit_parity_beyond_the_range(tmp_path, deploy6, parity_images, target, keep_float):
     """Inputs 3x past the calibrated range saturate 6-bit quantizers; the graph still matches."""
     x = parity_images * 3
-    path = export_onnx(deploy6, target, out=tmp_path / "m6.onnx", parity_data=x, keep_float=keep_float)
+    path = export_onnx(deploy6, target, out=tmp_path / "m6.onnx", parity_data=x, keep_float=keep_float,
+                       requant=True)  # the integer layout's twin gates; the evaluated-model gate is tested elsewhere
     rep = _report(path)
     par = rep["parity"]
     # against the fake-quant model itself (tensorrt, onnxruntime "all") or its twin with the integer
