@@ -95,7 +95,7 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     t0 = time.perf_counter()
     teacher = load_model(ckpt, arch).eval()
     vset = open_benchmark(bench)
-    out: dict = {"settings": {"checkpoint": ckpt, "bits": bits, "calib": calib, "kd_data": kd_data,
+    out: dict = {"settings": {"checkpoint": ckpt, "seed": seed, "bits": bits, "calib": calib, "kd_data": kd_data,
                               "kd_steps": steps, "batch": batch, "n_train": n_train, "bench": bench,
                               "freeze_bn": freeze_bn, "flip": flip, "fair_kd": fair_kd,
                               "weight_decay": weight_decay, "schedule": schedule}}
@@ -190,12 +190,13 @@ def main() -> None:
     p.add_argument("--cache", default=None, help="embedding cache folder (reused across runs)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the KD fine-tuning")
     p.add_argument("--schedule", default="constant", help="lr schedule: constant, cosine or step")
+    p.add_argument("--seed", type=int, default=0, help="acceptance: seed of calibration, KD data and training")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.acceptance:
         res = acceptance(args.acceptance, args.arch, args.bits, args.kd_steps, args.batch, args.bench,
-                         args.n_train, 0, args.freeze_bn, args.calib, args.kd_data, args.lr, not args.no_flip,
+                         args.n_train, args.seed, args.freeze_bn, args.calib, args.kd_data, args.lr, not args.no_flip,
                          args.range_steps, args.fair_kd, args.cache, args.weight_decay,
                          args.schedule)
         if args.out:
