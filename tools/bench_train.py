@@ -12,6 +12,11 @@ Acceptance experiment (issue 7): float model vs 6-bit PTQ vs 6-bit PTQ + KD fine
 the built-in benchmark (``qfair.train.kd_finetune`` with the reference lr rule 0.1 x batch / 512)::
 
     OMP_NUM_THREADS=2 python tools/bench_train.py --acceptance CHECKPOINT --kd-steps 200 --bench builtin
+
+One run is one draw of calibration images, KD data and order (``--seed``). Pool several with
+``--aggregate run0.json run1.json ...``: per seed and averaged over seeds, how far PTQ and PTQ + KD are from
+the float model (|AVG - float|, |SER - float|, pairs whose decision differs from float's), with the
+standard error over seeds and an exact sign test.
 """
 from __future__ import annotations
 
@@ -166,6 +171,102 @@ def _print_acceptance(out: dict, vset) -> None:
     print(f"\nKD closer to float than PTQ: {verdict} ({len(vset.issame)} pairs)")
 
 
+def _sign_test(wins: int, n: int) -> float:
+    """Two-sided exact binomial sign test of ``wins`` successes in ``n`` trials at p = 1/2."""
+    from math import comb
+
+    k = min(wins, n - wins)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+
+
+def aggregate(paths: list[str]) -> dict:
+    """Pool acceptance runs (JSON from ``--acceptance --out``) that differ only in their seed."""
+    runs = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"{path}: cannot read an acceptance result ({e}); pass files written by "
+                             f"--acceptance ... --out") from None
+        missing = [k for k in ("settings", "float", "ptq", "kd", "paired") if k not in d]
+        if missing:
+            raise SystemExit(f"{path}: not an acceptance result, keys {missing} are missing")
+        runs.append((path, d))
+    ref = {k: v for k, v in runs[0][1]["settings"].items() if k != "seed"}
+    for path, d in runs[1:]:
+        diff = sorted(k for k in set(ref) | set(d["settings"]) if k != "seed"
+                      and ref.get(k) != d["settings"].get(k))
+        if diff:
+            raise SystemExit(f"{path}: settings differ from {runs[0][0]} in {diff}; pool only runs that differ "
+                             f"in their seed")
+    f0 = runs[0][1]["float"]
+    for path, d in runs[1:]:
+        if d["float"]["accuracy"] != f0["accuracy"]:
+            raise SystemExit(f"{path}: the float model scores differently from {runs[0][0]}; pool runs of one "
+                             f"checkpoint on one benchmark")
+
+    def discordant(d: dict, name: str) -> int:  # pairs whose decision differs from the float model's
+        return sum(g["b"] + g["c"] for g in d["paired"][f"{name}-vs-float"]["groups"].values())
+
+    rows = []
+    for path, d in runs:
+        f, p, k = d["float"], d["ptq"], d["kd"]
+        rows.append({"run": path, "seed": d["settings"].get("seed"),
+                     "ptq_avg": p["avg"], "kd_avg": k["avg"], "ptq_ser": p["ser"], "kd_ser": k["ser"],
+                     "gap_avg_ptq": abs(p["avg"] - f["avg"]), "gap_avg_kd": abs(k["avg"] - f["avg"]),
+                     "gap_ser_ptq": abs(p["ser"] - f["ser"]), "gap_ser_kd": abs(k["ser"] - f["ser"]),
+                     "disc_ptq": discordant(d, "ptq"), "disc_kd": discordant(d, "kd"),
+                     "cos_ptq": float(np.mean(list(p["cos_to_float"].values()))),
+                     "cos_kd": float(np.mean(list(k["cos_to_float"].values())))})
+    n = len(rows)
+    summary = {}
+    for m in ("avg", "ser"):
+        diff = np.array([r[f"gap_{m}_ptq"] - r[f"gap_{m}_kd"] for r in rows])  # > 0: KD closer to float
+        wins = int((diff > 0).sum())
+        summary[m] = {"mean_gap_ptq": float(np.mean([r[f"gap_{m}_ptq"] for r in rows])),
+                      "mean_gap_kd": float(np.mean([r[f"gap_{m}_kd"] for r in rows])),
+                      "mean_reduction": float(diff.mean()),
+                      "se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+                      "kd_closer_in": wins, "runs": n, "sign_test_p": _sign_test(wins, n)}
+    disc = np.array([r["disc_ptq"] - r["disc_kd"] for r in rows])
+    summary["discordant"] = {"mean_ptq": float(np.mean([r["disc_ptq"] for r in rows])),
+                             "mean_kd": float(np.mean([r["disc_kd"] for r in rows])),
+                             "kd_fewer_in": int((disc > 0).sum()), "runs": n,
+                             "sign_test_p": _sign_test(int((disc > 0).sum()), n)}
+    groups = list(f0["accuracy"])
+    per_group = {name: {g: float(np.mean([d[name]["accuracy"][g] for _, d in runs])) for g in groups}
+                 for name in ("ptq", "kd")}
+    per_group["float"] = dict(f0["accuracy"])
+    for name in ("float", "ptq", "kd"):
+        per_group[name] = {"accuracy": per_group[name],
+                           "avg": float(np.mean([d[name]["avg"] for _, d in runs])),
+                           "ser": float(np.mean([d[name]["ser"] for _, d in runs])),
+                           "std": float(np.mean([d[name]["std"] for _, d in runs]))}
+    out = {"settings": ref, "runs": rows, "summary": summary, "mean_over_runs": per_group}
+    print("| run | seed | PTQ AVG | KD AVG | PTQ SER | KD SER | pairs off float PTQ / KD | cos PTQ / KD |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['run']} | {r['seed']} | {r['ptq_avg']:.3f} | {r['kd_avg']:.3f} | {r['ptq_ser']:.2f} | "
+              f"{r['kd_ser']:.2f} | {r['disc_ptq']} / {r['disc_kd']} | {r['cos_ptq']:.5f} / {r['cos_kd']:.5f} |")
+    print(f"\nfloat: AVG {f0['avg']:.3f}, SER {f0['ser']:.2f}. Mean over {n} runs (per group):")
+    print("| model | " + " | ".join(groups) + " | AVG | STD | SER |")
+    print("|---|" + "---:|" * (len(groups) + 3))
+    for name in ("float", "ptq", "kd"):
+        r = per_group[name]
+        print(f"| {name} | " + " | ".join(f"{r['accuracy'][g]:.2f}" for g in groups)
+              + f" | {r['avg']:.3f} | {r['std']:.2f} | {r['ser']:.2f} |")
+    for m in ("avg", "ser"):
+        s = summary[m]
+        print(f"|{m.upper()} - float|: PTQ {s['mean_gap_ptq']:.3f}, KD {s['mean_gap_kd']:.3f}; reduction "
+              f"{s['mean_reduction']:+.3f} +- {s['se']:.3f} (SE); KD closer in {s['kd_closer_in']}/{n} runs, "
+              f"sign test p {s['sign_test_p']:.3g}")
+    s = summary["discordant"]
+    print(f"pairs decided differently from float: PTQ {s['mean_ptq']:.1f}, KD {s['mean_kd']:.1f}; KD fewer in "
+          f"{s['kd_fewer_in']}/{n} runs, sign test p {s['sign_test_p']:.3g}")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["mbf", "iresnet18"])
@@ -191,9 +292,16 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the KD fine-tuning")
     p.add_argument("--schedule", default="constant", help="lr schedule: constant, cosine or step")
     p.add_argument("--seed", type=int, default=0, help="acceptance: seed of calibration, KD data and training")
+    p.add_argument("--aggregate", nargs="+", metavar="JSON", help="pool acceptance runs that differ in --seed")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.aggregate:
+        res = aggregate(args.aggregate)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump(res, f, indent=2)
+        return
     if args.acceptance:
         res = acceptance(args.acceptance, args.arch, args.bits, args.kd_steps, args.batch, args.bench,
                          args.n_train, args.seed, args.freeze_bn, args.calib, args.kd_data, args.lr, not args.no_flip,

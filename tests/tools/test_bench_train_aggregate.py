@@ -1,0 +1,86 @@
+"""tools/bench_train.py --aggregate: pooling KD acceptance runs over seeds (hand-computed references)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_train.py"
+
+
+@pytest.fixture(scope="module")
+def bench_train():
+    spec = importlib.util.spec_from_file_location("bench_train_tool", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(seed: int, ptq: tuple, kd: tuple, disc: tuple[int, int], **settings) -> dict:
+    """An acceptance result: float AVG 97 / SER 4; ptq, kd = (avg, ser); disc = pairs off float (ptq, kd)."""
+    def model(avg, ser):
+        return {"accuracy": {"A": avg + 1, "B": avg - 1}, "avg": avg, "std": 1.0, "ser": ser,
+                "cos_to_float": {"A": 0.99, "B": 0.98}}
+
+    base = {"checkpoint": "m.pt", "bits": 6, "bench": "builtin:3000", "seed": seed}
+    base.update(settings)
+    groups = lambda n: {"A": {"b": n, "c": 0, "p_holm": 1.0}, "B": {"b": 0, "c": 0, "p_holm": 1.0}}  # noqa: E731
+    return {"settings": base, "float": {"accuracy": {"A": 98.0, "B": 96.0}, "avg": 97.0, "std": 1.0, "ser": 4.0},
+            "ptq": model(*ptq), "kd": model(*kd),
+            "paired": {"ptq-vs-float": {"groups": groups(disc[0])}, "kd-vs-float": {"groups": groups(disc[1])}}}
+
+
+def _write(tmp_path, runs) -> list[str]:
+    paths = []
+    for i, r in enumerate(runs):
+        p = tmp_path / f"s{i}.json"
+        p.write_text(json.dumps(r))
+        paths.append(str(p))
+    return paths
+
+
+def test_sign_test_matches_hand_computed_binomial(bench_train):
+    assert bench_train._sign_test(6, 6) == pytest.approx(2 / 64)          # 2 * P(X <= 0), X ~ Bin(6, 1/2)
+    assert bench_train._sign_test(4, 5) == pytest.approx(2 * 6 / 32)      # 2 * P(X <= 1), X ~ Bin(5, 1/2)
+    assert bench_train._sign_test(1, 2) == 1.0
+    assert bench_train._sign_test(0, 0) == 1.0
+
+
+def test_aggregate_gaps_and_standard_error(bench_train, tmp_path, capsys):
+    # float AVG 97, SER 4.  |AVG gaps| PTQ: 0.4, 0.2, 0.3; KD: 0.1, 0.3, 0.1 -> reductions 0.3, -0.1, 0.2
+    runs = [_run(0, (96.6, 5.0), (96.9, 4.5), (10, 4)),
+            _run(1, (96.8, 3.0), (96.7, 3.5), (8, 9)),
+            _run(2, (97.3, 4.0), (97.1, 4.2), (7, 5))]
+    out = bench_train.aggregate(_write(tmp_path, runs))
+    s = out["summary"]["avg"]
+    assert s["mean_gap_ptq"] == pytest.approx(0.3)
+    assert s["mean_gap_kd"] == pytest.approx(0.5 / 3)
+    assert s["mean_reduction"] == pytest.approx(0.4 / 3)
+    # sample SD of (0.3, -0.1, 0.2): mean 2/15; deviations 5/30, -7/30, 2/30 -> var = (25+49+4)/900/2
+    assert s["se"] == pytest.approx(((78 / 900) / 2) ** 0.5 / 3 ** 0.5)
+    assert s["kd_closer_in"] == 2 and s["runs"] == 3
+    ser = out["summary"]["ser"]  # |SER gaps| PTQ 1, 1, 0; KD 0.5, 0.5, 0.2 -> KD closer in 2 of 3
+    assert ser["mean_reduction"] == pytest.approx((0.5 + 0.5 - 0.2) / 3)
+    assert ser["kd_closer_in"] == 2
+    d = out["summary"]["discordant"]
+    assert d["mean_ptq"] == pytest.approx(25 / 3) and d["mean_kd"] == pytest.approx(6.0) and d["kd_fewer_in"] == 2
+    assert out["mean_over_runs"]["kd"]["avg"] == pytest.approx((96.9 + 96.7 + 97.1) / 3)
+    assert "Mean over 3 runs" in capsys.readouterr().out
+
+
+def test_aggregate_refuses_runs_with_other_settings(bench_train, tmp_path):
+    runs = [_run(0, (96.6, 5.0), (96.9, 4.5), (1, 1)), _run(1, (96.8, 3.0), (96.7, 3.5), (1, 1), bits=8)]
+    paths = _write(tmp_path, runs)
+    with pytest.raises(SystemExit, match=r"s1\.json: settings differ .*\['bits'\]"):
+        bench_train.aggregate(paths)
+
+
+def test_aggregate_names_a_file_that_is_not_a_result(bench_train, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"settings": {}}')
+    with pytest.raises(SystemExit, match=r"bad\.json: not an acceptance result"):
+        bench_train.aggregate([str(bad)])
+    with pytest.raises(SystemExit, match=r"missing\.json: cannot read"):
+        bench_train.aggregate([str(tmp_path / "missing.json")])
