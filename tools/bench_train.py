@@ -119,6 +119,11 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
                 idx = np.unique(vset.pairs[vset.groups == g].reshape(-1))
                 cos = (embs["float"][idx] * embs[name][idx]).sum(1)
                 out[name]["cos_to_float"][g] = float(cos.mean())
+            fp, mp = results["float"].pairs, results[name].pairs
+            if fp is not None and mp is not None:  # pair scores: how far each pair moved from the float score
+                drift = np.abs(mp.score - fp.score)
+                out[name]["score_drift"] = {str(g): float(drift[fp.groups == g].mean())
+                                            for g in sorted(set(fp.groups.tolist()))}
         print(f"{name:10s} {json.dumps(out[name])}  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     ev("float", teacher)
@@ -223,17 +228,27 @@ def aggregate(paths: list[str]) -> dict:
     summary = {}
     for m in ("avg", "ser"):
         diff = np.array([r[f"gap_{m}_ptq"] - r[f"gap_{m}_kd"] for r in rows])  # > 0: KD closer to float
-        wins = int((diff > 0).sum())
+        wins, losses = int((diff > 0).sum()), int((diff < 0).sum())  # ties drop out of the sign test
         summary[m] = {"mean_gap_ptq": float(np.mean([r[f"gap_{m}_ptq"] for r in rows])),
                       "mean_gap_kd": float(np.mean([r[f"gap_{m}_kd"] for r in rows])),
                       "mean_reduction": float(diff.mean()),
                       "se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
-                      "kd_closer_in": wins, "runs": n, "sign_test_p": _sign_test(wins, n)}
+                      "kd_closer_in": wins, "runs": n, "sign_test_p": _sign_test(wins, wins + losses)}
+    if all("score_drift" in d["ptq"] and "score_drift" in d["kd"] for _, d in runs):
+        for r, (_, d) in zip(rows, runs):  # mean over groups of the mean |score - float score| per pair
+            r["drift_ptq"] = float(np.mean(list(d["ptq"]["score_drift"].values())))
+            r["drift_kd"] = float(np.mean(list(d["kd"]["score_drift"].values())))
+        wins = sum(r["drift_kd"] < r["drift_ptq"] for r in rows)
+        losses = sum(r["drift_kd"] > r["drift_ptq"] for r in rows)
+        summary["score_drift"] = {"mean_ptq": float(np.mean([r["drift_ptq"] for r in rows])),
+                                  "mean_kd": float(np.mean([r["drift_kd"] for r in rows])),
+                                  "kd_lower_in": int(wins), "runs": n,
+                                  "sign_test_p": _sign_test(int(wins), int(wins + losses))}
     disc = np.array([r["disc_ptq"] - r["disc_kd"] for r in rows])
     summary["discordant"] = {"mean_ptq": float(np.mean([r["disc_ptq"] for r in rows])),
                              "mean_kd": float(np.mean([r["disc_kd"] for r in rows])),
                              "kd_fewer_in": int((disc > 0).sum()), "runs": n,
-                             "sign_test_p": _sign_test(int((disc > 0).sum()), n)}
+                             "sign_test_p": _sign_test(int((disc > 0).sum()), int((disc != 0).sum()))}
     groups = list(f0["accuracy"])
     per_group = {name: {g: float(np.mean([d[name]["accuracy"][g] for _, d in runs])) for g in groups}
                  for name in ("ptq", "kd")}
@@ -264,6 +279,10 @@ def aggregate(paths: list[str]) -> dict:
     s = summary["discordant"]
     print(f"pairs decided differently from float: PTQ {s['mean_ptq']:.1f}, KD {s['mean_kd']:.1f}; KD fewer in "
           f"{s['kd_fewer_in']}/{n} runs, sign test p {s['sign_test_p']:.3g}")
+    if "score_drift" in summary:
+        s = summary["score_drift"]
+        print(f"mean |pair score - float score|: PTQ {s['mean_ptq']:.5f}, KD {s['mean_kd']:.5f}; KD lower in "
+              f"{s['kd_lower_in']}/{n} runs, sign test p {s['sign_test_p']:.3g}")
     return out
 
 

@@ -84,3 +84,16 @@ def test_aggregate_names_a_file_that_is_not_a_result(bench_train, tmp_path):
         bench_train.aggregate([str(bad)])
     with pytest.raises(SystemExit, match=r"missing\.json: cannot read"):
         bench_train.aggregate([str(tmp_path / "missing.json")])
+
+
+def test_aggregate_sign_test_drops_ties_and_reads_score_drift(bench_train, tmp_path):
+    runs = [_run(s, (96.8, 5.0), kd, (5, 3)) for s, kd in enumerate([(96.8, 4.5), (96.9, 4.5), (96.9, 4.5)])]
+    for r, (p, k) in zip(runs, [(0.03, 0.02), (0.04, 0.01), (0.02, 0.03)]):
+        r["ptq"]["score_drift"] = {"A": p, "B": p}
+        r["kd"]["score_drift"] = {"A": k, "B": k}
+    out = bench_train.aggregate(_write(tmp_path, runs))
+    avg = out["summary"]["avg"]  # gaps PTQ 0.2 each; KD 0.2 (tie), 0.1, 0.1 -> 2 wins of 2 untied runs
+    assert avg["kd_closer_in"] == 2 and avg["sign_test_p"] == pytest.approx(bench_train._sign_test(2, 2))
+    drift = out["summary"]["score_drift"]
+    assert drift["mean_ptq"] == pytest.approx(0.03) and drift["mean_kd"] == pytest.approx(0.02)
+    assert drift["kd_lower_in"] == 2 and drift["runs"] == 3
