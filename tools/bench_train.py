@@ -258,6 +258,10 @@ def aggregate(paths: list[str]) -> dict:
                            "avg": float(np.mean([d[name]["avg"] for _, d in runs])),
                            "ser": float(np.mean([d[name]["ser"] for _, d in runs])),
                            "std": float(np.mean([d[name]["std"] for _, d in runs]))}
+    if "score_drift" in summary:  # per group: where the quantization moved the pair scores most
+        for name in ("ptq", "kd"):
+            per_group[name]["score_drift"] = {g: float(np.mean([d[name]["score_drift"][g] for _, d in runs]))
+                                              for g in groups}
     out = {"settings": ref, "runs": rows, "summary": summary, "mean_over_runs": per_group}
     print("| run | seed | PTQ AVG | KD AVG | PTQ SER | KD SER | pairs off float PTQ / KD | cos PTQ / KD |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -283,6 +287,9 @@ def aggregate(paths: list[str]) -> dict:
         s = summary["score_drift"]
         print(f"mean |pair score - float score|: PTQ {s['mean_ptq']:.5f}, KD {s['mean_kd']:.5f}; KD lower in "
               f"{s['kd_lower_in']}/{n} runs, sign test p {s['sign_test_p']:.3g}")
+        for name in ("ptq", "kd"):
+            print(f"  {name} per group: " + ", ".join(f"{g} {v:.5f}" for g, v in
+                                                     per_group[name]["score_drift"].items()))
     return out
 
 

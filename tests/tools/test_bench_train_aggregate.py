@@ -97,3 +97,4 @@ def test_aggregate_sign_test_drops_ties_and_reads_score_drift(bench_train, tmp_p
     drift = out["summary"]["score_drift"]
     assert drift["mean_ptq"] == pytest.approx(0.03) and drift["mean_kd"] == pytest.approx(0.02)
     assert drift["kd_lower_in"] == 2 and drift["runs"] == 3
+    assert out["mean_over_runs"]["ptq"]["score_drift"] == pytest.approx({"A": 0.03, "B": 0.03})
