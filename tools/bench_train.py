@@ -28,6 +28,8 @@ import time
 import numpy as np
 import torch
 
+from qfair.utils.io import atomic_write_json
+
 
 def bench_variant(arch: str, variant: str, batch: int, steps: int, warmup: int, bits: int) -> dict:
     from qfair.models import create_model
@@ -202,6 +204,9 @@ def aggregate(paths: list[str]) -> dict:
     for path, d in runs[1:]:
         diff = sorted(k for k in set(ref) | set(d["settings"]) if k != "seed"
                       and ref.get(k) != d["settings"].get(k))
+        lr0, lr = runs[0][1].get("kd_train", {}).get("lr"), d.get("kd_train", {}).get("lr")
+        if lr != lr0:
+            diff.append(f"lr ({lr} vs {lr0})")
         if diff:
             raise SystemExit(f"{path}: settings differ from {runs[0][0]} in {diff}; pool only runs that differ "
                              f"in their seed")
@@ -325,8 +330,7 @@ def main() -> None:
     if args.aggregate:
         res = aggregate(args.aggregate)
         if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                json.dump(res, f, indent=2)
+            atomic_write_json(args.out, res, mkdir=True)
         return
     if args.acceptance:
         res = acceptance(args.acceptance, args.arch, args.bits, args.kd_steps, args.batch, args.bench,
@@ -334,8 +338,7 @@ def main() -> None:
                          args.range_steps, args.fair_kd, args.cache, args.weight_decay,
                          args.schedule)
         if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                json.dump(res, f, indent=2)
+            atomic_write_json(args.out, res, mkdir=True)
         return
     rows = []
     for arch in args.archs:
@@ -349,8 +352,7 @@ def main() -> None:
                   f"x{r['relative_to_float']:.2f} of float", flush=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "bits": args.bits}
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+        atomic_write_json(args.out, {"meta": meta, "results": rows}, mkdir=True)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,20 @@ def test_aggregate_refuses_runs_with_other_settings(bench_train, tmp_path):
     paths = _write(tmp_path, runs)
     with pytest.raises(SystemExit, match=r"s1\.json: settings differ .*\['bits'\]"):
         bench_train.aggregate(paths)
+    runs = [_run(0, (96.6, 5.0), (96.9, 4.5), (1, 1)), _run(1, (96.8, 3.0), (96.7, 3.5), (1, 1))]
+    runs[0]["kd_train"], runs[1]["kd_train"] = {"lr": 0.02}, {"lr": 0.01}  # the KD lr is recorded apart
+    with pytest.raises(SystemExit, match=r"s1\.json: settings differ .*lr \(0\.01 vs 0\.02\)"):
+        bench_train.aggregate(_write(tmp_path, runs))
+
+
+def test_aggregate_writes_its_result_atomically(bench_train, tmp_path, monkeypatch):
+    runs = [_run(s, (96.8, 5.0), (96.9, 4.5), (5, 3)) for s in range(2)]
+    out = tmp_path / "agg" / "pooled.json"
+    monkeypatch.setattr("sys.argv", ["bench_train.py", "--aggregate", *_write(tmp_path, runs), "--out", str(out)])
+    bench_train.main()
+    pooled = json.loads(out.read_text())
+    assert pooled["summary"]["avg"]["runs"] == 2 and pooled["summary"]["avg"]["mean_gap_kd"] == pytest.approx(0.1)
+    assert [p.name for p in out.parent.iterdir()] == ["pooled.json"]  # no temporary file left beside it
 
 
 def test_aggregate_names_a_file_that_is_not_a_result(bench_train, tmp_path):
