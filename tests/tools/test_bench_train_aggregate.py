@@ -26,7 +26,9 @@ def _run(seed: int, ptq: tuple, kd: tuple, disc: tuple[int, int], **settings) ->
 
     base = {"checkpoint": "m.pt", "bits": 6, "bench": "builtin:3000", "seed": seed}
     base.update(settings)
-    groups = lambda n: {"A": {"b": n, "c": 0, "p_holm": 1.0}, "B": {"b": 0, "c": 0, "p_holm": 1.0}}  # noqa: E731
+    def groups(n: int) -> dict:  # McNemar counts: n pairs of group A decided differently from float
+        return {"A": {"b": n, "c": 0, "p_holm": 1.0}, "B": {"b": 0, "c": 0, "p_holm": 1.0}}
+
     return {"settings": base, "float": {"accuracy": {"A": 98.0, "B": 96.0}, "avg": 97.0, "std": 1.0, "ser": 4.0},
             "ptq": model(*ptq), "kd": model(*kd),
             "paired": {"ptq-vs-float": {"groups": groups(disc[0])}, "kd-vs-float": {"groups": groups(disc[1])}}}
