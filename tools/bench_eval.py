@@ -42,7 +42,7 @@ def main() -> None:
 
     dist, same, groups, ids = make_data()
     worse = np.clip(dist + np.random.default_rng(1).normal(0, 0.05, len(dist)), 0, 4)
-    kw = dict(pair_ids=ids, n_bootstrap=args.resamples, seed=0)
+    kw = {"pair_ids": ids, "n_bootstrap": args.resamples, "seed": 0}
     evaluate_arrays(dist, same, groups, **{**kw, "n_bootstrap": 10})  # warm-up
     t_eval, t_cmp = [], []
     for _ in range(args.repeats):

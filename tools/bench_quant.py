@@ -108,7 +108,7 @@ def main() -> None:
     for arch in args.calib_archs:
         model = bn_ready(create_model(arch), imgs[0])
 
-        def float_pass() -> None:
+        def float_pass(model: torch.nn.Module = model) -> None:
             with torch.no_grad():
                 for b in imgs:
                     model(b)

@@ -102,10 +102,13 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     t0 = time.perf_counter()
     teacher = load_model(ckpt, arch).eval()
     vset = open_benchmark(bench)
+    lr = lr if lr is not None else 0.1 * batch / 512  # the reference rule: 0.1 at a total batch of 512
+    range_steps = range_steps if range_steps is not None else max(1, steps // 4)
     out: dict = {"settings": {"checkpoint": ckpt, "seed": seed, "bits": bits, "calib": calib, "kd_data": kd_data,
                               "kd_steps": steps, "batch": batch, "n_train": n_train, "bench": bench,
                               "freeze_bn": freeze_bn, "flip": flip, "fair_kd": fair_kd,
-                              "weight_decay": weight_decay, "schedule": schedule}}
+                              "weight_decay": weight_decay, "schedule": schedule, "lr": lr,
+                              "range_steps": range_steps}}
     cache = cache or tempfile.mkdtemp(prefix="qfair-accept-")  # embeddings keyed by model + benchmark
     embs = {}
 
@@ -132,9 +135,8 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     ptq = quantize(teacher, QuantConfig(bits=bits, seed=seed), _calibration(calib, teacher, seed))
     ev("ptq", ptq)
     source = build_source(kd_data, n_train, batch, seed=seed + 303, model=teacher)
-    lr = lr if lr is not None else 0.1 * batch / 512  # the reference rule: 0.1 at a total batch of 512
     res = kd_finetune(ptq, teacher, source, steps=steps, lr=lr, batch_size=batch, seed=seed,
-                      range_update_steps=range_steps if range_steps is not None else max(1, steps // 4),
+                      range_update_steps=range_steps,
                       log_every=10, freeze_bn=freeze_bn, fair_kd=fair_kd, weight_decay=weight_decay,
                       schedule=schedule)
     ev("kd", ptq)

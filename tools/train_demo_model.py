@@ -110,7 +110,7 @@ def main() -> None:
 
         res = evaluate(m, vset, flip=False)
         record["verification"] = res.to_dict() if hasattr(res, "to_dict") else str(res)
-    except Exception as exc:  # evaluation is a courtesy here; the demo evaluates properly
+    except Exception as exc:  # noqa: BLE001 - evaluation is a courtesy here; the demo evaluates properly
         record["verification_error"] = repr(exc)
     atomic_write_json(Path(args.out).with_suffix(".json"), record)
     print(json.dumps({k: v for k, v in record.items() if k != "verification"}, indent=1))

@@ -114,3 +114,28 @@ def test_aggregate_sign_test_drops_ties_and_reads_score_drift(bench_train, tmp_p
     assert drift["mean_ptq"] == pytest.approx(0.03) and drift["mean_kd"] == pytest.approx(0.02)
     assert drift["kd_lower_in"] == 2 and drift["runs"] == 3
     assert out["mean_over_runs"]["ptq"]["score_drift"] == pytest.approx({"A": 0.03, "B": 0.03})
+
+
+def test_aggregate_refuses_runs_with_other_range_steps(bench_train, tmp_path):
+    runs = [_run(0, (96.6, 5.0), (96.9, 4.5), (1, 1), range_steps=0),
+            _run(1, (96.8, 3.0), (96.7, 3.5), (1, 1), range_steps=200)]
+    with pytest.raises(SystemExit, match=r"s1\.json: settings differ .*\['range_steps'\]"):
+        bench_train.aggregate(_write(tmp_path, runs))
+
+
+def test_acceptance_records_what_it_ran_and_pools(bench_train, tmp_path):
+    """A tiny end-to-end acceptance run (demo model, 2 KD steps) records the resolved lr and range steps."""
+    ckpt = Path(__file__).resolve().parents[2] / "qfair" / "assets" / "demo_mobilefacenet.pt"
+    out = bench_train.acceptance(str(ckpt), "mobilefacenet", bits=6, steps=2, batch=8, bench="builtin:20",
+                                 n_train=32, seed=0, flip=False, cache=str(tmp_path / "cache"))
+    s = out["settings"]
+    assert s["lr"] == pytest.approx(0.1 * 8 / 512) and s["range_steps"] == 1  # the defaults, resolved
+    assert out["kd_train"]["steps"] == 2 and out["kd_train"]["lr"] == s["lr"]
+    assert set(out["ptq"]["score_drift"]) == set(out["float"]["accuracy"])
+    other = json.loads(json.dumps(out))
+    other["settings"]["seed"] = 1
+    pooled = bench_train.aggregate(_write(tmp_path, [out, other]))
+    assert pooled["summary"]["avg"]["runs"] == 2 and pooled["settings"]["range_steps"] == 1
+    other["settings"]["range_steps"] = 0
+    with pytest.raises(SystemExit, match=r"\['range_steps'\]"):
+        bench_train.aggregate(_write(tmp_path, [out, other]))
