@@ -1,7 +1,7 @@
 """``StudyConfig``: the matrix a study runs (typed, validated; YAML keys mirror the dataclass)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 

@@ -7,7 +7,7 @@ stopped. Embeddings are cached on disk, so re-evaluating a finished variant cost
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
