@@ -98,11 +98,12 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     from qfair.train import kd_finetune
     from qfair.train.data import build_source
     from qfair.train.evaluation import summarize
+    from qfair.train.optim import scaled_lr
 
     t0 = time.perf_counter()
     teacher = load_model(ckpt, arch).eval()
     vset = open_benchmark(bench)
-    lr = lr if lr is not None else 0.1 * batch / 512  # the reference rule: 0.1 at a total batch of 512
+    lr = lr if lr is not None else scaled_lr(0.1, batch)  # the reference rule: 0.1 at a total batch of 512
     range_steps = range_steps if range_steps is not None else max(1, steps // 4)
     out: dict = {"settings": {"checkpoint": ckpt, "seed": seed, "bits": bits, "calib": calib, "kd_data": kd_data,
                               "kd_steps": steps, "batch": batch, "n_train": n_train, "bench": bench,
@@ -206,9 +207,10 @@ def aggregate(paths: list[str]) -> dict:
     for path, d in runs[1:]:
         diff = sorted(k for k in set(ref) | set(d["settings"]) if k != "seed"
                       and ref.get(k) != d["settings"].get(k))
-        lr0, lr = runs[0][1].get("kd_train", {}).get("lr"), d.get("kd_train", {}).get("lr")
-        if lr != lr0:
-            diff.append(f"lr ({lr} vs {lr0})")
+        if "lr" not in ref and "lr" not in d["settings"]:  # older runs keep their lr in kd_train only
+            lr0, lr = runs[0][1].get("kd_train", {}).get("lr"), d.get("kd_train", {}).get("lr")
+            if lr != lr0:
+                diff.append(f"lr ({lr} vs {lr0})")
         if diff:
             raise SystemExit(f"{path}: settings differ from {runs[0][0]} in {diff}; pool only runs that differ "
                              f"in their seed")
