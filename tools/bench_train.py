@@ -149,14 +149,16 @@ def acceptance(ckpt: str, arch: str | None, bits: int, steps: int, batch: int, b
     return out
 
 
-def _paired(out: dict, results: dict, n_bootstrap: int = 1000) -> None:
-    """Paired comparisons against the float model (and KD against PTQ): per-group McNemar (Holm) and
-    identity-bootstrap 95 % intervals of the AVG / STD / SER changes."""
+def _paired(out: dict, results: dict, n_bootstrap: int = 1000, null_draws: int = 200) -> None:
+    """Paired comparisons against the float model (and KD against PTQ): per-group McNemar (Holm),
+    identity-bootstrap 95 % intervals of the AVG / STD / SER changes, and for PTQ and KD the group-blind
+    null (qfair.eval.null): the SER etc. that their amount of score change, blind to the group, gives."""
     from qfair.eval import compare_pair
 
-    out["paired"] = {}
+    out["paired"], out["null"] = {}, {}
     for ref, other in (("float", "ptq"), ("float", "kd"), ("ptq", "kd")):
-        c = compare_pair(results[ref], results[other], n_bootstrap=n_bootstrap, seed=0)
+        c = compare_pair(results[ref], results[other], n_bootstrap=n_bootstrap, seed=0,
+                         null_draws=null_draws if ref == "float" else 0)
         d = {k: {"delta": v["delta"], "ci": v.get("delta_ci")} for k, v in c.deltas.items()}
         g = {k: {"b": v["b"], "c": v["c"], "p_holm": v["p_holm"]} for k, v in c.per_group.items()}
         out["paired"][f"{other}-vs-{ref}"] = {"deltas": d, "groups": g}
@@ -164,6 +166,14 @@ def _paired(out: dict, results: dict, n_bootstrap: int = 1000) -> None:
             f"{k.upper()} {v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" for k, v in d.items()
             if k in ("avg", "std", "ser")) + " | McNemar p_holm " +
             ", ".join(f"{k} {v['p_holm']:.3g}" for k, v in g.items()), flush=True)
+        if c.null is not None:  # what group-blind change of this size would do to the float model
+            out["null"][other] = c.null
+            m = c.null["metrics"]
+            print(f"  group-blind null ({c.null['n_draws']} draws): " + ", ".join(
+                f"{k.upper()} {m[k]['observed']:.3f} vs expected {m[k]['expected']:.3f} "
+                f"[{m[k]['interval'][0]:.3f}, {m[k]['interval'][1]:.3f}] p {m[k]['p']:.2g}" for k in m)
+                + " | excess error pp " + ", ".join(
+                f"{gname} {v['excess_error_pp']:+.3f}" for gname, v in c.null["per_group"].items()), flush=True)
 
 
 def _print_acceptance(out: dict, vset) -> None:
@@ -271,6 +281,18 @@ def aggregate(paths: list[str]) -> dict:
         for name in ("ptq", "kd"):
             per_group[name]["score_drift"] = {g: float(np.mean([d[name]["score_drift"][g] for _, d in runs]))
                                               for g in groups}
+    if all(d.get("null", {}).keys() >= {"ptq", "kd"} for _, d in runs):
+        # the SER etc. that each model's amount of score change would give, blind to the group
+        summary["null"] = {}
+        for name in ("ptq", "kd"):
+            nulls = [d["null"][name] for _, d in runs]
+            summary["null"][name] = {
+                k: {"observed": float(np.mean([x["metrics"][k]["observed"] for x in nulls])),
+                    "expected": float(np.mean([x["metrics"][k]["expected"] for x in nulls])),
+                    "excess": float(np.mean([x["metrics"][k]["observed"] - x["metrics"][k]["expected"]
+                                             for x in nulls]))} for k in ("avg", "std", "ser")}
+            summary["null"][name]["excess_error_pp"] = {
+                g: float(np.mean([x["per_group"][g]["excess_error_pp"] for x in nulls])) for g in groups}
     out = {"settings": ref, "runs": rows, "summary": summary, "mean_over_runs": per_group}
     print("| run | seed | PTQ AVG | KD AVG | PTQ SER | KD SER | pairs off float PTQ / KD | cos PTQ / KD |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -299,6 +321,14 @@ def aggregate(paths: list[str]) -> dict:
         for name in ("ptq", "kd"):
             print(f"  {name} per group: " + ", ".join(f"{g} {v:.5f}" for g, v in
                                                      per_group[name]["score_drift"].items()))
+    if "null" in summary:
+        print(f"group-blind null: the SER the float model gets from each model's amount of score change, blind "
+              f"to the group (float SER {f0['ser']:.2f}):")
+        for name in ("ptq", "kd"):
+            s = summary["null"][name]
+            print(f"  {name}: SER observed {s['ser']['observed']:.2f}, expected {s['ser']['expected']:.2f}, excess "
+                  f"{s['ser']['excess']:+.2f}; excess error pp " + ", ".join(
+                      f"{g} {v:+.3f}" for g, v in s["excess_error_pp"].items()))
     return out
 
 

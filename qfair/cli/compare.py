@@ -58,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
     flat = [r for i in range(len(targets)) for r in results[i]]
     if ref_idx is None:  # default: the first float model, else the first target
         ref_idx = next((i for i in range(len(targets)) if not results[i][0].meta.get("quantized")), 0)
-    comparisons = compare(flat, reference=names[ref_idx], exact_below=cfg.exact_below)
+    comparisons = compare(flat, reference=names[ref_idx], exact_below=cfg.exact_below,
+                          null_draws=cfg.null_draws)
     return finish(args, cfg, flat, comparisons, "qfair compare")

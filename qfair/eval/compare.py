@@ -3,8 +3,10 @@ compression make the model more biased, and is that significant?"
 
 Per group: McNemar's test on the k-fold decisions (b = reference right & other wrong, c = the
 reverse), Holm-corrected across groups, and the error delta. Across groups: change in AVG, STD and
-SER with paired bootstrap intervals (the same identity resamples applied to both models), and the
-FMR drift of the other model at the reference model's global threshold.
+SER with paired bootstrap intervals (the same identity resamples applied to both models), the
+FMR drift of the other model at the reference model's global threshold, and the group-blind
+permutation null (:mod:`.null`): the per-group accuracies and AVG / STD / SER that change of the
+same size, blind to the group, would give -- the yardstick for "fairer" or "more biased".
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ..utils.errors import DataError
 from .bootstrap import Resampler, ratio
 from .fairness import summary_arrays
 from .metrics import _codes
+from .null import group_blind_null
 from .rates import rates_at
 from .result import EvalResult
 from .stats import holm, mcnemar, percentile_interval, significance_mark
@@ -34,6 +37,7 @@ class PairedComparison:
     fmr_drift: dict[str, Any]
     bootstrap: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    null: dict[str, Any] | None = None  # group-blind permutation null (qfair.eval.null), None when not drawn
 
     def marks(self) -> dict[str, str]:
         """Group -> significance mark of the Holm-adjusted McNemar p-value ('' if not significant)."""
@@ -42,7 +46,7 @@ class PairedComparison:
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "other": self.other, "benchmark": self.benchmark,
                 "per_group": self.per_group, "deltas": self.deltas, "fmr_drift": self.fmr_drift,
-                "bootstrap": self.bootstrap, "notes": list(self.notes)}
+                "bootstrap": self.bootstrap, "notes": list(self.notes), "null": self.null}
 
 
 def _check_same_pairs(ref: EvalResult, other: EvalResult) -> None:
@@ -57,8 +61,11 @@ def _check_same_pairs(ref: EvalResult, other: EvalResult) -> None:
 
 
 def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None = None, seed: int | None = None,
-                 exact_below: int = 25) -> PairedComparison:
-    """Compare ``other`` to ``ref`` (both from ``evaluate`` on the same benchmark)."""
+                 exact_below: int = 25, null_draws: int = 200) -> PairedComparison:
+    """Compare ``other`` to ``ref`` (both from ``evaluate`` on the same benchmark).
+
+    ``null_draws``: permutations of the group-blind null (0 = skip it); about 15 ms each per 12k pairs.
+    """
     _check_same_pairs(ref, other)
     pr, po = ref.pairs, other.pairs
     assert pr is not None and po is not None
@@ -133,8 +140,9 @@ def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None 
             drift["per_group"][gname]["fmr_delta_ci"] = [float(lo), float(hi)]
     if not np.isfinite(deltas["ser"]["delta"]):
         notes.append("SER change undefined: a model has an infinite or undefined SER (a group without errors)")
+    null = group_blind_null(ref, other, n_draws=null_draws, seed=sd, ddof=ddof) if null_draws > 0 else None
     return PairedComparison(reference=ref.name, other=other.name, benchmark=ref.benchmark, per_group=per_group,
-                            deltas=deltas, fmr_drift=drift, bootstrap=boot, notes=notes)
+                            deltas=deltas, fmr_drift=drift, bootstrap=boot, notes=notes, null=null)
 
 
 def _pick_reference(results: Sequence[EvalResult], reference: EvalResult | str | int | None) -> EvalResult:

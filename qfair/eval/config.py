@@ -24,6 +24,9 @@ class EvalConfig:
     seed: int = cfg_field(0, help="bootstrap seed")
     exact_below: int = cfg_field(25, help="McNemar uses the exact binomial test when b + c is below this",
                                  range=(0, None))
+    null_draws: int = cfg_field(200, help="permutations of the group-blind null in comparisons: what change "
+                                "of the same size, blind to the group, does to each group and to STD/SER "
+                                "(0 = skip)", range=(0, 100000))
     cache: bool = cfg_field(True, help="cache embeddings on disk ($QFAIR_CACHE or ~/.cache/qfair)")
     figures: bool = cfg_field(True, help="write PNG figures (needs matplotlib)")
 

@@ -76,8 +76,22 @@ def build_tables(results: Sequence[Any], comparisons: Sequence[Any] = ()) -> lis
                 "marks": comps[r.name].marks() if r.name in comps else {},
             })
         notes = [f"{r.name}: {n}" for r in rs for n in r.notes]
+        notes += [null_note(c) for c in comps.values() if getattr(c, "null", None)]
         tables.append(Table(bench, groups, rows, reference, notes))
     return tables
+
+
+def null_note(c: Any) -> str:
+    """One line on a comparison's group-blind null: the SER that change of its size gives, blind to the
+    group, and the groups that lost significantly more (Holm p < 0.05) than that."""
+    n = c.null
+    ser = n["metrics"]["ser"]
+    beyond = [f"{g} {v['excess_error_pp']:+.2f} pp (Holm p {v['p_holm']:.2g})" for g, v in n["per_group"].items()
+              if v.get("p_holm", 1.0) < 0.05]
+    lo, hi = ser["interval"]
+    return (f"{c.other} vs {c.reference}: SER {fmt(ser['observed'])}; group-blind change of the same size gives "
+            f"{fmt(ser['expected'])} [{fmt(lo)}, {fmt(hi)}] (p {ser['p']:.2g}); groups beyond it: "
+            f"{', '.join(beyond) if beyond else 'none'}")
 
 
 def to_markdown(t: Table) -> str:

@@ -59,7 +59,28 @@ def _comparison_section(c: Any) -> list[str]:
     out += ["", "Changes (other - reference) with paired bootstrap 95% intervals: " + ", ".join(
         f"{k.upper()} {fmt(v['delta'])}{_ci(v.get('delta_ci'))}" for k, v in d.items()) + "."]
     out += [f"- {n}" for n in c.notes]
+    if getattr(c, "null", None):
+        out += [""] + _null_section(c)
     return out + [""]
+
+
+def _null_section(c: Any) -> list[str]:
+    """The group-blind null of a comparison: is a group's loss, or the STD / SER change, more than
+    change of the same size, blind to the group, would give?"""
+    n = c.null
+    out = [f"Group-blind null ({n['n_draws']} permutations of the per-pair score changes, mean |change| "
+           f"{n['mean_abs_score_change']:.4f}): what {c.reference} would score if each pair had changed by as "
+           f"much as in {c.other}, whatever its group.", "",
+           "| | reference | observed | expected under the null | 95% of draws | p | excess error (pp) |",
+           "|:---|---:|---:|---:|---:|---:|---:|"]
+    for g, v in n["per_group"].items():
+        p = f"{v['p']:.2g}" + (f" (Holm {v['p_holm']:.2g})" if "p_holm" in v else "")
+        out.append(f"| {g} | {fmt(v['reference'])} | {fmt(v['observed'])} | {fmt(v['expected'])} | "
+                   f"{_ci(v['interval']).strip()} | {p} | {fmt(v['excess_error_pp'])} |")
+    for k, v in n["metrics"].items():
+        out.append(f"| {k.upper()} | {fmt(v['reference'])} | {fmt(v['observed'])} | {fmt(v['expected'])} | "
+                   f"{_ci(v['interval']).strip()} | {v['p']:.2g} | |")
+    return out
 
 
 def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Sequence[Any] = (), *,

@@ -95,6 +95,8 @@ class EvalSpec:
     flip: bool = cfg_field(True, help="flip test-time augmentation")
     batch_size: int = cfg_field(64, range=(1, None))
     n_bootstrap: int = cfg_field(1000, help="identity-bootstrap resamples", range=(0, None))
+    null_draws: int = cfg_field(200, help="group-blind null permutations per comparison (0 = skip)",
+                                range=(0, None))
     mode: str = cfg_field("exact", choices=["exact", "grid"])
     target_fmr: float = cfg_field(1e-3, range=(0.0, 1.0))
 
@@ -157,6 +159,6 @@ def demo_config(out: str = "runs/demo", quick: bool = False, model: str | None =
     if quick:  # used by the tests: the same pipeline on a handful of images
         cfg = replace(cfg, bench=("builtin:tiny",), calib_size=8, calib_batch_size=8,
                       calibration=tuple(replace(c, size=None) for c in cfg.calibration),
-                      eval=replace(cfg.eval, n_bootstrap=50),
+                      eval=replace(cfg.eval, n_bootstrap=50, null_draws=20),
                       finetune=replace(cfg.finetune, steps=3, images=16, batch_size=8))
     return cfg

@@ -178,7 +178,7 @@ def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None) -> Stu
     for m in cfg.models:
         mine = [r for r in results if r.meta.get("model") == m.name]
         comparisons += compare(mine, reference=f"{m.name}-fp32", seed=cfg.seed,
-                               n_bootstrap=cfg.eval.n_bootstrap)
+                               n_bootstrap=cfg.eval.n_bootstrap, null_draws=cfg.eval.null_draws)
     notes_title = f"qfair study: {cfg.name}"
     files = write_report(st.root.path, results, comparisons, title=notes_title)
     if cfg.synthetic_benchmark:

@@ -136,6 +136,14 @@ def test_acceptance_records_what_it_ran_and_pools(bench_train, tmp_path):
     other["settings"]["seed"] = 1
     pooled = bench_train.aggregate(_write(tmp_path, [out, other]))
     assert pooled["summary"]["avg"]["runs"] == 2 and pooled["settings"]["range_steps"] == 1
+    # the group-blind null of PTQ and KD against float, recorded per run and pooled
+    for name in ("ptq", "kd"):
+        n = out["null"][name]
+        assert n["n_draws"] == 200 and n["metrics"]["avg"]["observed"] == pytest.approx(out[name]["avg"])
+        pooled_null = pooled["summary"]["null"][name]
+        assert pooled_null["avg"]["excess"] == pytest.approx(n["metrics"]["avg"]["observed"]
+                                                             - n["metrics"]["avg"]["expected"])
+        assert set(pooled_null["excess_error_pp"]) == set(out["float"]["accuracy"])
     other["settings"]["range_steps"] = 0
     with pytest.raises(SystemExit, match=r"\['range_steps'\]"):
         bench_train.aggregate(_write(tmp_path, [out, other]))
