@@ -8,12 +8,20 @@ fall. A compressed model whose SER dropped is not necessarily fairer, and a fine
 SER did not come back is not necessarily less faithful. This module gives the yardstick.
 
 Null hypothesis: the change from ``ref`` to ``other`` in each pair's distance does not depend on
-the pair's group. Under it the observed changes are exchangeable across groups, so each draw
-shuffles them among all pairs (separately for genuine and impostor pairs, whose changes differ),
-adds them to the reference distances and re-runs the per-group k-fold protocol with the
-reference's folds and threshold search. The draws give the per-group accuracies and AVG / STD /
-SER expected from change of that size alone, with a 95% interval and a two-sided permutation
-p-value for the observed values (Holm-corrected across groups).
+the pair's group. A compressed model changes distances systematically (genuine and impostor pairs
+apart, and as a function of the distance itself: a uniform compression of the score range moves
+every pair but costs no accuracy; so does a shift of one group's distances, absorbed by the group's
+own k-fold thresholds), plus a pair-specific residual. The systematic part (a cubic in the reference
+distance per pair kind, common to all groups, plus one shift per group) is fitted by least squares
+and kept; the residuals are exchangeable across groups under the null, so each draw shuffles them
+among pairs of the same kind and a similar reference distance (deciles), whatever their group, adds
+trend and shuffled residuals to the reference distances and re-runs the per-group k-fold protocol
+with the reference's folds and threshold search. Shuffling the raw changes instead would turn the accuracy-neutral trend into
+noise and make every group look better than its null (demo MobileFaceNet W6A6, real calibration,
+seed 0: the observed AVG lies 0.36 points above the null mean with raw changes shuffled, 0.21 with
+the trend kept but not the group shifts, 0.01 with both kept). The draws give the per-group accuracies and AVG / STD / SER
+expected from group-blind change of that size alone, with a 95% interval and a two-sided
+permutation p-value for the observed values (Holm-corrected across groups).
 
 Pure numpy; the result is plain JSON-able data.
 """
@@ -43,6 +51,29 @@ def _group_accuracies(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray, m
     return out
 
 
+def _trend_and_blocks(base: np.ndarray, change: np.ndarray, issame: np.ndarray, codes: np.ndarray,
+                      n_groups: int, n_bins: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The accuracy-neutral part of the change (P,), by least squares over all pairs: a cubic in the
+    reference distance per pair kind (common to all groups) plus one shift per group (absorbed by the
+    group's own thresholds); and the exchange blocks: pair kind x quantile bin of the reference distance."""
+    cols, blocks = [], []
+    for kind in (True, False):
+        m = issame == kind
+        if not m.any():
+            continue
+        b = base[m]
+        x = (base - b.mean()) / (b.std() or 1.0)  # centred and scaled: a well-conditioned fit
+        cols += [m * x ** p for p in range(min(3, len(np.unique(b)) - 1) + 1)]
+        idx = np.flatnonzero(m)
+        edges = np.quantile(b, np.linspace(0, 1, n_bins + 1)[1:-1])
+        bins = np.searchsorted(edges, b, side="right")
+        blocks += [idx[bins == i] for i in np.unique(bins)]
+    cols += [(codes == g).astype(np.float64) for g in range(1, n_groups)]
+    X = np.stack(cols, axis=1)  # (P, up to 8 + G - 1)
+    coef, *_ = np.linalg.lstsq(X, change, rcond=None)
+    return X @ coef, blocks
+
+
 def _p_two_sided(draws: np.ndarray, observed: float) -> float:
     """Permutation p-value of ``observed`` against ``draws`` (finite draws only), centred on their mean."""
     d = draws[np.isfinite(draws)]
@@ -54,7 +85,7 @@ def _p_two_sided(draws: np.ndarray, observed: float) -> float:
 
 
 def group_blind_null(ref: EvalResult, other: EvalResult, *, n_draws: int = 200, seed: int = 0,
-                     ddof: int | None = None) -> dict[str, Any]:
+                     ddof: int | None = None, n_bins: int = 10) -> dict[str, Any]:
     """Compare ``other``'s per-group accuracies and AVG / STD / SER with what group-blind change of the
     same size would give ``ref``. Both results must come from ``evaluate`` on the same pairs.
 
@@ -82,15 +113,16 @@ def group_blind_null(ref: EvalResult, other: EvalResult, *, n_draws: int = 200, 
     folds = np.asarray(pr.folds)
     base = np.asarray(pr.dist, dtype=np.float64)
     change = np.asarray(po.dist, dtype=np.float64) - base  # (P,) per-pair change in squared distance
-    strata = [np.flatnonzero(issame), np.flatnonzero(~issame)]
+    trend, blocks = _trend_and_blocks(base, change, issame, codes, len(order), n_bins)
+    resid = change - trend
     rng = np.random.default_rng(seed)
 
     draws = np.empty((n_draws, len(order)))  # (K, G) accuracies under the null
     for k in range(n_draws):
-        shuffled = np.empty_like(change)
-        for idx in strata:  # exchange changes among pairs of the same kind, across groups
-            shuffled[idx] = change[idx[rng.permutation(idx.size)]]
-        dist = np.clip(base + shuffled, 0.0, 4.0)  # squared distances of unit vectors lie in [0, 4]
+        shuffled = np.empty_like(resid)
+        for idx in blocks:  # exchange residuals among pairs of one kind and similar distance, across groups
+            shuffled[idx] = resid[idx[rng.permutation(idx.size)]]
+        dist = np.clip(base + trend + shuffled, 0.0, 4.0)  # squared distances of unit vectors lie in [0, 4]
         draws[k] = _group_accuracies(dist, issame, folds, masks, mode)
 
     acc_ref = np.array([ref.per_group[g]["accuracy"] for g in order])
@@ -120,6 +152,8 @@ def group_blind_null(ref: EvalResult, other: EvalResult, *, n_draws: int = 200, 
         if fin.size < d.size:
             entry["non_finite_draws"] = int(d.size - fin.size)
         metrics[key] = entry
-    return {"n_draws": int(n_draws), "seed": int(seed), "stratified_by": "genuine / impostor",
+    return {"n_draws": int(n_draws), "seed": int(seed), "n_bins": int(n_bins),
+            "exchanged": "residuals of a cubic trend in the reference distance per pair kind plus a shift per "
+                         "group, among pairs of one kind (genuine / impostor) and distance decile",
             "mean_abs_score_change": float(np.mean(np.abs(po.score - pr.score))),
             "per_group": per_group, "metrics": metrics}

@@ -47,6 +47,22 @@ def test_a_constant_change_per_pair_kind_is_left_unchanged_by_every_permutation(
         assert n["metrics"][k]["expected"] == pytest.approx(n["metrics"][k]["observed"], abs=1e-9)
 
 
+def test_accuracy_neutral_changes_are_kept_by_the_null():
+    # a monotone change of every distance (a compressed score range) and a shift of one group's distances
+    # cost no accuracy under per-group k-fold thresholds; the null keeps both (the trend and the group
+    # shift), so it must not turn them into noise
+    base = make_pairs()
+    dist, _, groups, _ = base
+    changed = 0.9 * dist + 0.03 * dist ** 2 + 0.15 * (groups == "Asian")
+    ref, oth = _eval(dist, base=base), _eval(changed, "monotone", base)
+    for g in GROUPS:
+        assert oth.per_group[g]["accuracy"] == ref.per_group[g]["accuracy"]
+    n = group_blind_null(ref, oth, n_draws=25)
+    for g in GROUPS:
+        assert n["per_group"][g]["expected"] == pytest.approx(ref.per_group[g]["accuracy"], abs=1e-9)
+        assert n["per_group"][g]["p"] == 1.0
+
+
 def test_damage_confined_to_one_group_is_flagged_and_the_others_look_better_than_the_null():
     base = make_pairs(per_group=1200, n_ids=120)
     dist, same, groups, _ = base
