@@ -68,7 +68,7 @@ def _null_section(c: Any) -> list[str]:
     """The group-blind null of a comparison: is a group's loss, or the STD / SER change, more than
     change of the same size, blind to the group, would give?"""
     n = c.null
-    out = [f"Group-blind null ({n['n_draws']} permutations of the per-pair score changes, mean |change| "
+    out = [f"Group-blind null ({n['n_draws']} permutations of the residual per-pair changes, mean |score change| "
            f"{n['mean_abs_score_change']:.4f}): what {c.reference} would score if each pair had changed by as "
            f"much as in {c.other}, whatever its group.", "",
            "| | reference | observed | expected under the null | 95% of draws | p | excess error (pp) |",
