@@ -293,6 +293,13 @@ def aggregate(paths: list[str]) -> dict:
                                              for x in nulls]))} for k in ("avg", "std", "ser")}
             summary["null"][name]["excess_error_pp"] = {
                 g: float(np.mean([x["per_group"][g]["excess_error_pp"] for x in nulls])) for g in groups}
+        # what KD's smaller (or larger) change alone predicts: |expected - float| PTQ minus KD, per run
+        # (> 0: KD expected closer to float); compare with the observed reduction in summary[metric]
+        for k in ("avg", "std", "ser"):
+            e = np.array([abs(d["null"]["ptq"]["metrics"][k]["expected"] - d["float"][k])
+                          - abs(d["null"]["kd"]["metrics"][k]["expected"] - d["float"][k]) for _, d in runs])
+            summary["null"][f"{k}_expected_reduction"] = {
+                "mean": float(e.mean()), "se": float(e.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")}
     out = {"settings": ref, "runs": rows, "summary": summary, "mean_over_runs": per_group}
     print("| run | seed | PTQ AVG | KD AVG | PTQ SER | KD SER | pairs off float PTQ / KD | cos PTQ / KD |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -329,6 +336,9 @@ def aggregate(paths: list[str]) -> dict:
             print(f"  {name}: SER observed {s['ser']['observed']:.2f}, expected {s['ser']['expected']:.2f}, excess "
                   f"{s['ser']['excess']:+.2f}; excess error pp " + ", ".join(
                       f"{g} {v:+.3f}" for g, v in s["excess_error_pp"].items()))
+        s = summary["null"]["ser_expected_reduction"]
+        print(f"  |SER - float| reduction expected from the amounts of change alone (KD vs PTQ): "
+              f"{s['mean']:+.3f} +- {s['se']:.3f} (SE); observed {summary['ser']['mean_reduction']:+.3f}")
     return out
 
 

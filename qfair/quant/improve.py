@@ -6,10 +6,17 @@ are handled for free.
 
 - ``bias_correction``: empirical bias correction (Nagel et al. 2019, "Data-Free Quantization"): every
   quantized conv / linear gets bias += E[y_float] - E[y_quant] per output channel, measured on the
-  calibration images (all layers at once, one float and one quantized pass).
+  calibration images layer by layer in execution order, each with the layers before it already
+  corrected. (Measured all at once, each layer would also remove the upstream shift that the upstream
+  corrections already removed: on the demo MobileFaceNet at W6A6 that took the cosine to the float
+  model from 0.984 to 0.758.) Cost: one float pass plus one partial quantized pass per layer.
 - ``bn_reestimate``: BatchNorm re-estimation: the running statistics of every BatchNorm left in the
-  model are re-computed under quantization (cumulative average over the calibration images), so they
-  match the shifted activations the quantized network produces.
+  model are moved by the shift and rescaling that quantization causes at its input, measured on the
+  calibration images (quantized vs float input, per channel, over all images at once), BatchNorm by
+  BatchNorm in execution order. Only the quantization-induced change is transferred: statistics
+  recomputed from scratch on a few hundred calibration images would also import how those images
+  differ from the training set (demo MobileFaceNet, float, 256 images: cosine to itself 0.977 from
+  recomputed statistics, 0.927 when each batch held 4 identities, as identity-ordered data does).
 - ``adaround``: learned rounding (Nagel et al. 2020, "Up or Down?"), layer by layer;
 - ``brecq``: learned rounding and activation step sizes, residual block by residual block (Li et al.
   2021), against the float model's block outputs; see ``reconstruction.py`` (both use it).
@@ -21,77 +28,126 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..utils.errors import QuantError
 from ..utils.progress import track
 from ..utils.registry import Registry
 from .config import QuantConfig
 from .layers import weight_layers
-from .ptq import run_batches, set_quantizers
+from .ptq import as_images, set_quantizers
 
 PTQ_IMPROVEMENTS: Registry[Callable[[nn.Module, list, QuantConfig], None]] = Registry("PTQ improvement")
 
 
-def _channel_means(model: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor]
-                   ) -> dict[str, torch.Tensor]:
-    """Mean output per output channel of each layer over the batches: name -> (Cout,)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+class _Reached(Exception):
+    """Raised by a hook to stop a forward pass once the layer of interest has been reached."""
+
+
+class _Moments:
+    """Per-channel sum and sum of squares (float64) of a tensor stream; channels on dim 1."""
+
+    def __init__(self) -> None:
+        self.s1: torch.Tensor | int = 0
+        self.s2: torch.Tensor | int = 0
+        self.n = 0
+
+    def add(self, t: torch.Tensor) -> None:
+        t = t.detach().double()
+        dims = [d for d in range(t.dim()) if d != 1]
+        self.s1 = self.s1 + t.sum(dim=dims)
+        self.s2 = self.s2 + (t * t).sum(dim=dims)
+        self.n += t.numel() // t.shape[1]
+
+    def mean(self) -> torch.Tensor:  # (C,)
+        return self.s1 / self.n  # type: ignore[operator]
+
+    def var(self) -> torch.Tensor:  # (C,) population variance over every image and position
+        return (self.s2 / self.n - self.mean() ** 2).clamp_min(0.0)  # type: ignore[operator]
+
+
+def _moments(model: nn.Module, modules: dict[str, nn.Module], batches: list[torch.Tensor], *, inputs: bool,
+             stop_after: str | None = None) -> dict[str, _Moments]:
+    """Per-channel moments of each module's output (or first input) over the batches. ``stop_after``
+    names one module at which every pass stops (the layers after it do not run)."""
+    stats = {n: _Moments() for n in modules}
 
     def make_hook(name: str):
-        def hook(m, args, out):
-            dims = [d for d in range(out.dim()) if d != 1]
-            sums[name] = sums.get(name, 0) + out.detach().double().sum(dim=dims)
-            counts[name] = counts.get(name, 0) + out.numel() // out.shape[1]
+        def hook(m, args, out=None):
+            stats[name].add(args[0] if inputs else out)
+            if name == stop_after:
+                raise _Reached
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
+    handles = [m.register_forward_pre_hook(make_hook(n)) if inputs else m.register_forward_hook(make_hook(n))
+               for n, m in modules.items()]
+    was, dev = model.training, next(model.parameters()).device
     try:
-        run_batches(model, batches)
+        model.eval()
+        for b in batches:
+            try:
+                model(as_images(b).to(dev))
+            except _Reached:
+                pass
     finally:
         for h in handles:
             h.remove()
-    return {n: (sums[n] / counts[n]).float() for n in sums}
+        model.train(was)
+    for n, st in stats.items():
+        if not st.n:
+            raise QuantError(f"layer '{n}' did not run on the calibration batches; it cannot be corrected "
+                             f"(is it used by the model's forward?)")
+    return stats
+
+
+def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[torch.Tensor], *, inputs: bool,
+                what: str, correct: Callable[[str, nn.Module, _Moments, _Moments], None]) -> None:
+    """Measure every module on the float model (quantizers off), then correct the modules one by one in
+    execution order, each from a quantized pass that stops at it, so every correction sees the ones
+    before it. ``correct(name, module, float_moments, quantized_moments)`` edits the module in place."""
+    order: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n) if n not in order else None)
+             for n, m in modules.items()]
+    try:
+        set_quantizers(qmodel, False)
+        ref = _moments(qmodel, modules, batches, inputs=inputs)  # before anything is changed
+    finally:
+        for h in hooks:
+            h.remove()
+        set_quantizers(qmodel, True)
+    for name in track(order, what):
+        got = _moments(qmodel, {name: modules[name]}, batches, inputs=inputs, stop_after=name)[name]
+        correct(name, modules[name], ref[name], got)
 
 
 @PTQ_IMPROVEMENTS.register("bias_correction")
 @torch.no_grad()
-def bias_correction(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig) -> None:
-    layers = dict(weight_layers(qmodel))
-    set_quantizers(qmodel, False)
-    ref = _channel_means(qmodel, layers, batches)
-    set_quantizers(qmodel, True)
-    got = _channel_means(qmodel, layers, batches)
-    for name, m in layers.items():
-        if name not in ref:
-            continue
-        delta = (ref[name] - got[name]).to(m.weight.device, m.weight.dtype)
+def bias_correction(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig | None) -> None:
+    def correct(name: str, m: nn.Module, f: _Moments, q: _Moments) -> None:
+        delta = (f.mean() - q.mean()).to(m.weight.device, m.weight.dtype)  # (Cout,)
         if m.bias is None:
             m.bias = nn.Parameter(torch.zeros_like(delta), requires_grad=m.weight.requires_grad)
         m.bias.add_(delta)
 
+    _sequential(qmodel, dict(weight_layers(qmodel)), batches, inputs=False, what="bias correction", correct=correct)
+
 
 @PTQ_IMPROVEMENTS.register("bn_reestimate", aliases=("bn_recalibration",))
 @torch.no_grad()
-def bn_reestimate(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig) -> None:
-    bns = [m for m in qmodel.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+def bn_reestimate(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig | None) -> None:
+    bns = {n: m for n, m in qmodel.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_var is not None}
     if not bns:
         return
-    saved = [(m, m.momentum) for m in bns]
-    was = qmodel.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over all batches
-    try:
-        qmodel.eval()
-        for m in bns:
-            m.train()
-        dev = next(qmodel.parameters()).device
-        for x in track(batches, "re-estimating BatchNorm"):
-            if x.shape[0] > 1:  # BatchNorm cannot take statistics of a single image
-                qmodel(x.to(dev))
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        qmodel.train(was)
+
+    def correct(name: str, m: nn.Module, f: _Moments, q: _Moments) -> None:
+        # running stats (mu, s) -> (mu', s') with (x_q - mu') / s' matching the mean and spread that
+        # (x_f - mu) / s has on the calibration images: s' = s r, mu' = m_q - (m_f - mu) r, r = sd_q / sd_f
+        s = (m.running_var.double() + m.eps).sqrt()
+        r = torch.where(f.var() > 0, (q.var() / f.var().clamp_min(1e-300)).sqrt(), torch.ones_like(s))
+        mu = q.mean() - (f.mean() - m.running_mean.double()) * r
+        m.running_mean.copy_(mu.to(m.running_mean.dtype))
+        m.running_var.copy_(((s * r) ** 2 - m.eps).clamp_min(0.0).to(m.running_var.dtype))
+
+    _sequential(qmodel, bns, batches, inputs=True, what="re-estimating BatchNorm", correct=correct)
 
 
 @PTQ_IMPROVEMENTS.register("adaround")

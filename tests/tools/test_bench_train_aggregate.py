@@ -147,3 +147,25 @@ def test_acceptance_records_what_it_ran_and_pools(bench_train, tmp_path):
     other["settings"]["range_steps"] = 0
     with pytest.raises(SystemExit, match=r"\['range_steps'\]"):
         bench_train.aggregate(_write(tmp_path, [out, other]))
+
+
+def _null(run: dict, name: str, ser_expected: float) -> dict:
+    """A recorded group-blind null for ``run[name]`` whose expected SER is ``ser_expected``."""
+    m = run[name]
+    metrics = {k: {"observed": m[k], "expected": m[k] if k != "ser" else ser_expected} for k in ("avg", "std", "ser")}
+    return {"metrics": metrics, "per_group": {g: {"excess_error_pp": 0.0} for g in m["accuracy"]}}
+
+
+def test_aggregate_pools_the_reduction_the_null_expects(bench_train, tmp_path, capsys):
+    # float SER 4. Expected SER under the null, PTQ / KD: 3.5 / 3.8, 3.9 / 3.6, 3.0 / 3.5
+    # -> |expected - float| PTQ 0.5, 0.1, 1.0; KD 0.2, 0.4, 0.5 -> reductions 0.3, -0.3, 0.5
+    runs = [_run(s, (96.8, 5.0), (96.9, 4.5), (5, 3)) for s in range(3)]
+    for r, (p, k) in zip(runs, [(3.5, 3.8), (3.9, 3.6), (3.0, 3.5)]):
+        r["null"] = {"ptq": _null(r, "ptq", p), "kd": _null(r, "kd", k)}
+    out = bench_train.aggregate(_write(tmp_path, runs))
+    e = out["summary"]["null"]["ser_expected_reduction"]
+    assert e["mean"] == pytest.approx(0.5 / 3)
+    # deviations from 1/6: 2/15, -7/15, 1/3 -> sample variance (4 + 49 + 25) / 225 / 2
+    assert e["se"] == pytest.approx((78 / 225 / 2) ** 0.5 / 3 ** 0.5)
+    assert out["summary"]["null"]["avg_expected_reduction"]["mean"] == pytest.approx(0.1)  # |96.8-97| - |96.9-97|
+    assert "expected from the amounts of change alone (KD vs PTQ): +0.167" in capsys.readouterr().out
