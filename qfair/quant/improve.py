@@ -66,8 +66,8 @@ class _Moments:
 
 def _moments(model: nn.Module, modules: dict[str, nn.Module], batches: list[torch.Tensor], *, inputs: bool,
              stop_after: str | None = None) -> dict[str, _Moments]:
-    """Per-channel moments of each module's output (or first input) over the batches. ``stop_after``
-    names one module at which every pass stops (the layers after it do not run)."""
+    """Per-channel moments of each module's output (or first input) over the batches (``n`` 0 for a
+    module that never ran). ``stop_after`` names one module at which every pass stops."""
     stats = {n: _Moments() for n in modules}
 
     def make_hook(name: str):
@@ -91,10 +91,6 @@ def _moments(model: nn.Module, modules: dict[str, nn.Module], batches: list[torc
         for h in handles:
             h.remove()
         model.train(was)
-    for n, st in stats.items():
-        if not st.n:
-            raise QuantError(f"layer '{n}' did not run on the calibration batches; it cannot be corrected "
-                             f"(is it used by the model's forward?)")
     return stats
 
 
@@ -113,8 +109,11 @@ def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[
         for h in hooks:
             h.remove()
         set_quantizers(qmodel, True)
-    for name in track(order, what):
+    for name in track(order, what):  # modules the forward never runs are left as they are
         got = _moments(qmodel, {name: modules[name]}, batches, inputs=inputs, stop_after=name)[name]
+        if not got.n:
+            raise QuantError(f"{what}: layer '{name}' ran in the float pass but not in the quantized one; "
+                             f"the model's forward must not depend on whether it is quantized")
         correct(name, modules[name], ref[name], got)
 
 

@@ -191,3 +191,27 @@ def test_unreached_quantizer_is_named():
 
     with pytest.raises(QuantError, match="'unused'"):
         quantize(Branchy(), QuantConfig(recipe="deploy"), [torch.zeros(1, 3, 4, 4)])
+
+
+def test_corrections_leave_layers_the_forward_never_runs():
+    class WithSpare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.spare = nn.Conv2d(4, 4, 1)  # defined, never called
+            self.spare_bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    g = torch.Generator().manual_seed(0)
+    model = WithSpare().eval()
+    x = [torch.randn(4, 3, 9, 9, generator=g) for _ in range(2)]
+    cfg = QuantConfig(bits=3, recipe="quantface")
+    q = quantize(model, cfg, x)
+    spare_b, spare_mean = q.spare.bias.clone(), q.spare_bn.running_mean.clone()
+    bias_correction(q, x, cfg)
+    bn_reestimate(q, x, cfg)
+    assert torch.equal(q.spare.bias, spare_b) and torch.equal(q.spare_bn.running_mean, spare_mean)
+    assert not torch.equal(q.conv.bias, model.conv.bias)  # the layer that runs was corrected
