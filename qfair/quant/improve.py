@@ -38,10 +38,6 @@ from .ptq import as_images, set_quantizers
 PTQ_IMPROVEMENTS: Registry[Callable[[nn.Module, list, QuantConfig], None]] = Registry("PTQ improvement")
 
 
-class _Reached(Exception):
-    """Raised by a hook to stop a forward pass once the layer of interest has been reached."""
-
-
 class _Moments:
     """Per-channel sum and sum of squares (float64) of a tensor stream; channels on dim 1."""
 
@@ -68,13 +64,15 @@ def _moments(model: nn.Module, modules: dict[str, nn.Module], batches: list[torc
              stop_after: str | None = None) -> dict[str, _Moments]:
     """Per-channel moments of each module's output (or first input) over the batches (``n`` 0 for a
     module that never ran). ``stop_after`` names one module at which every pass stops."""
+    from .reconstruction import _Stop  # lazy, as brecq below: keeps `import qfair.quant` cheap
+
     stats = {n: _Moments() for n in modules}
 
     def make_hook(name: str):
         def hook(m, args, out=None):
             stats[name].add(args[0] if inputs else out)
             if name == stop_after:
-                raise _Reached
+                raise _Stop
         return hook
 
     handles = [m.register_forward_pre_hook(make_hook(n)) if inputs else m.register_forward_hook(make_hook(n))
@@ -85,7 +83,7 @@ def _moments(model: nn.Module, modules: dict[str, nn.Module], batches: list[torc
         for b in batches:
             try:
                 model(as_images(b).to(dev))
-            except _Reached:
+            except _Stop:
                 pass
     finally:
         for h in handles:
@@ -99,17 +97,22 @@ def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[
     """Measure every module on the float model (quantizers off), then correct the modules one by one in
     execution order, each from a quantized pass that stops at it, so every correction sees the ones
     before it. ``correct(name, module, float_moments, quantized_moments)`` edits the module in place."""
-    order: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n) if n not in order else None)
-             for n, m in modules.items()]
+    from .reconstruction import _forward_order
+
+    was = qmodel.training
+    try:
+        qmodel.eval()
+        # modules called exactly once per forward, in call order; the others (never run, or shared and
+        # called several times) are left as they are
+        order, _ = _forward_order(qmodel, modules, as_images(batches[0]).to(next(qmodel.parameters()).device))
+    finally:
+        qmodel.train(was)
     try:
         set_quantizers(qmodel, False)
-        ref = _moments(qmodel, modules, batches, inputs=inputs)  # before anything is changed
+        ref = _moments(qmodel, {n: modules[n] for n in order}, batches, inputs=inputs)  # before any change
     finally:
-        for h in hooks:
-            h.remove()
         set_quantizers(qmodel, True)
-    for name in track(order, what):  # modules the forward never runs are left as they are
+    for name in track(order, what):
         got = _moments(qmodel, {name: modules[name]}, batches, inputs=inputs, stop_after=name)[name]
         if not got.n:
             raise QuantError(f"{what}: layer '{name}' ran in the float pass but not in the quantized one; "
