@@ -9,7 +9,9 @@ are handled for free.
   calibration images layer by layer in execution order, each with the layers before it already
   corrected. (Measured all at once, each layer would also remove the upstream shift that the upstream
   corrections already removed: on the demo MobileFaceNet at W6A6 that took the cosine to the float
-  model from 0.984 to 0.758.) Cost: one float pass plus one partial quantized pass per layer.
+  model from 0.984 to 0.758.) Cost: one float pass, then one quantized pass over all calibration
+  images as one batch, each layer corrected in a hook as the pass reaches it; where that batch would
+  not fit ``ONE_PASS_BYTES``, one partial quantized pass per layer instead (same result).
 - ``bn_reestimate``: BatchNorm re-estimation: the running statistics of every BatchNorm left in the
   model are moved by the shift and rescaling that quantization causes at its input, measured on the
   calibration images (quantized vs float input, per channel, over all images at once), BatchNorm by
@@ -92,32 +94,131 @@ def _moments(model: nn.Module, modules: dict[str, nn.Module], batches: list[torc
     return stats
 
 
+# The corrections run as one forward pass over every calibration image at once when the largest
+# activation of that pass, times this margin for the tensors alive beside it, fits in ONE_PASS_BYTES
+# (None: a quarter of the device's free memory, at most 8 GiB); otherwise as one partial pass per
+# corrected module (same result, cost quadratic in depth).
+ONE_PASS_BYTES: int | None = None
+_MARGIN = 4
+
+
+def _one_pass_budget(dev: torch.device) -> int:
+    if ONE_PASS_BYTES is not None:
+        return ONE_PASS_BYTES
+    try:
+        if dev.type == "cuda":
+            free = torch.cuda.mem_get_info(dev)[0]
+        else:
+            import os
+
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError, RuntimeError):  # no sysconf (Windows), other devices
+        free = 4 << 30
+    return min(free // 4, 8 << 30)
+
+
+def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes per image of the largest tensor any module of ``model`` returns on the batch ``x``."""
+    peak = [0]
+
+    def hook(m, args, out):
+        if isinstance(out, torch.Tensor) and out.dim() and out.shape[0]:
+            peak[0] = max(peak[0], out.numel() // out.shape[0] * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return peak[0]
+
+
 def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[torch.Tensor], *, inputs: bool,
                 what: str, correct: Callable[[str, nn.Module, _Moments, _Moments], None]) -> None:
     """Measure every module on the float model (quantizers off), then correct the modules one by one in
-    execution order, each from a quantized pass that stops at it, so every correction sees the ones
-    before it. ``correct(name, module, float_moments, quantized_moments)`` edits the module in place."""
+    execution order, each from quantized statistics over all images that already see the corrections
+    before it. ``correct(name, module, float_moments, quantized_moments)`` edits the module in place.
+
+    Done in one quantized pass over all images as one batch (each module corrected in a hook as the pass
+    reaches it, before its output goes on) when that fits the memory budget (ONE_PASS_BYTES), else one
+    pass over the batches per module, stopping at it."""
     from .reconstruction import _forward_order
 
-    was = qmodel.training
+    was, dev = qmodel.training, next(qmodel.parameters()).device
     try:
         qmodel.eval()
+        first = as_images(batches[0]).to(dev)
         # modules called exactly once per forward, in call order; the others (never run, or shared and
         # called several times) are left as they are
-        order, _ = _forward_order(qmodel, modules, as_images(batches[0]).to(next(qmodel.parameters()).device))
-    finally:
-        qmodel.train(was)
-    try:
+        order, _ = _forward_order(qmodel, modules, first)
         set_quantizers(qmodel, False)
+        with torch.no_grad():
+            per_image = _largest_activation(qmodel, first[:1])
         ref = _moments(qmodel, {n: modules[n] for n in order}, batches, inputs=inputs)  # before any change
     finally:
         set_quantizers(qmodel, True)
+        qmodel.train(was)
+    n_images = sum(as_images(b).shape[0] for b in batches)
+    if n_images * per_image * _MARGIN <= _one_pass_budget(dev):
+        _one_pass(qmodel, modules, order, batches, inputs=inputs, what=what, ref=ref, correct=correct)
+        return
     for name in track(order, what):
         got = _moments(qmodel, {name: modules[name]}, batches, inputs=inputs, stop_after=name)[name]
         if not got.n:
-            raise QuantError(f"{what}: layer '{name}' ran in the float pass but not in the quantized one; "
-                             f"the model's forward must not depend on whether it is quantized")
+            raise QuantError(_not_run(what, name))
         correct(name, modules[name], ref[name], got)
+
+
+def _not_run(what: str, name: str) -> str:
+    return (f"{what}: layer '{name}' ran in the float pass but not in the quantized one; "
+            f"the model's forward must not depend on whether it is quantized")
+
+
+def _one_pass(qmodel: nn.Module, modules: dict[str, nn.Module], order: list[str], batches: list[torch.Tensor], *,
+              inputs: bool, what: str, ref: dict[str, _Moments],
+              correct: Callable[[str, nn.Module, _Moments, _Moments], None]) -> None:
+    """``_sequential`` as one quantized forward over every image: a hook corrects each module when the pass
+    reaches it (before its input is used, for ``inputs``; else from its output, which it then recomputes
+    with the correction so the modules after it see it)."""
+    dev = next(qmodel.parameters()).device
+    x = torch.cat([as_images(b) for b in batches]).to(dev)  # (N, 3, H, W)
+    done: list[str] = []
+    progress = iter(track(order, what))
+
+    def measured(name: str, m: nn.Module, t: torch.Tensor) -> None:
+        got = _Moments()
+        got.add(t)
+        correct(name, m, ref[name], got)
+        done.append(name)
+        next(progress, None)
+
+    def make_hook(name: str):
+        if inputs:
+            def pre_hook(m, args):
+                measured(name, m, args[0])
+            return pre_hook
+
+        def hook(m, args, out):
+            measured(name, m, out)
+            return m.forward(*args)  # with the correction in place; hooks do not run again
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(make_hook(n)) if inputs
+               else modules[n].register_forward_hook(make_hook(n)) for n in order]
+    was = qmodel.training
+    try:
+        qmodel.eval()
+        qmodel(x)
+    finally:
+        for h in handles:
+            h.remove()
+        qmodel.train(was)
+        for _ in progress:  # close the progress bar
+            pass
+    missing = [n for n in order if n not in done]
+    if missing:
+        raise QuantError(_not_run(what, missing[0]))
 
 
 @PTQ_IMPROVEMENTS.register("bias_correction")

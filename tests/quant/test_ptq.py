@@ -85,6 +85,40 @@ def test_bias_correction_matches_every_layer_of_a_deep_model():
                                        msg=lambda m, i=i: f"layer {i}: {m}")
 
 
+@pytest.mark.parametrize("fix", [bias_correction, bn_reestimate])
+def test_one_pass_equals_a_pass_per_layer(monkeypatch, fix):
+    # the fast path (all images as one batch, each layer corrected in a hook) must give what the
+    # memory-bounded path (one partial pass per layer) gives
+    import qfair.quant.improve as improve
+
+    g = torch.Generator().manual_seed(2)
+    layers = []
+    for cin, cout in ((3, 6), (6, 6), (6, 6)):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.PReLU(cout)]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(6 * 5 * 5, 4)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+    x = [torch.randn(5, 3, 5, 5, generator=g) + 0.3 for _ in range(3)]
+    cfg = QuantConfig(bits=3, recipe="quantface")
+    q = quantize(model, cfg, x)
+    paths, used, one_pass = {}, [], improve._one_pass
+    monkeypatch.setattr(improve, "_one_pass", lambda *a, **k: (used.append(1), one_pass(*a, **k)))
+    for budget in (0, 1 << 30):
+        monkeypatch.setattr(improve, "ONE_PASS_BYTES", budget)
+        paths[budget] = copy.deepcopy(q)
+        fix(paths[budget], x, cfg)
+        assert len(used) == (budget > 0)  # the path asked for was taken
+    changed = False
+    for (k, a), b, before in zip(paths[0].state_dict().items(), paths[1 << 30].state_dict().values(),
+                                 q.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        changed |= not torch.equal(a, before)
+    assert changed
+
+
 def _chan(t):  # per-channel population mean and sd over all images and positions
     dims = [d for d in range(t.dim()) if d != 1]
     return t.double().mean(dims), t.double().var(dims, unbiased=False).sqrt()
