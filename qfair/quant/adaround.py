@@ -107,7 +107,7 @@ def _plain_forward(layer: nn.Module, x: Tensor, w: Tensor, bias: bool = True) ->
 
 
 def adaround(qmodel: nn.Module, batches: list[Tensor], *, iters: int = 200, samples: int = 64, seed: int = 0,
-             **settings) -> dict[str, dict[str, float]]:
+             reference: nn.Module | None = None, **settings) -> dict[str, dict[str, float]]:
     """AdaRound every quantized conv / linear of ``qmodel`` on its own, in forward order.
 
     Each layer's output (on its inputs as the partly reconstructed quantized model produces them) is
@@ -117,5 +117,6 @@ def adaround(qmodel: nn.Module, batches: list[Tensor], *, iters: int = 200, samp
     """
     from .reconstruction import reconstruct
 
-    report = reconstruct(qmodel, batches, granularity="layer", iters=iters, samples=samples, seed=seed, **settings)
+    report = reconstruct(qmodel, batches, granularity="layer", iters=iters, samples=samples, seed=seed,
+                         reference=reference, **settings)
     return {k: {**r, "adaround": r["after"]} for k, r in report.items()}

@@ -1,8 +1,14 @@
 """PTQ improvements for low bit widths, registered in :data:`PTQ_IMPROVEMENTS` (``cfg.ptq`` names them).
 
-Each takes (fake-quant model, calibration image batches, cfg) and edits the model in place. The float
-reference is the *same* model with its quantizers switched off, so folded BatchNorms and skipped layers
-are handled for free.
+Each takes (fake-quant model, calibration image batches, cfg, reference=None) and edits the model in
+place. The float reference is the model as calibrated, before any improvement, with its quantizers
+switched off (so folded BatchNorms and skipped layers are handled for free): ``reference`` when given,
+else the model itself with its quantizers off, which is the same thing only before an improvement has
+changed it. Every improvement changes what the model computes with its quantizers off (biases, BatchNorm
+statistics, weights rounded onto the grid), so ``quantize`` keeps a copy as calibrated and passes it to
+each when ``cfg.ptq`` names more than one. (Demo MobileFaceNet W6A6, 128 calibration images, cosine to
+float on held-out images: 0.984 plain, 0.991 with either ``bias_correction`` or ``bn_reestimate``, but
+0.985 with both when the second measured against the model the first had corrected; 0.991-0.992 now.)
 
 - ``bias_correction``: empirical bias correction (Nagel et al. 2019, "Data-Free Quantization"): every
   quantized conv / linear gets bias += E[y_float] - E[y_quant] per output channel, measured on the
@@ -37,7 +43,7 @@ from .config import QuantConfig
 from .layers import weight_layers
 from .ptq import as_images, set_quantizers
 
-PTQ_IMPROVEMENTS: Registry[Callable[[nn.Module, list, QuantConfig], None]] = Registry("PTQ improvement")
+PTQ_IMPROVEMENTS: Registry[Callable[..., None]] = Registry("PTQ improvement")
 
 
 class _Moments:
@@ -135,10 +141,12 @@ def _largest_activation(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[torch.Tensor], *, inputs: bool,
-                what: str, correct: Callable[[str, nn.Module, _Moments, _Moments], None]) -> None:
-    """Measure every module on the float model (quantizers off), then correct the modules one by one in
-    execution order, each from quantized statistics over all images that already see the corrections
-    before it. ``correct(name, module, float_moments, quantized_moments)`` edits the module in place.
+                what: str, correct: Callable[[str, nn.Module, _Moments, _Moments], None],
+                reference: nn.Module | None = None) -> None:
+    """Measure every module on the float model (``reference``, else ``qmodel`` with its quantizers off),
+    then correct the modules one by one in execution order, each from quantized statistics over all
+    images that already see the corrections before it. ``correct(name, module, float_moments,
+    quantized_moments)`` edits the module in place.
 
     Done in one quantized pass over all images as one batch (each module corrected in a hook as the pass
     reaches it, before its output goes on) when that fits the memory budget (ONE_PASS_BYTES), else one
@@ -155,10 +163,14 @@ def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[
         set_quantizers(qmodel, False)
         with torch.no_grad():
             per_image = _largest_activation(qmodel, first[:1])
-        ref = _moments(qmodel, {n: modules[n] for n in order}, batches, inputs=inputs)  # before any change
+        if reference is None:
+            ref = _moments(qmodel, {n: modules[n] for n in order}, batches, inputs=inputs)  # before any change
     finally:
         set_quantizers(qmodel, True)
         qmodel.train(was)
+    if reference is not None:
+        same = _same_modules(reference, order)
+        ref = _moments(reference, same, batches, inputs=inputs)
     n_images = sum(as_images(b).shape[0] for b in batches)
     if n_images * per_image * _MARGIN <= _one_pass_budget(dev):
         _one_pass(qmodel, modules, order, batches, inputs=inputs, what=what, ref=ref, correct=correct)
@@ -168,6 +180,16 @@ def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[
         if not got.n:
             raise QuantError(_not_run(what, name))
         correct(name, modules[name], ref[name], got)
+
+
+def _same_modules(reference: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """The modules of ``reference`` (a copy of the quantized model) with these names."""
+    mods = dict(reference.named_modules())
+    missing = [n for n in names if n not in mods]
+    if missing:
+        raise QuantError(f"the float reference has no layer '{missing[0]}': it must be a copy of the quantized "
+                         f"model taken before the PTQ improvements (as `quantize` keeps one)")
+    return {n: mods[n] for n in names}
 
 
 def _not_run(what: str, name: str) -> str:
@@ -223,19 +245,22 @@ def _one_pass(qmodel: nn.Module, modules: dict[str, nn.Module], order: list[str]
 
 @PTQ_IMPROVEMENTS.register("bias_correction")
 @torch.no_grad()
-def bias_correction(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig | None) -> None:
+def bias_correction(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig | None,
+                    reference: nn.Module | None = None) -> None:
     def correct(name: str, m: nn.Module, f: _Moments, q: _Moments) -> None:
         delta = (f.mean() - q.mean()).to(m.weight.device, m.weight.dtype)  # (Cout,)
         if m.bias is None:
             m.bias = nn.Parameter(torch.zeros_like(delta), requires_grad=m.weight.requires_grad)
         m.bias.add_(delta)
 
-    _sequential(qmodel, dict(weight_layers(qmodel)), batches, inputs=False, what="bias correction", correct=correct)
+    _sequential(qmodel, dict(weight_layers(qmodel)), batches, inputs=False, what="bias correction", correct=correct,
+                reference=reference)
 
 
 @PTQ_IMPROVEMENTS.register("bn_reestimate", aliases=("bn_recalibration",))
 @torch.no_grad()
-def bn_reestimate(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig | None) -> None:
+def bn_reestimate(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig | None,
+                  reference: nn.Module | None = None) -> None:
     bns = {n: m for n, m in qmodel.named_modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_var is not None}
     if not bns:
@@ -250,18 +275,23 @@ def bn_reestimate(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConf
         m.running_mean.copy_(mu.to(m.running_mean.dtype))
         m.running_var.copy_(((s * r) ** 2 - m.eps).clamp_min(0.0).to(m.running_var.dtype))
 
-    _sequential(qmodel, bns, batches, inputs=True, what="re-estimating BatchNorm", correct=correct)
+    _sequential(qmodel, bns, batches, inputs=True, what="re-estimating BatchNorm", correct=correct,
+                reference=reference)
 
 
 @PTQ_IMPROVEMENTS.register("adaround")
-def _adaround(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig) -> None:
+def _adaround(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig,
+              reference: nn.Module | None = None) -> None:
     from .adaround import adaround
 
-    adaround(qmodel, batches, iters=cfg.adaround_iters, samples=cfg.adaround_samples, seed=cfg.seed)
+    adaround(qmodel, batches, iters=cfg.adaround_iters, samples=cfg.adaround_samples, seed=cfg.seed,
+             reference=reference)
 
 
 @PTQ_IMPROVEMENTS.register("brecq")
-def _brecq(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig) -> None:
+def _brecq(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConfig,
+           reference: nn.Module | None = None) -> None:
     from .reconstruction import brecq
 
-    brecq(qmodel, batches, iters=cfg.adaround_iters, samples=cfg.adaround_samples, seed=cfg.seed)
+    brecq(qmodel, batches, iters=cfg.adaround_iters, samples=cfg.adaround_samples, seed=cfg.seed,
+          reference=reference)

@@ -8,6 +8,7 @@ then freezes the ranges. Weights are already quantized. PTQ improvements from ``
 """
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any, Iterable, Iterator
 
@@ -100,8 +101,13 @@ def quantize(model: nn.Module, cfg: QuantConfig | None = None, calib_batches: It
     qmodel = prepare(model, cfg, example_input.to(_device(model)))
     rec = _Recorder(itertools.chain([first], it), keep=bool(cfg.ptq))
     n = calibrate(qmodel, rec, total)
+    reference = None
+    if len(cfg.ptq) > 1:  # each improvement changes the quantizers-off model: keep the float one as calibrated
+        reference = copy.deepcopy(qmodel).eval()
+        set_quantizers(reference, False)
     for name in cfg.ptq:
-        PTQ_IMPROVEMENTS.get(name)(qmodel, rec.kept, cfg)
+        PTQ_IMPROVEMENTS.get(name)(qmodel, rec.kept, cfg, reference=reference)
+    del reference
     qmodel.qfair_quant.update(calibrated=True, calib_images=n, ptq=list(cfg.ptq))
     qmodel.eval()
     return qmodel

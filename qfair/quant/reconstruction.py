@@ -129,6 +129,17 @@ def _forward_order(qmodel: nn.Module, units: dict[str, nn.Module], x: Tensor) ->
     return [n for n in calls if n not in bad], bad
 
 
+def _reference_units(reference: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """The units of the float ``reference`` (a copy of the quantized model) with these names, in eval mode."""
+    mods = dict(reference.named_modules())
+    missing = [n for n in names if n not in mods]
+    if missing:
+        raise QuantError(f"the float reference has no unit '{missing[0]}': it must be a copy of the quantized "
+                         f"model taken before the PTQ improvements (as `quantize` keeps one)")
+    reference.eval()
+    return {n: mods[n] for n in names}
+
+
 def _chunks(x: Tensor, size: int = 32):
     for i in range(0, x.shape[0], size):
         yield x[i:i + size]
@@ -302,8 +313,13 @@ def reconstruct_unit(unit: nn.Module, x_in: Tensor, y_ref: Tensor, st: ReconSett
 
 
 def reconstruct(qmodel: nn.Module, batches: list[Tensor], *, granularity: str = "block", iters: int = 200,
-                samples: int = 64, seed: int = 0, **settings: Any) -> dict[str, dict[str, Any]]:
+                samples: int = 64, seed: int = 0, reference: nn.Module | None = None,
+                **settings: Any) -> dict[str, dict[str, Any]]:
     """Reconstruct every unit of a calibrated fake-quant model in place (module docstring).
+
+    ``reference``: the float model the targets come from, a copy of ``qmodel`` as calibrated with its
+    quantizers off (``quantize`` passes one after an earlier PTQ improvement has changed ``qmodel``);
+    by default ``qmodel`` itself with its quantizers off.
 
     ``batches``: calibration images (B, 3, H, W); the first ``samples`` are used. ``settings``: fields of
     :class:`ReconSettings`. Returns unit name -> errors (see :func:`reconstruct_unit`) plus ``seconds``;
@@ -328,7 +344,10 @@ def reconstruct(qmodel: nn.Module, batches: list[Tensor], *, granularity: str = 
         order, skipped = _forward_order(qmodel, units, x[:2])
         chosen = {n: units[n] for n in order}
         targets: dict[str, Tensor] = {}
-        if st.target == "float":
+        ref_units = {} if reference is None else _reference_units(reference, order)
+        if st.target == "float" and reference is not None:
+            targets = _capture_outputs(reference, ref_units, x)
+        elif st.target == "float":
             for q in modes:
                 q.fake_quant_enabled, q.observer_enabled = False, False
             targets = _capture_outputs(qmodel, chosen, x)
@@ -340,6 +359,9 @@ def reconstruct(qmodel: nn.Module, batches: list[Tensor], *, granularity: str = 
             x_in = _capture_inputs(qmodel, unit, x)
             if st.target == "float":
                 y_ref = targets.pop(name)
+            elif reference is not None:  # the float unit on the quantized input
+                with torch.no_grad():
+                    y_ref = torch.cat([ref_units[name](xb) for xb in _chunks(x_in)])
             else:
                 inner = [q for q in unit.modules() if isinstance(q, ActQuantizer)]
                 on = [q.fake_quant_enabled for q in inner]

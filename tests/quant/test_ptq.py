@@ -157,6 +157,53 @@ def test_bn_reestimate_transfers_the_quantization_shift():
     assert not q.training and not q[1].training
 
 
+def test_chained_improvements_measure_against_the_float_model():
+    # bias_correction changes the model with its quantizers off; bn_reestimate after it must still align
+    # each BatchNorm with the float model, not with the bias-corrected one (demo MobileFaceNet W6A6:
+    # against the corrected model the two undid each other)
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.PReLU(4),
+                          nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4), nn.PReLU(4)).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.normal_(0.0, 0.5, generator=g)
+            bn.running_var.uniform_(0.5, 2.0, generator=g)
+    x = [torch.randn(4, 3, 9, 9, generator=g) + 0.4 for _ in range(3)]
+    q = quantize(model, QuantConfig(bits=3, recipe="quantface", ptq=("bias_correction", "bn_reestimate")), x)
+    assert isinstance(q[1], nn.BatchNorm2d) and q[0].bias is not None and q[0].bias.abs().max() > 1e-3
+    with torch.no_grad():
+        for i in (1, 4):
+            mf, sf = _chan(torch.cat([model[:i](b) for b in x]))
+            mq, sq = _chan(torch.cat([q[:i](b) for b in x]))
+            b_f, b_q = model[i], q[i]
+            s_f = (b_f.running_var.double() + b_f.eps).sqrt()
+            s_q = (b_q.running_var.double() + b_q.eps).sqrt()
+            torch.testing.assert_close((mq - b_q.running_mean.double()) / s_q, (mf - b_f.running_mean.double()) / s_f,
+                                       atol=1e-5, rtol=1e-5, msg=lambda m, i=i: f"BatchNorm {i}: {m}")
+            torch.testing.assert_close(sq / s_q, sf / s_f, atol=1e-5, rtol=1e-5)
+
+
+def test_reconstruction_after_an_improvement_targets_the_float_model(monkeypatch):
+    import qfair.quant.reconstruction as reconstruction
+
+    seen = {}
+    brecq = reconstruction.brecq
+
+    def spy(qmodel, batches, **kw):
+        seen["reference"] = kw["reference"]
+        return brecq(qmodel, batches, **kw)
+
+    monkeypatch.setattr(reconstruction, "brecq", spy)
+    g = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(4), nn.Conv2d(4, 4, 3)).eval()
+    x = [torch.randn(4, 3, 9, 9, generator=g) + 0.4 for _ in range(2)]
+    q = quantize(model, QuantConfig(bits=3, recipe="deploy", ptq=("bias_correction", "brecq"), adaround_iters=2), x)
+    ref = seen["reference"]
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x[0]), model(x[0]))  # the float model, not the bias-corrected one
+    assert not torch.equal(q[0].bias, model[0].bias)
+
+
 def test_bn_reestimate_keeps_statistics_when_quantization_changes_nothing():
     # the first conv is kept in float, so quantization does not reach the BatchNorm's input: its
     # statistics are not the calibration images' (recomputing them would change them) and must stay
