@@ -1,7 +1,7 @@
 """Plain PyTorch references for every kernel in this folder (the kernels are tested against these).
 
 Fake quantization (per channel along ``axis``, or per tensor with ``axis`` None or negative), with
-``v = x / s`` (true division, as ONNX QuantizeLinear does; FACTS.md section 8) and round half to even:
+``v = x / s`` (true division, as ONNX QuantizeLinear does; README references [8]) and round half to even:
 
     q = clamp(round(v) + zp, qmin, qmax)            y = (q - zp) * s
 

@@ -74,7 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         from ._console import error
 
-        error("interrupted; finished stages and checkpoints are kept, rerun the same command to resume")
+        hint = getattr(args, "interrupted", None)  # a command whose resume is not "rerun it" says how
+        if hint:
+            msg = hint(args, list(sys.argv[1:] if argv is None else argv))
+        elif args.command in ("study", "demo"):
+            msg = "interrupted; finished stages are kept, rerun the same command to resume"
+        else:
+            msg = "interrupted; no output was left half-written (files are written atomically); rerun the command"
+        error(msg)
         return 130
 
 

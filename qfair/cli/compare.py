@@ -30,8 +30,23 @@ def display_names(paths: list[str]) -> list[str]:
     for depth in range(1, 4):
         if len(set(names)) == len(names):
             break
-        names = ["/".join(Path(p).resolve().parts[-1 - depth:]) for p in paths]
+        names = [Path(*Path(p).resolve().parts[-1 - depth:]).as_posix() for p in paths]
     return names
+
+
+def check_distinct(targets: list[str]) -> None:
+    """Refuse a model given twice (same file or folder, however spelled): its rows would be identical and
+    both marked as the reference."""
+    from ..utils.errors import ConfigError
+
+    seen: dict[Path, str] = {}
+    for t in targets:
+        key = Path(t).resolve()
+        if key in seen:
+            same = f"'{t}'" if t == seen[key] else f"'{seen[key]}' and '{t}'"
+            raise ConfigError(f"compare got the same model twice ({same} is {key}); give each model once "
+                              "(--reference names one of the targets, or adds it when it is not among them)")
+        seen[key] = t
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.errors import QfairError
     from .evaluate import evaluate_target, finish, resolve
 
-    cfg, benches, cache = resolve(args)
     targets = list(args.targets)
+    check_distinct(targets)  # before loading any benchmark
+    cfg, benches, cache = resolve(args)
     if args.reference and all(Path(t).resolve() != Path(args.reference).resolve() for t in targets):
         targets.insert(0, args.reference)
     if len(targets) < 2:

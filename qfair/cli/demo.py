@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="shipped demo model to use (default: mobilefacenet; also iresnet18w16)")
     p.add_argument("--quick", action="store_true", help="a tiny version of the same pipeline (for smoke tests)")
+    p.add_argument("--recompute", action="store_true",
+                   help="rebuild finished stages whose settings changed (e.g. --quick after a full run in the same "
+                        "--out), replacing their results")
     p.set_defaults(func=run)
 
 
@@ -43,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     con.print(f"[bold]qfair demo[/]: {cfg.models[0].name} on the built-in synthetic benchmark -> {cfg.out}")
     con.print("[dim]All data here is synthetic (rendered face-like images in four made-up groups); "
               "it shows the mechanism, not facts about real people.[/]")
-    res = run_study(cfg, say=con.print)
+    res = run_study(cfg, say=con.print, recompute=args.recompute)
     print_study(res)
     return 0

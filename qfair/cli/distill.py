@@ -10,7 +10,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from ..config import add_config_arguments
     from ..train.config import DistillConfig
-    from .qat import add_common
+    from .qat import add_common, interrupted
 
     p = sub.add_parser("distill", help="distil a teacher into a smaller (optionally quantized) student",
                        description="Knowledge distillation into another architecture: margin loss + lambda x "
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "teacher embeddings are computed once and cached; optional projection and quantization.")
     add_common(p)
     add_config_arguments(p, DistillConfig)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=interrupted)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,14 +31,18 @@ def run(args: argparse.Namespace) -> int:
     from ..export.config import ExportConfig
     from ._console import console, info, table
 
+    from ..utils.io import output_file
+
     cfg = load_config(ExportConfig, args.config, overrides_from_args(args, ExportConfig))
     run_dir = Path(args.run_dir)
+    if cfg.out:  # a bad --out fails now, not after the export work
+        output_file(cfg.out)
     if cfg.format == "packed":
         from ..export.api import load_for_export
         from ..export.packed import save_packed
 
-        model, _ = load_for_export(run_dir)
         out = Path(cfg.out) if cfg.out else run_dir / "model.qpk"
+        model, _ = load_for_export(run_dir)
         save_packed(model, out, meta={"source": str(run_dir)}, float_dtype=cfg.packed_floats)
         size = out.stat().st_size
         ref = run_dir / "model.pt"

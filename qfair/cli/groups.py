@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.head:
         raise ConfigError("groups: --head FILE is required (train writes it, estimate reads it; run "
                           "`qfair groups train ... --head groups.pt` first)")
+    if args.action == "train":
+        from ..utils.io import output_file
+
+        output_file(cfg.head)  # a bad --head fails now, not after the training
     model = load_face_model(cfg.model, cfg.arch, cfg.allow_random)
     if args.action == "train":
         clf = train_group_classifier(model, cfg.data, cfg.n, holdout=cfg.holdout, epochs=cfg.epochs, lr=cfg.lr,

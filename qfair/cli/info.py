@@ -8,7 +8,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a registered architecture or a checkpoint",
                        description="Show architecture, parameters, MACs at 112x112, embedding size and layer "
-                                   "counts of a registered model name (e.g. r50) or a checkpoint file.")
+                                   "counts of a registered model name (e.g. r50), a checkpoint file or a quantized run "
+                                   "folder.")
     p.add_argument("model", help="registry name (see `qfair models`) or checkpoint path")
     p.add_argument("--arch", default=None, help="architecture of the checkpoint (guessed from its keys if omitted)")
     p.set_defaults(func=run)
@@ -21,7 +22,13 @@ def run(args: argparse.Namespace) -> int:
     from ._console import console, table
 
     source = args.model
-    if Path(source).exists():
+    quant: dict = {}
+    if Path(source).is_dir() and (Path(source) / "quant.json").is_file():  # a quantized run folder
+        from ..quant import load_quantized
+
+        model = load_quantized(source)
+        quant = dict(getattr(model, "qfair_quant", None) or {})
+    elif Path(source).exists():
         model = load_model(source, arch=args.arch)
     elif source in MODELS:
         model = create_model(source)
@@ -32,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     rows = [["architecture", s.arch], ["source", source], ["parameters", f"{s.params / 1e6:.2f} M ({s.params:,})"],
             ["MACs at 112x112", f"{s.macs / 1e9:.3f} G"], ["embedding size", s.embedding_size],
             ["depthwise convs", s.depthwise_convs]]
+    if quant:
+        rows.append(["quantized", f"{quant.get('recipe')} W{quant.get('wbits')}A{quant.get('abits')}, "
+                                  f"{quant.get('calib_images')} calibration images ({quant.get('calib_source')})"])
     rows += [[f"layers: {k}", v] for k, v in s.layer_counts.items()]
     console().print(table(f"qfair info {source}", ["property", "value"], rows))
     return 0

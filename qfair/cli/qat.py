@@ -16,6 +16,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="continue from OUT/checkpoints/last.pt (ends with the weights of an uninterrupted run)")
 
 
+def interrupted(args: argparse.Namespace, argv: list[str]) -> str:
+    """The Ctrl-C message of ``qfair qat`` / ``qfair distill``: the run continues only with ``--resume``."""
+    import shlex
+
+    again = argv if "--resume" in argv else [*argv, "--resume"]
+    return (f"interrupted; the checkpoints in {args.out}/checkpoints are kept. Continue from the last one with "
+            f"--resume: qfair {shlex.join(again)}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..config import add_config_arguments
     from ..train.config import QatConfig
@@ -26,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "folder (--student) or built on the fly from --model; the teacher is the float model.")
     add_common(p)
     add_config_arguments(p, QatConfig)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=interrupted)
 
 
 def report(summary: dict, title: str) -> None:

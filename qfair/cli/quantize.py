@@ -7,6 +7,7 @@ write report.md, print a summary.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -21,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model r50.pth --arch r50 --bits 6 --calib synthetic --out runs/r50-w6-syn")
     p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
     add_config_arguments(p, QuantizeRunConfig)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in an --out folder that already holds one; its derived files (exported "
+                        "model.onnx / model.qpk / model.engine and their *.export.json) are deleted, as listed")
     p.set_defaults(func=run)
 
 
@@ -33,20 +37,26 @@ def resolve(args: argparse.Namespace, cls: type) -> Any:
 
 def load_float_model(model: str | None, arch: str | None, allow_random: bool):
     """A float model from a checkpoint, or (only with ``allow_random``) a random registry model."""
-    from pathlib import Path
-
     from ..models import MODELS, create_model, load_model
     from ..utils.errors import ConfigError
 
     if not model:
         raise ConfigError("--model is required: a float checkpoint (.pth / .pt) or a run folder")
     if Path(model).exists():
-        return load_model(model, arch=arch)
+        from ..models.checkpoint import QuantizedCheckpointError
+
+        try:
+            return load_model(model, arch=arch)
+        except QuantizedCheckpointError as exc:
+            source = (f": pass --model {exc.float_source} (the float model its config.yaml names)"
+                      if exc.float_source else "")
+            raise ConfigError(f"--model {model} is an already-quantized model (run folder {exc.run_dir}), not a float "
+                              f"checkpoint; quantize needs the float checkpoint{source}") from None
     if model in MODELS:
         if not allow_random:
             raise ConfigError(
                 f"--model {model} is an architecture name, not a checkpoint: quantizing it would quantize a "
-                "randomly initialised network (the reference code's known defect, FACTS.md section 5). Pass a "
+                "randomly initialised network (the reference code's known defect, README references [5]). Pass a "
                 "checkpoint file, or --allow-random for a deliberate random-weight test")
         return create_model(model).eval()
     raise ConfigError(f"--model {model}: no such file, and not an architecture name (see `qfair models`)")
@@ -123,8 +133,59 @@ def model_and_calibration(cfg: Any) -> tuple[Any, list]:
     torch.manual_seed(cfg.seed)
     model = load_float_model(cfg.model, cfg.arch, cfg.allow_random)
     batches = calibration_batches(calibration_source(cfg.calib, cfg.calib_data), cfg.calib_size,
-                                  cfg.calib_batch_size, model=model, seed=cfg.seed)
+                                  cfg.calib_batch_size, model=model, seed=cfg.seed, skip_corrupt=cfg.skip_corrupt)
     return model, batches
+
+
+RUN_FILES = ("model.pt", "quant.json")  # what makes a folder a quantize run
+DERIVED_FILES = ("model.onnx", "model.qpk", "model.engine")  # made from model.pt by `qfair export`
+
+
+def derived_artefacts(folder: Path) -> list[Path]:
+    """Files in a run folder made from its model.pt: the export outputs and their *.export.json reports."""
+    found = {folder / n for n in DERIVED_FILES if (folder / n).is_file()}
+    for report in folder.glob("*.export.json"):
+        stem = report.name[: -len(".export.json")]
+        found |= {report, *(p for p in (folder / f"{stem}.onnx", folder / f"{stem}.engine") if p.is_file())}
+    return sorted(found)
+
+
+def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
+    """Refuse an --out folder that holds a run or export artefacts unless ``overwrite``; the derived
+    files to delete before writing the new run (the run's own files are replaced atomically)."""
+    from ..utils.errors import ConfigError
+
+    if not out or not Path(out).is_dir():
+        return []
+    folder = Path(out)
+    run_files = [folder / n for n in RUN_FILES if (folder / n).is_file()]
+    derived = derived_artefacts(folder)
+    if (run_files or derived) and not overwrite:
+        held = [f"a run ({', '.join(p.name for p in run_files)})"] if run_files else []
+        held += [f"exports made from a model.pt ({', '.join(p.name for p in derived)})"] if derived else []
+        deletes = f"; {', '.join(p.name for p in derived)} are deleted" if derived else ""
+        raise ConfigError(f"--out {folder} already holds {' and '.join(held)}; quantizing into it would mix the "
+                          "new model with the old files. Pick another --out, or pass --overwrite to replace the "
+                          f"run (model.pt, quant.json, config.yaml and report.md are rewritten{deletes})")
+    return derived
+
+
+def remove_stale(paths: list[Path]) -> None:
+    """Delete the old run's derived files (--overwrite), saying which."""
+    from ._console import info
+
+    for p in paths:
+        p.unlink(missing_ok=True)
+    if paths:
+        info(f"--overwrite: deleted {', '.join(str(p) for p in paths)} (made from the previous model.pt)")
+
+
+def with_resolved_arch(cfg: Any, model: Any) -> Any:
+    """``cfg`` with ``arch`` set to the architecture actually loaded (guessed when --arch was omitted)."""
+    import dataclasses
+
+    name = (getattr(model, "qfair_arch", None) or {}).get("name")
+    return dataclasses.replace(cfg, arch=name) if name and name != cfg.arch else cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
     from ._console import console
 
     cfg = resolve(args, QuantizeRunConfig)
+    stale = check_out_folder(cfg.out, getattr(args, "overwrite", False))
     model, batches = model_and_calibration(cfg)
+    cfg = with_resolved_arch(cfg, model)
     source = calibration_source(cfg.calib, cfg.calib_data)
     probe: list[torch.Tensor] = []
 
@@ -154,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
             cosine = float(torch.nn.functional.cosine_similarity(model(probe[0]), qmodel(probe[0])).mean())
     qmodel.qfair_quant["calib_source"] = source
     save_quantized(qmodel, run_dir)
+    remove_stale(stale)  # only once the new run is saved: a failed quantize leaves the old exports usable
     write_report(run_dir, cfg, qmodel, cosine)
     console().print(summary_table(qmodel, cosine))
     kept = qmodel.qfair_quant.get("float_kept") or []

@@ -11,8 +11,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="run a models x bits x calibration x recipes study (resumable)",
                        description="Run every model x recipe x bits x calibration variant (plus KD fine-tuning and "
                                    "ONNX export), evaluate each per group and write one combined report. Rerunning "
-                                   "the same command resumes: finished stages are read back, never recomputed.")
+                                   "the same command resumes: finished stages are read back, never recomputed (a "
+                                   "finished stage whose settings changed is an error unless --recompute).")
     p.add_argument("--config", required=True, help="study YAML (see configs/study_*.yaml)")
+    p.add_argument("--recompute", action="store_true",
+                   help="rebuild finished stages whose settings changed since they were made (and the stages "
+                        "built from them), replacing their results; without it such a study stops with an error")
     add_config_arguments(p, StudyConfig)
     p.set_defaults(func=run)
 
@@ -24,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from .demo import print_study
 
     cfg = load_config(StudyConfig, args.config, overrides_from_args(args, StudyConfig))
-    res = run_study(cfg)
+    res = run_study(cfg, recompute=args.recompute, source=args.config)
     print_study(res)
     return 0

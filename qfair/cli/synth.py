@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from ..data.config import SynthConfig
     from ._console import console
 
+    from ..utils.io import output_folder
+
     cfg = load_config(SynthConfig, args.config, overrides_from_args(args, SynthConfig))
+    output_folder(cfg.out, create=False)  # a bad --out fails now, not after the synthesis
     t0 = time.perf_counter()
     if cfg.source == "builtin-synthetic":
         from ..data.builtin import make_synthetic_domain

@@ -41,6 +41,12 @@ def _where(source: str | None, key: str) -> str:
     return f"{source}: key '{key}'" if source else f"key '{key}'"
 
 
+def _item_where(where: str, key: str, source: str | None, i: int) -> str:
+    """Where item ``i`` of a list setting is: ``FILE: key 'calibration[0]'`` (nested keys then read
+    ``calibration[0].source``)."""
+    return _where(source, f"{key}[{i}]") if key else f"{where}[{i}]"
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -89,10 +95,12 @@ def _convert(value: Any, tp: Any, where: str, key: str = "", source: str | None 
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: got {len(value)} items, expected {len(args)}")
-            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_convert(v, a, _item_where(where, key, source, i), f"{key}[{i}]" if key else "", source)
+                         for i, (v, a) in enumerate(zip(value, args)))
         else:
             item_tp = args[0] if args else Any
-        items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_convert(v, item_tp, _item_where(where, key, source, i), f"{key}[{i}]" if key else "", source)
+                 for i, v in enumerate(value)]
         return tuple(items)
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -210,24 +218,53 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def _strict_loader() -> type:
+    """``yaml.SafeLoader`` (no code runs) that refuses a key given twice in one mapping: plain YAML keeps
+    the last silently, so ``bits: 6`` ... ``bits: 8`` would quantize at 8 bits without a word."""
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class StrictSafeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line)
+                except TypeError:  # unhashable key: SafeLoader reports it below
+                    continue
+                if first != key_node.start_mark.line:
+                    raise ConstructorError(None, None, f"key '{key}' given twice (first on line {first + 1}); "
+                                           f"keep one", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictSafeLoader
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load`` (no code runs); errors name file and line."""
+    """Read a YAML mapping with ``yaml.safe_load`` semantics (no code runs; a key given twice is an
+    error); errors name file and line."""
     import yaml
 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; pass a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path} cannot be read ({exc.strerror}); pass a readable YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML ({problem}). Only plain YAML is accepted (no python tags).") from None
+        tags = " Only plain YAML is accepted (no python tags)." if "tag" in problem else ""
+        raise ConfigError(f"{where}: invalid YAML ({problem}).{tags}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,4 +1,4 @@
-"""Five-point face alignment to the standard 112x112 ArcFace template (FACTS.md section 4, RFW).
+"""Five-point face alignment to the standard 112x112 ArcFace template (README references [4], RFW).
 
 A similarity transform (rotation, uniform scale, translation; no reflection) is fitted from the five
 landmarks (eyes, nose tip, mouth corners) to the template by least squares (Umeyama 1991), and the

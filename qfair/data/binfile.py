@@ -1,4 +1,4 @@
-"""insightface ``.bin`` verification files (lfw, cfp_fp, agedb_30, calfw, cplfw, per-race RFW), FACTS.md §4.
+"""insightface ``.bin`` verification files (lfw, cfp_fp, agedb_30, calfw, cplfw, per-race RFW), README references [4].
 
 A ``.bin`` is a pickle of ``(bins, issame_list)``: ``bins`` holds 2N encoded images (bytes or 1-D uint8
 arrays), pair i = ``(bins[2i], bins[2i+1])``. A pickle can run arbitrary code when loaded, so

@@ -36,7 +36,7 @@ def _from_dataset(ds: Any, n: int, batch_size: int, seed: int, num_workers: int 
 
     if len(ds) < n:
         raise DataError(f"asked for {n} calibration images but the source holds only {len(ds)}; "
-                        f"lower --calib-n or add images")
+                        f"ask for fewer (quantize --calib-size, qat/distill --calib-n) or add images")
     idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
     stats = LoaderStats()
     out = [x for x, _ in stream(ds, batch_size, indices=idx, num_workers=num_workers, skip_corrupt=skip_corrupt,
@@ -63,8 +63,11 @@ def _real(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, 
             raise DataError(f"{p}: asked for {n} calibration images but it holds {len(vs.images)} distinct images")
         idx = np.sort(np.random.default_rng(seed).choice(len(vs.images), size=n, replace=False))
         return _split(vs.images.get_many(idx), batch_size)
-    from .folders import open_image_source
+    from .folders import ACCEPTED_SOURCES, open_image_source
 
+    if p.is_file() and p.suffix != ".rec":
+        raise DataError(f"{p}: exists but is not a folder or a supported calibration file. Accepted: "
+                        f"{ACCEPTED_SOURCES}, or a .bin benchmark file")
     return _from_dataset(open_image_source(p), n, batch_size, seed, **kw)
 
 

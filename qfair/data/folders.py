@@ -16,6 +16,18 @@ from ..utils.errors import DataError
 from .sheet import SHEET_NAME
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+ACCEPTED_SOURCES = ("a folder of images (<identity>/<image> sub-folders, or loose images), an MXNet .rec file "
+                    "(with its .idx beside it), or a folder holding train.rec")
+
+
+def _require_folder(root: Path) -> None:
+    """Raise DataError naming ``root`` unless it is an existing folder (a file is told apart from a missing path)."""
+    if root.is_dir():
+        return
+    if root.exists():
+        raise DataError(f"{root}: exists but is a file, not an image folder. Pass a folder of images "
+                        f"({', '.join(IMAGE_EXTS)}), loose or in <identity>/ sub-folders.")
+    raise DataError(f"{root}: image folder not found")
 
 
 def _is_image(p: Path) -> bool:
@@ -30,8 +42,7 @@ class ImageFolder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: image folder not found")
+        _require_folder(self.root)
         subdirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         self.classes = [d.name for d in subdirs]
         self.paths: list[Path] = []
@@ -69,8 +80,7 @@ class FlatFolder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: image folder not found")
+        _require_folder(self.root)
         self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and _is_image(p))
         if not self.paths:
             raise DataError(f"{self.root}: no images found (extensions {', '.join(IMAGE_EXTS)})")
@@ -96,8 +106,8 @@ def open_image_source(path: str | os.PathLike, labelled: bool | None = None) -> 
         raise DataError(f"{p}: data path not found")
     if p.suffix == ".rec" or (p.is_dir() and (p / "train.rec").is_file()):
         return RecordIO(p)
-    if p.is_file():
-        raise DataError(f"{p}: expected a folder of images or a .rec file")
+    if not p.is_dir():
+        raise DataError(f"{p}: exists but is not a folder or a supported data file. Accepted: {ACCEPTED_SOURCES}")
     has_subdirs = any(d.is_dir() and not d.name.startswith(".") for d in p.iterdir())
     if has_subdirs and labelled is not False:
         try:

@@ -1,4 +1,4 @@
-"""Mixing sources and group-balanced identity sampling (study B, FACTS.md section 6).
+"""Mixing sources and group-balanced identity sampling (study B, README references [6]).
 
 - :func:`balanced_identity_sample`: keep the same number of identities per group; with soft labels
   (a group classifier's probabilities per identity) keep the most representative identities of each

@@ -1,4 +1,4 @@
-"""The one preprocessing convention (FACTS.md section 3): RGB, 112x112 aligned, (x / 255 - 0.5) / 0.5,
+"""The one preprocessing convention (README references [3]): RGB, 112x112 aligned, (x / 255 - 0.5) / 0.5,
 horizontal flip for test-time augmentation.
 
 Images travel through qfair as uint8: numpy ``(H, W, 3)`` / ``(N, H, W, 3)`` (HWC, as decoded) or torch
@@ -132,7 +132,8 @@ def decode_image(src: ImageSource, *, name: str | None = None, size: int | None 
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt input; all mean "corrupt"
         raise DataError(f"{where}: corrupt or unsupported image ({type(exc).__name__}: {exc}). Remove or "
-                        f"replace the file, or use --skip-corrupt to skip such images.") from None
+                        f"replace the file (`qfair evaluate` and `qfair quantize` skip such images with "
+                        f"--skip-corrupt).") from None
 
 
 def encode_png(image: np.ndarray) -> bytes:

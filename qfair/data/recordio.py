@@ -1,4 +1,4 @@
-"""insightface / MXNet RecordIO (``train.rec`` + ``train.idx``) read without mxnet (FACTS.md section 4).
+"""insightface / MXNet RecordIO (``train.rec`` + ``train.idx``) read without mxnet (README references [4]).
 
 Record layout: uint32 magic 0xced7230a, uint32 ``lrec`` (top 3 bits continuation flag, low 29 bits
 length), payload, zero padding to 4 bytes. A payload holding the magic at a 4-byte-aligned position is

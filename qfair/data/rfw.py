@@ -1,4 +1,4 @@
-"""RFW (Racial Faces in-the-Wild) in its published layout (FACTS.md section 4):
+"""RFW (Racial Faces in-the-Wild) in its published layout (README references [4]):
 
 ``<root>/test/data/<Race>/<identity>/<identity>_000N.jpg``, ``<root>/test/txts/<Race>/<Race>_pairs.txt``
 (tab separated, no header; genuine ``id n1 n2``, impostor ``id1 n1 id2 n2``; folds = index // 600) and

@@ -146,12 +146,11 @@ def write_images(images: torch.Tensor, out: str | Path, prefix: str = "synth", s
     ``out/_contact_sheet.png`` (image folder readers skip that name)."""
     from PIL import Image
 
-    from ..utils.io import atomic_path
+    from ..utils.io import atomic_path, output_folder
     from .preprocess import from_model_input, nchw_to_hwc
     from .sheet import write_contact_sheet
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     u8 = from_model_input(images)
     paths = []
     for i, img in enumerate(nchw_to_hwc(u8)):

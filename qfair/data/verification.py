@@ -1,5 +1,5 @@
 """Verification sets: distinct images stored once, pairs as index pairs into them (so an evaluator
-embeds every image exactly once), a group per pair and contiguous folds per group (FACTS.md section 3).
+embeds every image exactly once), a group per pair and contiguous folds per group (README references [3]).
 
 Benchmarks are opened from specs like ``rfw:/data/RFW``, ``lfw:/x/lfw.bin``, ``builtin`` or
 ``builtin:small`` through the :data:`BENCHMARKS` registry (kind name -> reader(path)).

@@ -1,4 +1,4 @@
-"""Vectorised bootstrap over identities (FACTS.md section 2: pairs share identities, so resample
+"""Vectorised bootstrap over identities (README references [2]: pairs share identities, so resample
 identities, not pairs).
 
 Resampling is stratified by group: each group's identities are drawn with replacement (counts ``c``).

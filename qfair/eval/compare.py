@@ -1,4 +1,4 @@
-"""Paired comparison of models evaluated on the same pairs (FACTS.md section 2): "did this
+"""Paired comparison of models evaluated on the same pairs (README references [2]): "did this
 compression make the model more biased, and is that significant?"
 
 Per group: McNemar's test on the k-fold decisions (b = reference right & other wrong, c = the

@@ -1,5 +1,5 @@
 """Embeddings of a verification set: every distinct image once, flip test-time augmentation
-(FACTS.md section 3: normalize(f(x) + f(flip x))), NaN checks that name the images, and an on-disk
+(README references [3]: normalize(f(x) + f(flip x))), NaN checks that name the images, and an on-disk
 cache keyed by (model fingerprint, benchmark fingerprint, flip).
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def embed(backend_or_model: Any, vset: Any, flip: bool = True, batch_size: int =
         n_batches = (len(needed) + batch_size - 1) // batch_size
         for idx, x in track(_batches(vset, needed, batch_size), f"embedding {vset.name}", total=n_batches):
             f = np.asarray(be.embed_batch(x), dtype=np.float64)
-            if flip:  # FACTS.md 3: sum raw embeddings of the image and its mirror, then normalise
+            if flip:  # README references [3]: sum raw embeddings of the image and its mirror, then normalise
                 f = f + np.asarray(be.embed_batch(torch.flip(x, dims=[3])), dtype=np.float64)
             if out is None:
                 out = np.full((n_img, f.shape[1]), np.nan, dtype=np.float32)

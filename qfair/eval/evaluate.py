@@ -31,7 +31,7 @@ def evaluate(target: Any, vset: Any, *, backend: str | None = None, arch: str | 
     be, display, model_meta = load_target(target, arch=arch, backend=backend, name=name)
     pairs = check_pairs(vset)
     emb = embed(be, vset, flip=flip, batch_size=batch_size, cache_dir=cache_dir)
-    # float32 unit embeddings, squared L2 as the reference code computes it (FACTS.md section 3)
+    # float32 unit embeddings, squared L2 as the reference code computes it (README references [3])
     dist = squared_distance(emb[pairs[:, 0]], emb[pairs[:, 1]]).astype(np.float64)
     bench_meta = getattr(vset, "meta", {}) or {}
     full_meta = {**model_meta, **(meta or {}), "flip": flip}

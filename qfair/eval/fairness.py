@@ -1,4 +1,4 @@
-"""Group fairness measures (FACTS.md section 2).
+"""Group fairness measures (README references [2]).
 
 From per-group accuracies: AVG, STD (ddof, default 1 as in the studies), SER, max-min gap, TO.
 From per-group error rates at one global threshold: FDR, IR, GARBE with their ``alpha``.
@@ -58,7 +58,7 @@ def fairness_summary(accuracies: Mapping[str, float], ddof: int = 1,
     """AVG, STD, SER, gap and TO of per-group accuracies in percent (e.g. numbers from a paper).
 
     ``n_pairs`` (optional, pairs per group) lets an infinite SER be bounded with the rule of three.
-    FACTS.md: {95.18, 92.00, 89.93, 90.22} -> AVG 91.83, STD 2.41 (ddof=0: 2.09), SER 2.09.
+    README references [2]: {95.18, 92.00, 89.93, 90.22} -> AVG 91.83, STD 2.41 (ddof=0: 2.09), SER 2.09.
     """
     if not accuracies:
         raise DataError("fairness_summary needs at least one group accuracy, got none")
@@ -77,10 +77,13 @@ def fairness_summary(accuracies: Mapping[str, float], ddof: int = 1,
     if math.isinf(s["ser"]):
         msg = f"SER is infinite: group '{best}' made no errors (division by a zero error rate)"
         if n_pairs and n_pairs.get(best):
+            from .stats import accuracy_interval
+
             n = int(n_pairs[best])
-            bound = (100.0 - acc.min()) / (300.0 / n)
-            msg += (f"; by the rule of three its error rate is below 3/{n} = {300.0 / n:.3g}% (95%), "
-                    f"so SER >= {bound:.3g}")
+            lo, _, how = accuracy_interval(n, n)  # rule of three 3/n, or the exact bound for small n
+            err = 100.0 - lo
+            msg += (f"; by the {how.split(' (')[0]} bound its error rate is below {err:.3g}% (95%, {n} pairs), "
+                    f"so SER >= {(100.0 - acc.min()) / err:.3g}")
         notes.append(msg)
     elif math.isnan(s["ser"]):
         notes.append("SER undefined: no group made any error (0 / 0)")

@@ -88,7 +88,7 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
             "n_errors": int((~ok).sum()), "accuracy_ci": [lo, hi], "accuracy_ci_method": how,
             "fold_thresholds_dist": thr.tolist(),
         }
-        if how.startswith("rule of three"):
+        if how.startswith(("rule of three", "exact one-sided")):
             notes.append(f"group '{gname}': {how}; its accuracy interval is [{lo:.2f}, {hi:.2f}]")
     overall: dict[str, Any] = {"n_pairs": int(len(dist))}
     if len(order) > 1 and len(np.unique(folds)) > 1:

@@ -1,4 +1,4 @@
-"""Error rates of similarity scores at a threshold (FACTS.md section 2).
+"""Error rates of similarity scores at a threshold (README references [2]).
 
 Scores are cosine similarities (higher = more alike); a pair is accepted as "same" when
 ``score >= t``. FMR(t) = impostor scores >= t / impostors; FNMR(t) = genuine scores < t / genuines.

@@ -2,7 +2,7 @@
 
 Wilson intervals, the rule of three, McNemar's test (chi-square with continuity correction, exact
 binomial for few discordant pairs), Holm's step-down correction and percentile intervals.
-Conventions and test vectors: FACTS.md section 2.
+Conventions and test vectors: README references [2].
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 def wilson_interval(p: float | np.ndarray, n: int | np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval of a proportion ``p`` (0..1) observed on ``n`` trials. Vectorised.
 
-    FACTS.md: 0.8993 of 6000 -> [0.8915, 0.9067].
+    README references [2]: 0.8993 of 6000 -> [0.8915, 0.9067].
     """
     p = np.asarray(p, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
@@ -40,13 +40,18 @@ def accuracy_interval(n_correct: int, n: int, z: float = Z95) -> tuple[float, fl
 
     Wilson in general; with zero errors (or zero correct) the rule of three bounds the error rate
     (Wilson is also valid there, but the rule of three is the standard, easily checked statement).
+    The rule of three approximates the exact one-sided 95% bound 1 - 0.05^(1/n) only for large n (it
+    exceeds 100% below n = 3); below 30 pairs the exact bound is used instead.
     """
     if n <= 0:
         return float("nan"), float("nan"), "none (no pairs)"
-    if n_correct == n:
-        return 100.0 * (1.0 - rule_of_three(n)), 100.0, "rule of three (no errors)"
-    if n_correct == 0:
-        return 0.0, 100.0 * rule_of_three(n), "rule of three (no correct pairs)"
+    if n_correct in (0, n):
+        exact = n < 30
+        bound = 1.0 - 0.05 ** (1.0 / n) if exact else rule_of_three(n)
+        how = "exact one-sided 95%" if exact else "rule of three"
+        if n_correct == n:
+            return 100.0 * (1.0 - bound), 100.0, f"{how} (no errors)"
+        return 0.0, 100.0 * bound, f"{how} (no correct pairs)"
     lo, hi = wilson_interval(n_correct / n, n, z)
     return float(lo) * 100.0, float(hi) * 100.0, "wilson"
 
@@ -90,7 +95,7 @@ class McNemarResult:
 def mcnemar(b: int, c: int, exact_below: int = 25) -> McNemarResult:
     """McNemar's test: chi2 = (|b - c| - 1)^2 / (b + c); exact binomial when b + c < ``exact_below``.
 
-    FACTS.md: b=95, c=60 -> chi2 7.458, p 0.0063 (exact p 0.0061).
+    README references [2]: b=95, c=60 -> chi2 7.458, p 0.0063 (exact p 0.0061).
     """
     b, c = int(b), int(c)
     if b < 0 or c < 0:

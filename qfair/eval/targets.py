@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..export.provenance import check_export_source
 from ..utils.errors import CheckpointError
 from .backends import Backend, make_backend
 
@@ -86,6 +87,7 @@ def load_target(target: Any, arch: str | None = None, backend: str | None = None
             if not onnx_file.is_file():
                 raise CheckpointError(f"{path}: no model.onnx for the ONNX Runtime backend; "
                                       f"export it first with `qfair export {path} --target onnxruntime`")
+            check_export_source(onnx_file)  # a re-quantized run leaves a stale model.onnx behind
             be = make_backend(onnx_file, "onnxruntime")
         elif backend not in (None, "torch", "pytorch"):
             be = make_backend(path, backend)
@@ -103,6 +105,7 @@ def load_target(target: Any, arch: str | None = None, backend: str | None = None
     else:
         quant = {}
         if (backend is None and path.suffix.lower() == ".onnx") or backend in ("onnxruntime", "ort", "onnx"):
+            check_export_source(path)
             be = make_backend(path, "onnxruntime")
         elif backend not in (None, "torch", "pytorch"):
             be = make_backend(path, backend)

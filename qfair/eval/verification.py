@@ -1,4 +1,4 @@
-"""LFW-style k-fold verification accuracy (FACTS.md section 3).
+"""LFW-style k-fold verification accuracy (README references [3]).
 
 For each fold, the threshold that maximises accuracy on the other folds is applied to the held-out
 fold; accuracy is the mean over folds and the reported "+-" is their std (ddof=0).

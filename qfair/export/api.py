@@ -7,7 +7,6 @@ JSON report atomically. Nothing is written when any step fails.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from ..utils.errors import ExportError, QfairError
-from ..utils.io import atomic_path, atomic_write_json
+from ..utils.io import atomic_path, atomic_write_json, output_file
 
 DEFAULT_PARITY = "builtin:tiny"
 
@@ -71,11 +70,9 @@ def parity_inputs(parity_data: Any, n: int = 64) -> tuple[torch.Tensor, np.ndarr
 
 
 def _check_out(out: Path) -> None:
-    parent = out.parent
-    if not parent.is_dir():
-        raise QfairError(f"cannot write {out}: folder {parent} does not exist. Create it or pick another --out.")
-    if not os.access(parent, os.W_OK):
-        raise QfairError(f"cannot write {out}: folder {parent} is not writable. Pick another --out.")
+    """Fail before any work when ``out`` or its ``.export.json`` report cannot be written as a file."""
+    output_file(out)
+    output_file(out.with_name(out.stem + ".export.json"))
 
 
 def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorrt", out: str | Path | None = None,
@@ -98,6 +95,7 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     import onnx
 
     from .onnx_graph import freeze_copy
+    from .provenance import source_record
     from .targets import TARGETS, ExportContext
 
     spec = TARGETS.get(target)  # unknown target: clear error before any work
@@ -151,7 +149,7 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     report = {"target": spec.name, "onnx": str(out), "bytes": out.stat().st_size, "opset": opset,
               "ir_version": proto.ir_version, "bits": bits, "recipe": meta.get("recipe"),
               "quantized": bits is not None, "notes": ctx.notes, "parity_data": described,
-              "parity": parity.to_dict(), **_summarised(layout)}
+              "parity": parity.to_dict(), **_summarised(layout), **source_record(run_dir, out)}
     atomic_write_json(out.with_name(out.stem + ".export.json"), report)
     return out
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..utils.io import atomic_path, atomic_write_json
+from ..utils.io import atomic_path, atomic_write_json, output_file
 from .config import BenchConfig
 
 
@@ -74,6 +74,8 @@ def bench_run(run_dir: str | Path, cfg: BenchConfig | None = None, out: str | Pa
     from .tensorrt import tensorrt_status
 
     cfg = cfg or BenchConfig()
+    if out is not None:  # a bad output path fails now, not after the exports and timings
+        output_file(out)
     model, run = load_for_export(run_dir)
     run = Path(run_dir) if run is None else run
     work = run / "bench"

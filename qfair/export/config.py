@@ -47,9 +47,14 @@ class ExportConfig:
 class BenchConfig:
     """``qfair bench RUN_DIR``."""
 
-    batches: tuple[int, ...] = cfg_field((1, 16, 64), help="batch sizes (the first is reported as latency)")
+    batches: tuple[int, ...] = cfg_field((1, 16, 64), help="batch sizes (the first is reported as latency)",
+                                         range=(1, 65536))
     warmup: int = cfg_field(2, help="untimed runs before timing", range=(0, 1000))
     repeats: int = cfg_field(5, help="timed runs per setting (the median is reported)", range=(1, 10000))
     threads: Optional[int] = cfg_field(None, help="CPU threads for torch and ONNX Runtime (default: all cores)",
                                        range=(1, 1024))
     parity: Optional[str] = cfg_field(None, help="benchmark spec for the int8 export's parity check")
+
+    def __post_init__(self) -> None:
+        if not self.batches:
+            raise ConfigError("key 'batches': got an empty list; give at least one batch size, e.g. --batches 1 16")

@@ -1,7 +1,7 @@
 """Torch model -> ONNX graph with Q/DQ (dynamo exporter + the fake-quant translation), then the
 clean-ups every target needs: weights stored as int8/uint8 codes (Q on a constant folded away, so the
 file holds one byte per weight), unique node names, IR version 10 (onnxruntime 1.31 reads <= 13 while
-onnx 1.23 writes 14; FACTS.md section 8), the input named ``input`` (batch, 3, 112, 112) with a
+onnx 1.23 writes 14; README references [8]), the input named ``input`` (batch, 3, 112, 112) with a
 dynamic batch, the output ``embedding``.
 """
 from __future__ import annotations

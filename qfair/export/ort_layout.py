@@ -1,4 +1,4 @@
-"""Rewrite a Q/DQ graph into the layout ONNX Runtime fuses into integer kernels on x86 (FACTS.md 8).
+"""Rewrite a Q/DQ graph into the layout ONNX Runtime fuses into integer kernels on x86 (README references [8]).
 
 ONNX Runtime turns ``DQ(x) -> Conv(DQ(w), DQ(int32 bias)) -> Q`` into QLinearConv only when the conv
 output is quantized too, while TensorRT wants no Q/DQ there. So, starting from the TensorRT-style

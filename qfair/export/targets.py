@@ -1,7 +1,7 @@
 """Export targets (a registry): what each runtime needs from the graph.
 
 - ``tensorrt``: the graph exactly as the fake-quant model computes it (TensorRT's explicit
-  quantization layout; FACTS.md section 8); only symmetric models qualify.
+  quantization layout; README references [8]); only symmetric models qualify.
 - ``onnxruntime``: rewritten by :mod:`qfair.export.ort_layout` so ONNX Runtime fuses integer kernels
   on x86; depthwise convs are kept in float when that measures faster.
 """

@@ -1,5 +1,5 @@
 """TensorRT INT8 engines from the TensorRT-target ONNX graph (explicit quantization: the Q/DQ nodes
-carry every scale, no calibrator; FACTS.md section 8), and a small runner for the evaluator.
+carry every scale, no calibrator; README references [8]), and a small runner for the evaluator.
 
 Needs the ``tensorrt`` Python package and an NVIDIA GPU; without them every entry point raises a
 MissingDependencyError that says which one is missing. Tested only where both exist.

@@ -1,4 +1,4 @@
-"""ONNX translation of ``qfair::fake_quant`` for ``torch.onnx.export(..., dynamo=True)`` (FACTS.md 8).
+"""ONNX translation of ``qfair::fake_quant`` for ``torch.onnx.export(..., dynamo=True)`` (README references [8]).
 
 ``fake_quant(x, s, z, qmin, qmax, axis)`` becomes ``QuantizeLinear -> DequantizeLinear`` in int8
 (signed ranges) or uint8 (unsigned), with the same scale and zero point, ``axis`` when per channel.

@@ -1,6 +1,6 @@
 """Check an ONNX graph against a runtime's quantization rules, naming the offending node.
 
-TensorRT explicit quantization (FACTS.md section 8): QuantizeLinear / DequantizeLinear at opset >= 13,
+TensorRT explicit quantization (README references [8]): QuantizeLinear / DequantizeLinear at opset >= 13,
 int8 with zero point 0, activations per tensor, weights per output channel, Q/DQ on both inputs of
 every Conv / Gemm / MatMul and on the skip input of residual Adds, no Q/DQ between a Conv, its
 BatchNormalization and its activation, a dynamic batch dimension. ONNX Runtime accepts int8 or uint8

@@ -1,7 +1,7 @@
 """Parameter-free building blocks shared by the backbones.
 
 ``ResidualAdd`` makes the residual sum a module, so quantization recipes can put a quantizer on the
-skip input (TensorRT runs an Add in int8 only when both inputs are quantized; FACTS.md section 8).
+skip input (TensorRT runs an Add in int8 only when both inputs are quantized; README references [8]).
 It has no parameters, so state-dict keys stay identical to the reference implementations.
 """
 from __future__ import annotations

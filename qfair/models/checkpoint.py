@@ -4,7 +4,7 @@ Accepted layouts: a plain state dict, a ``module.``-prefixed one (DataParallel /
 holding the weights under ``state_dict`` / ``model`` / ``model_state_dict`` / ``backbone``. Loading
 uses ``torch.load(weights_only=True)`` so a checkpoint cannot run code. Loading is strict: a
 checkpoint that does not match is an error, never a silently random model (the reference QuantFace
-code swallowed a failed teacher load; FACTS.md section 5).
+code swallowed a failed teacher load; README references [5]).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..utils.io import safe_torch_load
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "backbone", "net", "weights")
 _PREFIXES = ("module.", "backbone.", "model.", "_orig_mod.")
+_QUANTIZER_KEY = re.compile(r"(^|\.)\w*_quantizer\.")
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -108,6 +109,70 @@ def _describe(arch: tuple[str, dict[str, Any]] | None) -> str:
     return name + (f" ({', '.join(f'{k}={v}' for k, v in kw.items())})" if kw else "")
 
 
+def quantizer_keys(sd: Mapping[str, Any]) -> list[str]:
+    """Keys of the quantizer state a qfair quantized model saves (``*_quantizer.scale`` and the like)."""
+    return [k for k in sd if _QUANTIZER_KEY.search(k)]
+
+
+class QuantizedCheckpointError(CheckpointError):
+    """A quantized qfair model was given where a float checkpoint is needed.
+
+    ``run_dir``: the folder that holds it; ``has_quant_json``: whether that folder has the quant.json
+    that describes its quantizers; ``float_source``: the float checkpoint its config.yaml names, if any."""
+
+    def __init__(self, message: str, run_dir: Path, has_quant_json: bool, float_source: str | None) -> None:
+        super().__init__(message)
+        self.run_dir, self.has_quant_json, self.float_source = run_dir, has_quant_json, float_source
+
+
+def _float_source(run_dir: Path) -> str | None:
+    """The ``model`` a run folder's config.yaml says it was quantized from (None when unknown)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    cfg = doc.get("config") if isinstance(doc, dict) else None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def quantized_checkpoint_error(path: str | os.PathLike, keys: list[str]) -> QuantizedCheckpointError:
+    """The error for a float load of a quantized qfair model at ``path`` (a run folder or its model.pt)."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    has_json = (run_dir / "quant.json").is_file()
+    source = _float_source(run_dir)
+    what = (f"{path} is an already-quantized qfair model, not a float checkpoint (it holds quantizer state: "
+            f"{', '.join(keys[:2])}, ... {len(keys)} keys)")
+    if has_json:
+        todo = (f"pass the run folder {run_dir} itself where a quantized model is accepted (evaluate, compare, "
+                "export), or the float checkpoint it was quantized from")
+    else:
+        todo = (f"it belongs in a run folder, but {run_dir} has no quant.json (written by qfair quantize beside "
+                "model.pt, it describes the quantizers and is needed to load the model): restore quant.json "
+                "into the run folder, or quantize the float checkpoint again")
+    if source:
+        todo += f" (config.yaml names the float model: {source})"
+    return QuantizedCheckpointError(f"{what}; {todo}", run_dir, has_json, source)
+
+
+def _mismatch_hint(sd: Mapping[str, torch.Tensor], guess: tuple[str, dict[str, Any]] | None, arch: str) -> str:
+    """What to do about a checkpoint that does not fit ``arch``; never suggests ``arch`` itself."""
+    qkeys = quantizer_keys(sd)
+    if qkeys:
+        return (f"the checkpoint is an already-quantized qfair model ({qkeys[0]}, ...): load its run folder "
+                "(model.pt with quant.json; qfair.quant.load_quantized), or pass the float checkpoint.")
+    if guess is not None and guess[0] != arch:
+        return (f"the checkpoint looks like {_describe(guess)}, not {arch}; "
+                f"pass --arch {guess[0]} (or arch='{guess[0]}').")
+    if guess is not None:
+        return (f"the keys are those of {_describe(guess)} but the tensors above do not fit; check the "
+                "architecture options (embedding size, width) or that the file is not damaged.")
+    return "check --arch against `qfair models`, or that this is a face backbone checkpoint."
+
+
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str, arch: str) -> None:
     """Load with strict key and shape matching; on mismatch name the keys and guess the real arch."""
     own = model.state_dict()
@@ -125,11 +190,7 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, 
             if items:
                 shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
                 lines.append(f"  {label}: {shown}")
-        if guess is not None:
-            lines.append(f"  hint: the checkpoint looks like {_describe(guess)}, not {arch}; "
-                         f"pass --arch {guess[0]} (or arch='{guess[0]}').")
-        else:
-            lines.append("  hint: check --arch against `qfair models`, or that this is a face backbone checkpoint.")
+        lines.append(f"  hint: {_mismatch_hint(sd, guess, arch)}")
         raise CheckpointError("\n".join(lines))
     full = {k: sd.get(k, own[k]) for k in own}
     model.load_state_dict(full, strict=True)
@@ -144,6 +205,8 @@ def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) 
     from .registry import MODELS, create_model
 
     sd = read_checkpoint(path)
+    if qkeys := quantizer_keys(sd):
+        raise quantized_checkpoint_error(path, qkeys)
     guess = guess_arch(sd)
     if arch is None:
         if guess is None:

@@ -1,6 +1,6 @@
 """The improved ResNet (iresnet) family of insightface arcface_torch, with identical state-dict keys.
 
-Keys (FACTS.md section 7): ``conv1, bn1, prelu, layer{1..4}.{i}.{bn1, conv1, bn2, prelu, conv2, bn3,
+Keys (README references [7]): ``conv1, bn1, prelu, layer{1..4}.{i}.{bn1, conv1, bn2, prelu, conv2, bn3,
 downsample.0, downsample.1}, bn2, fc, features``. A block is BN -> conv3x3 -> BN -> PReLU ->
 conv3x3(stride) -> BN, plus the identity (or a strided 1x1 conv + BN). Input (B, 3, 112, 112) ->
 (B, 64, 56, 56) after layer1 -> ... -> (B, 512, 7, 7) after layer4 -> (B, num_features).

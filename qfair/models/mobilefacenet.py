@@ -1,4 +1,4 @@
-"""MobileFaceNet in the two incompatible namings in use (FACTS.md section 7).
+"""MobileFaceNet in the two incompatible namings in use (README references [7]).
 
 - ``mbf``: insightface arcface_torch naming (``layers.N...``, ``conv_sep``, ``features.layers``),
   ``scale`` widens the trunk (2 for ``mbf``, 4 with deeper blocks for ``mbf_large``).

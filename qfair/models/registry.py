@@ -18,7 +18,7 @@ def _iresnet(depth: int) -> Callable[..., nn.Module]:
         _no_extra(f"iresnet{depth}", kw)
         return IResNet(DEPTHS[depth], num_features=num_features, dropout=dropout, width=width)
 
-    build.__doc__ = f"iresnet{depth} (arcface_torch), stage depths from FACTS.md section 7."
+    build.__doc__ = f"iresnet{depth} (arcface_torch), stage depths from README references [7]."
     return build
 
 

@@ -92,6 +92,8 @@ class QuantizeRunConfig(QuantConfig):
                                                                           "builtin-synthetic"])
     calib_data: Optional[str] = cfg_field(None, help="calibration image folder / file (real: required; "
                                           "synthetic: a generated folder, or none for data-free images)")
+    skip_corrupt: bool = cfg_field(False, help="skip unreadable calibration images (counted in a warning) "
+                                   "instead of stopping at the first one")
     out: Optional[str] = cfg_field(None, help="output run folder")
 
     def quant_config(self) -> QuantConfig:

@@ -1,4 +1,4 @@
-"""The fake-quant op ``qfair::fake_quant`` (a ``torch.library`` custom op; FACTS.md section 8).
+"""The fake-quant op ``qfair::fake_quant`` (a ``torch.library`` custom op; README references [8]).
 
 Signature (kept simple so every exporter can translate it)::
 
@@ -29,7 +29,7 @@ ONNX export: ``qfair.export.translation.translation_table()`` is the ``custom_tr
 ``torch.onnx.export(..., dynamo=True)``: the op becomes ``QuantizeLinear -> DequantizeLinear`` (int8 for
 signed ranges, uint8 for unsigned) with the same scale, zero point and ``axis`` when per-channel; for
 sub-8-bit ranges a clip to ``[(qmin - z) * s, (qmax - z) * s]`` precedes the QuantizeLinear so the int8
-Q/DQ computes exactly the 6-bit grid (FACTS.md section 8). Call ``qfair.quant.freeze_for_export`` (or
+Q/DQ computes exactly the 6-bit grid (README references [8]). Call ``qfair.quant.freeze_for_export`` (or
 the exporter's ``freeze_copy``) first, so dynamic weight ranges become constants.
 """
 from __future__ import annotations

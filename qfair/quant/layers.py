@@ -6,7 +6,7 @@ float checkpoint loads into the prepared model unchanged.
   ``input_quantizer``;
 - ``QuantPReLU``: optional slope quantizer (``weight_quantizer``) and ``output_quantizer``;
 - ``QuantResidualAdd``: optional ``skip_quantizer`` (the identity input of the add, TensorRT's rule,
-  FACTS.md section 8) and ``output_quantizer`` (QuantFace's "after every residual block").
+  README references [8]) and ``output_quantizer`` (QuantFace's "after every residual block").
 """
 from __future__ import annotations
 

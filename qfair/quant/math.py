@@ -1,6 +1,6 @@
 """Pure quantization math: integer ranges, range -> (scale, zero point), quantize, dequantize.
 
-Semantics follow ONNX ``QuantizeLinear`` / ``DequantizeLinear`` (FACTS.md section 8)::
+Semantics follow ONNX ``QuantizeLinear`` / ``DequantizeLinear`` (README references [8])::
 
     q = saturate(round_half_to_even(x / scale) + zero_point, qmin, qmax)
     x_hat = (q - zero_point) * scale

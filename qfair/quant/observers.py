@@ -57,7 +57,7 @@ class Observer(abc.ABC):
 
 @OBSERVERS.register("minmax", aliases=("max",))
 class MinMaxObserver(Observer):
-    """Running global min and max (QuantFace's activation ranges; FACTS.md section 5)."""
+    """Running global min and max (QuantFace's activation ranges; README references [5])."""
 
     name = "minmax"
 

@@ -5,8 +5,8 @@ Modes (plain attributes, recorded in quant.json):
 - ``observer_enabled``: every forward feeds the observer (calibration; NaN/Inf raise naming the layer);
 - ``fake_quant_enabled``: quantize (off during PTQ calibration so every layer sees float inputs);
   with both on (QAT's "running min/max for the first steps"), the range is recomputed every forward;
-- ``dynamic``: the range is the tensor's own min/max at every forward (QuantFace weights; FACTS.md
-  section 5) -- used for weights, which change during fine-tuning.
+- ``dynamic``: the range is the tensor's own min/max at every forward (QuantFace weights; README
+  references [5]) -- used for weights, which change during fine-tuning.
 
 The state dict holds ``scale`` and ``zero_point`` (0-d per-tensor, (C,) per-channel); after
 :meth:`ActQuantizer.enable_lsq` the scale is a learnable parameter under the same key.

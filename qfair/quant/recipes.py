@@ -2,7 +2,7 @@
 
 Recipes are registered in :data:`RECIPES`; each rewrites a deep copy of any ``nn.Module`` in place.
 
-``quantface`` -- the reference method, FACTS.md section 5, read as follows:
+``quantface`` -- the reference method, README references [5], read as follows:
   * every Conv2d and Linear (stem, downsample, depthwise, GDC, embedding FC): weights per output
     channel, asymmetric, min/max recomputed from the float weights at every forward (``dynamic``);
     no quantizer on their inputs (the activations are quantized where the recipe says, not per layer);
@@ -15,7 +15,7 @@ Recipes are registered in :data:`RECIPES`; each rewrites a deep copy of any ``nn
     anyway, and the FC *weights* are quantized because "every Linear is quantized". Use ``skip: [fc]``
     to keep the FC weights float as well.
 
-``deploy`` -- what TensorRT runs (FACTS.md section 8): BatchNorm folded into the conv it directly
+``deploy`` -- what TensorRT runs (README references [8]): BatchNorm folded into the conv it directly
 follows when that conv's output feeds nothing else (exact; proven on the ``torch.fx`` graph, and the
 BNs left unfolded are recorded with the reason in ``qfair_quant["bn_fold"]``), symmetric
 per-channel weights (axis 0), symmetric per-tensor quantizers on every Conv2d / Linear input and on
@@ -220,12 +220,37 @@ def _fold(model: nn.Module) -> None:
     model._qfair_bn_fold = {"folded": [list(p) for p in folded], "not_folded": skipped}
 
 
+_QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.PReLU, ResidualAdd)
+
+
+def check_patterns(model: nn.Module, cfg: QuantConfig) -> None:
+    """Every ``skip`` / ``layer_wbits`` / ``layer_abits`` pattern must match a quantizable layer of
+    ``model`` (or a module holding one): a misspelt name would otherwise change nothing, silently."""
+    names = [n for n, m in model.named_modules() if n and isinstance(m, _QUANTIZABLE)]
+    for key, patterns in (("skip", cfg.skip), ("layer_wbits", cfg.layer_wbits), ("layer_abits", cfg.layer_abits)):
+        for pat in patterns:
+            if any(_matches(n, [pat]) for n in names):
+                continue
+            import difflib
+
+            scopes = sorted({p for n in names for p in (n, n.split(".")[0])})
+            close = difflib.get_close_matches(pat, scopes, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            top = ", ".join(sorted({n.split(".")[0] for n in names}))
+            raise QuantError(
+                f"{key}: pattern '{pat}' matches no Conv2d, Linear, PReLU or ResidualAdd of "
+                f"{type(model).__name__}; {hint}top-level modules: {top} "
+                f"(patterns are fnmatch over dotted module names, and a module's name covers the layers inside it; "
+                f"`qfair sensitivity` writes overrides with this model's names)")
+
+
 def prepare(model: nn.Module, cfg: QuantConfig | None = None, example_input: torch.Tensor | None = None
             ) -> nn.Module:
     """Deep copy of ``model`` with quantizers placed by ``cfg.recipe``; weights quantized, activations
     waiting for calibration (:func:`qfair.quant.quantize`). Records ``model.qfair_quant``."""
     cfg = cfg or QuantConfig()
     recipe = RECIPES.get(cfg.recipe)
+    check_patterns(model, cfg)
     qmodel = copy.deepcopy(model)
     float_kept = recipe(qmodel, cfg, example_input)
     quantizers = list(iter_quantizers(qmodel))

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import cfg_field, load_config
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, DataError, QfairError
 
 BUILTIN_PREFIX = "builtin:"
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -60,7 +60,7 @@ class CalibSpec:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """KD fine-tuning of PTQ variants against their float teacher (FACTS.md section 5)."""
+    """KD fine-tuning of PTQ variants against their float teacher (README references [5])."""
 
     enabled: bool = cfg_field(True)
     bits: tuple[int, ...] = cfg_field((6,), help="fine-tune the variants with these bit widths", range=(2, 8))
@@ -140,6 +140,49 @@ class StudyConfig:
         for lab in self.export.calibration if self.export.enabled else ():
             if lab not in labels:
                 raise ConfigError(f"export.calibration: '{lab}' is not a calibration label ({', '.join(labels)})")
+
+
+def _source_problem(spec: str) -> str | None:
+    """What is wrong with a calibration / fine-tuning source spec that can be seen without reading it
+    (unknown kind, missing path), or None."""
+    from ..data.calibration import CALIB_SOURCES
+
+    kind, _, path = spec.partition(":")
+    if kind not in CALIB_SOURCES.names():
+        return f"unknown source kind '{kind}' in {spec!r}; known: {', '.join(CALIB_SOURCES.names())}"
+    if kind == "mix":
+        from ..data.mixing import parse_mix
+
+        try:
+            parts = parse_mix(path)
+        except QfairError as exc:
+            return str(exc)
+        return next((msg for msg in (_source_problem(s) for s, _ in parts) if msg), None)
+    if kind == "real" and not path:
+        return "source 'real' needs a path: real:/data/faces_emore (image folder, .rec or .bin)"
+    if kind in ("real", "synthetic") and path and not Path(path).exists():
+        return f"{path}: data path not found"
+    return None
+
+
+def check_paths(cfg: StudyConfig, source: str | None = None) -> None:
+    """Check every model checkpoint and data path the study's stages will read, before any stage runs.
+    Errors name ``source`` (the study's YAML file) and the entry, e.g.
+    ``st.yaml: calibration[0] (label real): /data/x: data path not found``."""
+    where = f"{source}: " if source else ""
+    for i, m in enumerate(cfg.models):
+        path = m.resolved_checkpoint()
+        if not path.exists():
+            raise DataError(f"{where}models[{i}] (name {m.name}): checkpoint {path} not found; fix the path or "
+                            "the working folder the study runs from")
+    for i, c in enumerate(cfg.calibration):
+        msg = _source_problem(c.source)
+        if msg:
+            raise DataError(f"{where}calibration[{i}] (label {c.label}): {msg}")
+    if cfg.finetune.enabled:
+        msg = _source_problem(cfg.finetune.data)
+        if msg:
+            raise DataError(f"{where}finetune.data: {msg}")
 
 
 def load_study(path: str | Path | None, overrides: dict | None = None) -> StudyConfig:

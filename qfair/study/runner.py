@@ -3,6 +3,11 @@
 Each variant gets a run folder under ``cfg.out`` (``model.pt`` + ``quant.json``, or ``model.onnx``)
 and a stage marker written only after it is complete, so an interrupted study resumes where it
 stopped. Embeddings are cached on disk, so re-evaluating a finished variant costs only the metrics.
+
+A finished stage is reused only when the settings recorded in its ``config.yaml`` equal the settings it
+would be built with now (:func:`stage_settings`); otherwise the study stops before running anything
+(and before rewriting the study's ``config.yaml``), unless ``recompute=True`` rebuilds the changed
+stages and the stages built from them.
 """
 from __future__ import annotations
 
@@ -12,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..runs import RunDir
-from ..utils.errors import CheckpointError
-from .config import StudyConfig
+from ..utils.errors import CheckpointError, ConfigError
+from .config import StudyConfig, check_paths
 from .plan import Variant, plan
 
 SYNTHETIC_NOTE = ("All numbers in this report come from qfair's built-in SYNTHETIC benchmark (rendered face-like "
@@ -34,15 +39,84 @@ def _say_default(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _diff_keys(stored: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose recorded value differs from the value now. Only keys both have are compared: a key
+    the record lacks was added to stage records by a later qfair (the setting it names was fixed then), and
+    a key only the record has is one the stage is no longer built from."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for k, v in stored.items():
+            if k in now:
+                out += _diff_keys(v, now[k], f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if stored == now else [prefix or "config"]
+
+
+def _lookup(doc: Any, dotted: str) -> Any:
+    for k in dotted.split("."):
+        doc = doc.get(k) if isinstance(doc, dict) else None
+    return doc
+
+
 class _Study:
     def __init__(self, cfg: StudyConfig, say: Callable[[str], None]):
         self.cfg, self.say = cfg, say
-        self.root = RunDir.create(cfg.out, cfg, command=f"qfair study ({cfg.name})", seed=cfg.seed)
+        self.root = RunDir(Path(cfg.out))  # config.yaml is written by start(), after the checks
         self.cache = self.root.path / ".cache" / "embeddings"
         self.float_models: dict[str, Any] = {}
         self.models: dict[str, Any] = {}
         self._calib: dict[tuple[str, str], list] = {}
         self.timings: dict[str, float] = {}
+
+    def start(self) -> None:
+        """Create the study folder and record the study's config (after :meth:`changed_stages` passed)."""
+        self.root = RunDir.create(self.cfg.out, self.cfg, command=f"qfair study ({self.cfg.name})",
+                                  seed=self.cfg.seed)
+
+    # ------------------------------------------------------------------ resume checks
+    def stage_settings(self, v: Variant) -> dict[str, Any] | None:
+        """Everything stage ``v`` is built from, as recorded in its ``config.yaml`` (None: float, no stage)."""
+        cfg = self.cfg
+        if v.kind == "ptq":
+            return {"variant": v.id, "calibration": {"label": v.calib.label, "source": v.calib.source,
+                                                     "size": v.calib.size or cfg.calib_size},
+                    "quant": self.quant_config(v), "model": v.model}
+        if v.kind == "kd":
+            from ..config import config_to_dict
+
+            ft = {k: x for k, x in config_to_dict(cfg.finetune).items() if k not in ("enabled", "bits")}
+            return {"variant": v.id, "start": v.parent, "finetune": ft, "model": v.model, "seed": cfg.seed}
+        if v.kind == "onnx":
+            return {"variant": v.id, "start": v.parent, "target": cfg.export.target,
+                    "parity": {"source": v.calib.source, "images": cfg.calib_size,
+                               "batch_size": cfg.calib_batch_size},
+                    "model": v.model, "seed": cfg.seed}
+        return None
+
+    def changed_stages(self, variants: list[Variant]) -> dict[str, str]:
+        """Finished stages whose recorded settings differ from the ones the config gives now, and the
+        finished stages built from them: ``{variant id: what changed}``."""
+        from ..config import config_to_dict
+
+        changed: dict[str, str] = {}
+        for v in variants:
+            if v.kind == "float" or not self.root.stage_done(v.id):
+                continue
+            if v.parent in changed:
+                changed[v.id] = f"built from the changed stage {v.parent}"
+                continue
+            stored = RunDir(self.folder(v)).read_config().get("config")
+            if stored is None:  # no record (written by an older qfair): nothing to compare
+                continue
+            now = config_to_dict(self.stage_settings(v))
+            diff = _diff_keys(stored, now)
+            if diff:
+                changed[v.id] = "; ".join(f"{k}: {_lookup(stored, k)!r} -> {_lookup(now, k)!r}" for k in diff)
+        return changed
+
+    def forget(self, variant_id: str) -> None:
+        """Drop the finished marker of a stage so that it is rebuilt (its files are overwritten then)."""
+        (self.root.path / ".stages" / f"{variant_id}.done").unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ building blocks
     def float_model(self, v: Variant):
@@ -91,8 +165,7 @@ class _Study:
                                          self.cfg.calib_batch_size)
             model = quantize(self.float_model(v), self.quant_config(v), batches)
             model.qfair_quant["calib"] = v.calib.label
-            RunDir.create(folder, {"variant": v.id, "calibration": {"label": v.calib.label, "source": v.calib.source},
-                                   "quant": self.quant_config(v)}, command="qfair study: ptq", seed=self.cfg.seed)
+            RunDir.create(folder, self.stage_settings(v), command="qfair study: ptq", seed=self.cfg.seed)
             save_quantized(model, folder)
             result = model
         elif v.kind == "kd":
@@ -113,8 +186,7 @@ class _Study:
         student = load_quantized(self.folder_of(v.parent))
         batches = self.calib_batches(v, ft.data, ft.images, ft.batch_size)
         images = torch.cat([b[0] if isinstance(b, (list, tuple)) else b for b in batches])
-        RunDir.create(folder, {"variant": v.id, "start": v.parent, "finetune": ft}, command="qfair study: kd",
-                      seed=self.cfg.seed)
+        RunDir.create(folder, self.stage_settings(v), command="qfair study: kd", seed=self.cfg.seed)
         res = kd_finetune(student, self.float_model(v), images, steps=ft.steps, lr=ft.lr, batch_size=ft.batch_size,
                           range_update_steps=ft.range_update_steps, seed=self.cfg.seed, freeze_bn=ft.freeze_bn,
                           weight_decay=ft.weight_decay)
@@ -128,7 +200,7 @@ class _Study:
         from ..export import export_onnx
 
         batches = self.calib_batches(v, v.calib.source, self.cfg.calib_size, self.cfg.calib_batch_size)
-        folder.mkdir(parents=True, exist_ok=True)
+        RunDir.create(folder, self.stage_settings(v), command="qfair study: onnx", seed=self.cfg.seed)
         import torch
 
         images = torch.cat([b[0] if isinstance(b, (list, tuple)) else b for b in batches])
@@ -149,17 +221,42 @@ class _Study:
                         target_fmr=e.target_fmr, n_bootstrap=e.n_bootstrap, seed=self.cfg.seed, meta=meta)
 
 
-def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None) -> StudyResult:
-    """Run (or resume) every stage of ``cfg`` and write the combined report into ``cfg.out``."""
+def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None, *, recompute: bool = False,
+              source: str | None = None) -> StudyResult:
+    """Run (or resume) every stage of ``cfg`` and write the combined report into ``cfg.out``.
+
+    Before any stage runs: every model checkpoint, data path and benchmark is checked (errors name
+    ``source``, the study's YAML file, and the entry), and finished stages whose recorded settings differ
+    from ``cfg``'s are an error -- or, with ``recompute=True``, are rebuilt with the stages built from them.
+    """
     from ..data import open_benchmark
     from ..eval import compare
     from ..report.writer import write_report
+    from ..utils.errors import QfairError
 
     say = say or _say_default
     t0 = time.time()
+    check_paths(cfg, source)
+    benches = []
+    for i, b in enumerate(cfg.bench):
+        try:
+            benches.append(open_benchmark(b))
+        except QfairError as exc:
+            raise type(exc)(f"{source + ': ' if source else ''}bench[{i}]: {exc}") from None
     st = _Study(cfg, say)
     variants = plan(cfg)
-    benches = [open_benchmark(b) for b in cfg.bench]
+    changed = st.changed_stages(variants)
+    if changed and not recompute:
+        lines = "\n".join(f"  {vid}: {why}" for vid, why in changed.items())
+        raise ConfigError(
+            f"{st.root.path} holds finished stages made with other settings than "
+            f"{source or 'the study config'} gives now:\n{lines}\n"
+            "Nothing was run or changed. Keep those results by choosing a new output folder (out: in the YAML "
+            "or --out DIR), or rerun with --recompute to rebuild these stages (their results are replaced).")
+    for vid, why in changed.items():
+        say(f"recomputing {vid} ({why})")
+        st.forget(vid)
+    st.start()
     results = []
     for i, v in enumerate(variants, 1):
         resumed = st.root.stage_done(v.id)

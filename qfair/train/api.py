@@ -1,8 +1,8 @@
 """Entry points: :func:`qat` (``qfair qat``), :func:`distill` (``qfair distill``), :func:`kd_finetune`.
 
 Both commands load (and check) the teacher first -- a teacher that does not load is an error before
-anything else happens (the reference code swallowed it and distilled from a random network, FACTS.md
-section 5) -- then build the student, check that the embeddings can be compared, build the data,
+anything else happens (the reference code swallowed it and distilled from a random network, README
+references [5]) -- then build the student, check that the embeddings can be compared, build the data,
 and call :func:`qfair.train.fit`. The run folder gets ``config.yaml``, ``metrics.jsonl``,
 ``checkpoints/``, the trained model (``model.pt`` + ``quant.json`` for a quantized student, so
 ``qfair evaluate`` / ``qfair export`` take the folder) and ``train.json`` (summary).
@@ -53,12 +53,33 @@ def _calib_batches(spec: str, n: int, seed: int, model: nn.Module) -> list[torch
     return [to_model_input(imgs[i:i + 32]) for i in range(0, len(imgs), 32)]
 
 
+def _saved_step(path: Path) -> str:
+    """``"at step N"`` (or ``"finished at step N"``) for a training checkpoint, ``""`` if it cannot be read."""
+    from .checkpoint import load_checkpoint
+
+    try:
+        ck = load_checkpoint(path)
+    except QfairError:
+        return ""
+    step = ck.get("step")
+    return "" if step is None else f"{'finished ' if ck.get('done') else ''}at step {int(step)}"
+
+
 def _check_resume(out: str | Path, cfg: Any, resume: bool) -> None:
-    """A resumed run must use the settings it was started with (checked before any heavy work)."""
+    """Checked before any heavy work: a fresh run never overwrites a run folder that holds checkpoints, a
+    resumed run needs a run to resume, and it must use the settings that run was started with."""
     from ..config import config_to_dict
     from ..runs import RunDir
 
     out = Path(out)
+    last = out / "checkpoints" / "last.pt"
+    if not resume and last.exists():
+        at = _saved_step(last)
+        raise ConfigError(f"{out} holds a run{' ' + at if at else ''} ({last}); pass --resume to continue it, "
+                          "or choose another --out (nothing was overwritten)")
+    if resume and not (out / "config.yaml").exists():
+        raise ConfigError(f"--resume: there is nothing to resume in {out} (no run was started there: "
+                          f"{out / 'config.yaml'} does not exist); check --out, or drop --resume to start a new run")
     if resume and (out / "config.yaml").exists():
         stored = (RunDir.open(out).read_config() or {}).get("config")
         now = config_to_dict(cfg)
@@ -103,6 +124,7 @@ def qat(cfg: QatConfig, out: str | Path, *, resume: bool = False) -> dict[str, A
     from ..quant import QuantConfig, load_quantized, quantize, save_quantized
     from ..runs import RunDir
 
+    _check_resume(out, cfg, resume)
     teacher_path = cfg.teacher or cfg.model
     if not teacher_path and cfg.student:  # the quantize run records the float model it started from
         stored = (RunDir.open(cfg.student).read_config() or {}).get("config", {}) or {}
@@ -110,7 +132,6 @@ def qat(cfg: QatConfig, out: str | Path, *, resume: bool = False) -> dict[str, A
         if not teacher_path:
             raise ConfigError(f"{cfg.student}/config.yaml does not name its float model; pass --teacher CHECKPOINT")
     teacher = load_teacher(teacher_path, cfg.teacher_arch or cfg.arch)
-    _check_resume(out, cfg, resume)
     if cfg.student:
         student = load_quantized(cfg.student)
     else:
@@ -136,8 +157,8 @@ def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False) -> dic
     from ..quant import QuantConfig, quantize, save_quantized
     from ..utils.io import atomic_torch_save
 
-    teacher = load_teacher(cfg.teacher, cfg.teacher_arch)
     _check_resume(out, cfg, resume)
+    teacher = load_teacher(cfg.teacher, cfg.teacher_arch)
     t_dim = embedding_size(teacher)
     s_dim = cfg.embedding_size or t_dim
     torch.manual_seed(cfg.seed)

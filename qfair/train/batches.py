@@ -54,7 +54,7 @@ class Batch:
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [-1, 1] with (x / 255 - 0.5) / 0.5 (FACTS.md section 3); floats pass."""
+    """uint8 (B, 3, H, W) -> float in [-1, 1] with (x / 255 - 0.5) / 0.5 (README references [3]); floats pass."""
     if images.dtype == torch.uint8:
         return (images.float() / 255.0 - 0.5) / 0.5
     return images.float()

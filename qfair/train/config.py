@@ -1,6 +1,6 @@
 """Typed configs of the fine-tuning loop (:class:`TrainConfig`), ``qfair qat`` and ``qfair distill``.
 
-Defaults are the QuantFace QAT recipe (FACTS.md section 5): KD only (MSE of unit embeddings), SGD
+Defaults are the QuantFace QAT recipe (README references [5]): KD only (MSE of unit embeddings), SGD
 Nesterov 0.9, weight decay 5e-4, lr 0.1 at a total batch of 512 scaled linearly, clip 5, activation
 ranges updated for 300 steps then frozen. configs/distill_*.yaml holds the distillation-study recipe
 (section 6). Every key is also a command-line flag.

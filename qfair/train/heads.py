@@ -3,7 +3,7 @@
 A head owns the class-centre matrix W (C, D). ``head(emb (B, D), labels (B,)) -> scalar`` is the
 cross-entropy of the margin logits; ``head.logits(emb, labels) -> (B, C)`` exposes the logits for
 tests. Embeddings come in UNNORMALISED: every head normalises them itself, and AdaFace uses their
-norms as an image-quality proxy (FACTS.md section 6: feeding unit vectors silently turns AdaFace
+norms as an image-quality proxy (README references [6]: feeding unit vectors silently turns AdaFace
 into CosFace).
 
 Formulas, with cos_j = <e/|e|, W_j/|W_j|> and theta_j = acos(cos_j), for the target class y:

@@ -4,7 +4,7 @@ Every loss in :data:`KD_LOSSES` is a pure function ``(student (B, D), teacher (B
 per-sample loss, so that fairness-aware weighting (``qfair.train.fairness``) can reweight samples
 before the batch reduction. The batch loss is the mean of the per-sample losses.
 
-- ``mse`` (reference, FACTS.md sections 5 and 6): mean over the D dimensions of
+- ``mse`` (reference, README references [5], [6]): mean over the D dimensions of
   ``(normalize(s) - normalize(t))**2``; its batch mean equals ``F.mse_loss`` over B x D (mean reduced),
   the quantity the reference recipes scale by lambda (10000 in the distillation study).
 - ``cosine``: ``1 - cos(s, t)`` (= D/2 x mse for unit vectors, so it needs a smaller weight).
@@ -76,7 +76,7 @@ def combined_loss(
 
     Shapes: embeddings (B, D); labels (B,) int64 with -1 for unlabelled samples (ignored by the
     head); ``sample_weights`` (B,) (fairness weighting), mean 1 by convention. The head receives the
-    UNNORMALISED student embeddings (AdaFace needs their norms, FACTS.md section 6).
+    UNNORMALISED student embeddings (AdaFace needs their norms, README references [6]).
     """
     total = student_emb.new_zeros((), dtype=torch.float32)
     parts = LossParts(total=total)

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the reference recipes (FACTS.md sections 5 and 6).
+"""Optimizer and learning-rate schedule of the reference recipes (README references [5], [6]).
 
 SGD with Nesterov momentum 0.9 and weight decay 5e-4; the learning rate is scaled linearly with the
 total batch (all ranks together): ``lr = base_lr * total_batch / base_batch`` -- 0.1 at 512 (QuantFace

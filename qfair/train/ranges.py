@@ -2,7 +2,7 @@
 
 Uses ``qfair.quant``'s quantizer modes (``ActQuantizer.track()`` = observe and quantize with the
 running range, ``.freeze()`` = fix the range, ``.enable_lsq()`` = learnable scale). Weight quantizers
-recompute their range from the weights every forward (QuantFace, FACTS.md section 5) and are left
+recompute their range from the weights every forward (QuantFace, README references [5]) and are left
 alone by tracking.
 
 Observers are plain objects outside the state dict, so :func:`range_state` / :func:`load_range_state`

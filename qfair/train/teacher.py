@@ -1,6 +1,6 @@
 """The teacher side: loading checks, embedding-size checks and precomputed (cached) embeddings.
 
-The distillation study computes the teacher's embeddings once (FACTS.md section 6). A
+The distillation study computes the teacher's embeddings once (README references [6]). A
 :class:`TeacherCache` holds them for every image of an indexed source (and for its mirror image when
 the source flips), L2-normalised, stored on disk as ``<key>.pt`` where the key hashes the teacher's
 weights and the training images, so a different teacher or data set never reuses a stale file.

@@ -44,6 +44,20 @@ def test_info_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "x.txt" in capsys.readouterr().err
 
 
+def test_info_on_a_quantized_run_folder(tmp_path, capsys):
+    import torch
+
+    from qfair.models import create_model
+    from qfair.quant import QuantConfig, quantize, save_quantized
+
+    torch.manual_seed(0)
+    fp = create_model("iresnet18", width=4, num_features=16).eval()
+    save_quantized(quantize(fp, QuantConfig(bits=6), [torch.rand(2, 3, 112, 112) * 2 - 1]), tmp_path / "q6")
+    assert main(["info", str(tmp_path / "q6")]) == 0
+    out = capsys.readouterr().out
+    assert "iresnet18" in out and "W6A6" in out
+
+
 def test_python_dash_m_works():
     r = subprocess.run([sys.executable, "-m", "qfair", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("qfair ")
@@ -60,3 +74,20 @@ def test_import_is_cheap():
     r = subprocess.run([sys.executable, "-c", "import sys, qfair; print('torch' in sys.modules)"],
                        capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False"
+
+
+def test_ctrl_c_message_says_what_is_true_for_the_command(capsys, monkeypatch):
+    # study / demo resume by rerunning; a one-shot command (here `models`) has nothing to resume
+    import qfair.cli.models
+    import qfair.cli.study
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qfair.cli.models, "run", interrupted)
+    monkeypatch.setattr(qfair.cli.study, "run", interrupted)
+    assert main(["models"]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "written atomically" in err and "resume" not in err
+    assert main(["study", "--config", "x.yaml"]) == 130
+    assert "rerun the same command to resume" in " ".join(capsys.readouterr().err.split())

@@ -94,3 +94,32 @@ def test_all_shipped_configs_are_valid_yaml_mappings():
     files = sorted(root.glob("*.yaml"))
     for f in files:
         assert isinstance(read_yaml(f), dict), f
+
+
+def test_config_that_is_a_directory(tmp_path):
+    import re
+
+    from qfair.cli import main
+
+    with pytest.raises(ConfigError, match=re.escape(f"config {tmp_path} is a directory; pass a YAML file")):
+        load_config(Demo, tmp_path)
+    assert main(["quantize", "--config", str(tmp_path)]) == 2
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    # plain YAML keeps the last value silently: bits 6 ... bits 8 would quantize at 8 bits
+    from qfair.config.base import read_yaml
+
+    p = tmp_path / "dup.yaml"
+    p.write_text("bits: 6\nrecipe: quantface\nbits: 8\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:3:1: .*key 'bits' given twice \(first on line 1\)"):
+        read_yaml(p)
+    p.write_text("layer_wbits:\n  fc: 8\n  conv1: 8\n  fc: 6\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:4:3: .*key 'fc' given twice \(first on line 2\)"):
+        read_yaml(p)
+    p.write_text("bits: 6\nlayer_wbits:\n  bits: 8\n")  # the same name in another mapping is fine
+    assert read_yaml(p) == {"bits": 6, "layer_wbits": {"bits": 8}}
+    p.write_text("bits: 6\n\trecipe: x\n")  # a syntax error is not blamed on python tags
+    with pytest.raises(ConfigError) as e:
+        read_yaml(p)
+    assert "python tags" not in str(e.value) and "dup.yaml:2:1" in str(e.value)

@@ -88,3 +88,10 @@ def test_data_free_cached_and_on_the_png_grid(tmp_path, monkeypatch):
     assert len(list(cache_dir().glob("*.pt"))) == 2
     monkeypatch.setenv("QFAIR_CACHE_DIR", "off")
     assert cache_dir() is None
+
+
+def test_real_source_that_is_a_plain_file(tmp_path):
+    f = tmp_path / "text.pt"
+    f.write_text("hello")
+    with pytest.raises(DataError, match=r"text.pt: exists but is not a folder.*Accepted: .*\.rec.*\.bin"):
+        calibration_batches(f"real:{f}", 4, 4)

@@ -53,3 +53,24 @@ def test_groups_train_then_estimate(tmp_path, capsys):
     assert main(["groups", "estimate", *base, "--data", "builtin-synthetic", "--n", "8"]) == 0
     out = capsys.readouterr().out
     assert "GroupA" in out and "composition" in out
+
+
+def _unwrapped(capsys) -> str:
+    """stderr with the console's line wrapping undone."""
+    return capsys.readouterr().err.replace("\n", "")
+
+
+def test_bad_output_paths_fail_before_any_work(tmp_path, capsys, monkeypatch):
+    import qfair.cli.synth as synth_cli
+
+    def no_work(*a, **kw):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(synth_cli, "load_face_model", no_work)
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    assert main(["synth", "--model", "m.pth", "--n", "1", "--out", str(afile)]) == 2
+    assert f"{afile}: it exists and is not a folder" in _unwrapped(capsys)
+    assert afile.read_text() == "keep"
+    assert main(["groups", "train", "--model", "m.pth", "--data", "builtin", "--head", str(tmp_path)]) == 2
+    assert f"cannot write {tmp_path}: it is a directory" in _unwrapped(capsys)

@@ -70,3 +70,13 @@ def test_stream_workers_same_as_inline(tmp_path):
     a = torch.cat([x for x, _ in stream(ds, 3, shuffle=True, seed=1)])
     b = torch.cat([x for x, _ in stream(ds, 3, shuffle=True, seed=1, num_workers=2)])
     assert torch.equal(a, b)
+
+
+def test_a_file_where_a_folder_is_expected_is_named(tmp_path):
+    f = tmp_path / "text.pt"
+    f.write_text("hello")
+    for cls in (FlatFolder, ImageFolder):
+        with pytest.raises(DataError, match="text.pt: exists but is a file, not an image folder"):
+            cls(f)
+    with pytest.raises(DataError, match=r"text.pt: exists but is not a folder.*Accepted: a folder of images.*\.rec"):
+        open_image_source(f)

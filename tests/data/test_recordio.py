@@ -25,7 +25,7 @@ def test_roundtrip_insightface_layout(tmp_path):
 
 
 def test_hand_built_record_bytes():
-    # one record: magic, lrec=len, payload, zero padding to 4 bytes (FACTS.md section 4)
+    # one record: magic, lrec=len, payload, zero padding to 4 bytes (README references [4])
     payload = pack(7.0, b"abcde")
     rec = encode_record(payload)
     assert rec[:4] == struct.pack("<I", MAGIC) and struct.unpack("<I", rec[4:8])[0] == len(payload)

@@ -85,3 +85,50 @@ def test_evaluate_onnx_file_and_errors(tmp_path, capsys):
     assert "model not found" in capsys.readouterr().err
     assert main(["evaluate", str(path), *FAST, "--no-cache", "--out", str(tmp_path / "y"), "--groups", "Martian"]) == 2
     assert "Martian" in capsys.readouterr().err
+
+
+def test_compare_refuses_the_same_model_twice(models, tmp_path, capsys):
+    w6 = str(models / "w6")
+    for twice in ([w6, w6], [w6, w6 + "/", str(models / "fp32.pt")]):
+        assert main(["compare", *twice, *FAST, "--out", str(tmp_path / "c"), "--no-cache"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "same model twice" in err and "w6" in err
+    assert not (tmp_path / "c").exists()
+
+
+def _run_with_onnx(folder, recorded_sha):
+    """A run folder holding model.pt, a model.onnx and its model.export.json (``recorded_sha``: what the
+    report says model.pt hashed to at export time; None: a report from before the hash was recorded)."""
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"the quantized weights of today")
+    _onnx_of(TinyNet.make(), folder / "model.onnx")
+    doc = {"target": "onnxruntime", "bits": 6}
+    if recorded_sha is not None:
+        doc["source_model"] = {"file": "model.pt", "sha256": recorded_sha}
+    (folder / "model.export.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_stale_onnx_in_a_requantized_run_is_refused(tmp_path, capsys):
+    import hashlib
+
+    from qfair.eval.targets import load_target
+
+    stale = _run_with_onnx(tmp_path / "stale", hashlib.sha256(b"last week's weights").hexdigest())
+    assert main(["evaluate", str(stale), "--backend", "onnxruntime", *FAST, "--no-cache",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model.onnx was exported from a different model.pt" in err and "qfair export" in err
+    with pytest.raises(Exception, match="different model.pt"):  # the .onnx file itself, too
+        load_target(stale / "model.onnx")
+    fresh = _run_with_onnx(tmp_path / "fresh", hashlib.sha256(b"the quantized weights of today").hexdigest())
+    assert load_target(fresh, backend="onnxruntime")[0].name == "onnxruntime"
+    older = _run_with_onnx(tmp_path / "older", None)  # exported by an older qfair: accepted unchecked
+    assert load_target(older, backend="onnxruntime")[0].name == "onnxruntime"
+
+
+def test_display_names_of_folders_sharing_a_basename():
+    from qfair.cli.compare import display_names
+
+    assert display_names(["/runs/a/q6", "/runs/b/q6"]) == ["a/q6", "b/q6"]
+    assert display_names(["/x/q6", "/q6"]) == ["x/q6", "/q6"]  # was "//q6"

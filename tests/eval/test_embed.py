@@ -98,7 +98,7 @@ def _onnx_of(net, path):
                               [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 8])],
                               initializer=[numpy_helper.from_array(w, "W")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9  # FACTS.md 8: onnxruntime 1.31 reads IR <= 13
+    model.ir_version = 9  # README references [8]: onnxruntime 1.31 reads IR <= 13
     onnx.save(model, str(path))
     return path
 

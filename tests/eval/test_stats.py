@@ -1,4 +1,4 @@
-"""Intervals and tests against FACTS.md vectors, hand computations and (when installed) scipy."""
+"""Intervals and tests against the vectors of README references [2], hand computations and (when installed) scipy."""
 import math
 
 import numpy as np
@@ -17,7 +17,7 @@ from qfair.eval.stats import (
 
 
 def test_wilson_facts_vector():
-    # FACTS.md: 89.93% of 6000 pairs -> [89.15, 90.67]; 89.93% is 5396 correct pairs (89.933%).
+    # README references [2]: 89.93% of 6000 pairs -> [89.15, 90.67]; 89.93% is 5396 correct pairs (89.933%).
     lo, hi, how = accuracy_interval(5396, 6000)
     assert (round(lo, 2), round(hi, 2), how) == (89.15, 90.67, "wilson")
     lo, hi = wilson_interval(0.5, 100)
@@ -33,6 +33,20 @@ def test_rule_of_three_for_zero_errors():
     lo, hi, how = accuracy_interval(0, 300)
     assert lo == 0.0 and hi == pytest.approx(1.0) and "rule of three" in how
     assert math.isnan(accuracy_interval(0, 0)[0])
+
+
+def test_small_groups_use_the_exact_bound_inside_0_100():
+    # 3/n exceeds 100 % below n = 3: a group of 2 pairs, none correct, gave [0, 150]
+    lo, hi, how = accuracy_interval(0, 2)
+    assert lo == 0.0 and hi == pytest.approx(100 * (1 - math.sqrt(0.05))) and "exact" in how  # 77.64
+    lo, hi, how = accuracy_interval(2, 2)
+    assert hi == 100.0 and lo == pytest.approx(100 * math.sqrt(0.05)) and "exact" in how
+    lo, hi, _ = accuracy_interval(0, 1)
+    assert hi == pytest.approx(95.0)  # one trial: P(0 events) = 1 - p = 0.05 at p = 0.95
+    for n in range(1, 40):
+        for k in (0, n):
+            lo, hi, _ = accuracy_interval(k, n)
+            assert 0.0 <= lo <= hi <= 100.0
 
 
 def test_mcnemar_facts_vector():

@@ -1,5 +1,5 @@
 """k-fold verification: grid mode against a plain re-implementation of the reference protocol
-(FACTS.md section 3), exact mode against brute force over every candidate threshold."""
+(README references [3]), exact mode against brute force over every candidate threshold."""
 import numpy as np
 import pytest
 

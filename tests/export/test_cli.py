@@ -57,3 +57,36 @@ def test_configs_load():
     root = Path(__file__).resolve().parents[2] / "configs"
     assert load_config(ExportConfig, root / "export_onnxruntime.yaml").target == "onnxruntime"
     assert load_config(BenchConfig, root / "bench.yaml").batches == (1, 16, 64)
+
+
+def _unwrapped(capsys) -> str:
+    """stderr with the console's line wrapping undone."""
+    return capsys.readouterr().err.replace("\n", "")
+
+
+def test_bench_batches_range_checked(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "no_run"), "--batches", "0"]) == 2
+    assert "key 'batches': got 0, allowed range is [1," in _unwrapped(capsys)
+    assert main(["bench", str(tmp_path / "no_run"), "--batches", "1", "-1"]) == 2
+    assert "got -1" in _unwrapped(capsys)
+
+
+def test_output_path_that_is_a_directory_fails_first(run_dir, tmp_path, capsys):
+    out = tmp_path / "outdir"
+    out.mkdir()
+    for extra in (["--format", "packed"], ["--target", "onnxruntime"]):
+        assert main(["export", str(tmp_path / "no_run"), *extra, "--out", str(out)]) == 2
+        assert f"cannot write {out}: it is a directory" in _unwrapped(capsys)
+    assert main(["bench", str(run_dir), "--out", str(out)]) == 2
+    assert f"cannot write {out}: it is a directory" in _unwrapped(capsys)
+    assert out.is_dir() and not list(out.iterdir())
+    assert not (run_dir / "bench").exists()  # nothing was exported before the check
+
+
+def test_export_packed_through_a_symlink(run_dir, tmp_path):
+    real = tmp_path / "real.qpk"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.qpk"
+    link.symlink_to(real)
+    assert main(["export", str(run_dir), "--format", "packed", "--out", str(link)]) == 0
+    assert link.is_symlink() and real.stat().st_size > 3

@@ -138,9 +138,9 @@ def test_bad_inputs(tmp_path, deploy8, parity_images, monkeypatch):
         export_onnx(deploy8, "coreml", out=tmp_path / "x.onnx")
     with pytest.raises(QfairError, match="does not exist"):
         export_onnx(deploy8, "tensorrt", out=tmp_path / "missing" / "x.onnx")
-    import qfair.export.api as api
+    import qfair.utils.io as io
 
-    monkeypatch.setattr(api.os, "access", lambda *a: False)  # root ignores chmod, so fake a read-only folder
+    monkeypatch.setattr(io.os, "access", lambda *a: False)  # root ignores chmod, so fake a read-only folder
     with pytest.raises(QfairError, match="not writable"):
         export_onnx(deploy8, "tensorrt", out=tmp_path / "x.onnx")
 
@@ -165,3 +165,46 @@ def test_failed_parity_writes_nothing_and_names_the_layer(tmp_path, deploy8, par
         export_onnx(deploy8, "tensorrt", out=tmp_path / "bad.onnx", parity_data=parity_images)
     assert "dw.input_quantizer" in str(err.value)  # the first quantizer after conv2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_records_its_model_pt_and_evaluate_checks_it(tmp_path, deploy8, parity_images, monkeypatch):
+    """Exported into its run folder, the report records model.pt's sha256; a re-quantized model.pt then
+    makes the graph stale, and the check refuses it. A graph written elsewhere records nothing."""
+    import qfair.export.api as api
+    from qfair.export.provenance import check_export_source, file_sha256
+
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    monkeypatch.setattr(api, "load_for_export", lambda src: (deploy8, tmp_path))
+    path = export_onnx(tmp_path, "tensorrt", parity_data=parity_images)
+    assert _report(path)["source_model"] == {"file": "model.pt", "sha256": file_sha256(tmp_path / "model.pt")}
+    check_export_source(path)
+    (tmp_path / "model.pt").write_bytes(b"re-quantized weights")
+    with pytest.raises(QfairError, match="model.onnx was exported from a different model.pt.*qfair export"):
+        check_export_source(path)
+    (tmp_path / "elsewhere").mkdir()
+    other = export_onnx(tmp_path, "tensorrt", out=tmp_path / "elsewhere" / "m.onnx", parity_data=parity_images)
+    assert "source_model" not in _report(other)
+
+
+def test_accuracy_gate_ignores_rounding_at_chance_level():
+    """Scores packed together (a barely trained model) and moved only by float rounding: each score
+    vector's own best threshold overfits its noise (the accuracies differed by pp); now they are equal."""
+    from qfair.export.parity import best_threshold_accuracy, gate_accuracies
+
+    rng = np.random.default_rng(1)
+    issame = np.arange(32) % 2 == 0
+    ref = 0.5 + rng.normal(0, 1e-7, 32)
+    out = ref + rng.normal(0, 1e-7, 32)
+    assert abs(best_threshold_accuracy(ref, issame) - best_threshold_accuracy(out, issame)) > 1  # the old gate
+    acc_ref, acc_out = gate_accuracies(ref, out, issame)
+    assert acc_ref == acc_out == best_threshold_accuracy(ref, issame)
+
+
+def test_accuracy_gate_still_sees_moved_scores():
+    from qfair.export.parity import gate_accuracies
+
+    issame = np.arange(40) % 2 == 0
+    ref = np.where(issame, 0.6, 0.2) + np.linspace(0, 0.01, 40)  # separable: 100%
+    out = ref + 1e-7
+    out[:8:2] = 0.1  # four genuine pairs fall below every impostor: a real mismatch
+    assert gate_accuracies(ref, out, issame) == (100.0, 90.0)

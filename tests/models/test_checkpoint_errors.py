@@ -99,3 +99,23 @@ def test_not_a_state_dict(tmp_path):
     torch.save([1, 2, 3], tmp_path / "l.pth")
     with pytest.raises(CheckpointError, match="no state dict found"):
         load_model(tmp_path / "l.pth", arch="mbf")
+
+
+def test_onnx_file_is_named_not_called_malicious(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    with pytest.raises(CheckpointError, match="is an ONNX graph.*--backend onnxruntime") as exc:
+        load_model(tmp_path / "model.onnx", arch="mbf")
+    assert "run code" not in str(exc.value)
+
+
+def test_text_file_named_pt_says_what_it_is(tmp_path):
+    p = tmp_path / "text.pt"
+    p.write_text("hello\n")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint.*neither a zip archive nor a pickle"):
+        load_model(p, arch="mbf")

@@ -19,7 +19,7 @@ def calib(monkeypatch):
     """Stand-in for qfair.data.calibration_batches (records its arguments)."""
     calls = []
 
-    def fake(source, n, batch_size, model=None, seed=0):
+    def fake(source, n, batch_size, model=None, seed=0, **kw):
         calls.append((source, n, batch_size))
         g = torch.Generator().manual_seed(seed)
         return [torch.rand(min(batch_size, n - i), 3, 112, 112, generator=g) * 2 - 1 for i in range(0, n, batch_size)]
@@ -106,3 +106,24 @@ def test_configs_load(path):
     cls = SensitivityRunConfig if "sensitivity" in path.name else QuantizeRunConfig
     cfg = load_config(cls, path)
     assert 2 <= cfg.wbits <= 8
+
+
+def test_quantize_skip_corrupt_calibration_images(ckpt, tmp_path, capsys):
+    import numpy as np
+
+    from qfair.data.preprocess import encode_png
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (d / f"img{i}.png").write_bytes(encode_png(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)))
+    (d / "img6.png").write_bytes(b"not a png")
+    args = ["quantize", "--model", str(ckpt), "--arch", "iresnet18", "--bits", "8", "--calib", "real",
+            "--calib-data", str(d), "--calib-size", "7", "--calib-batch-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "a")]) != 0
+    err = capsys.readouterr().err
+    assert "img6.png" in err and "--skip-corrupt" in err
+    with pytest.warns(UserWarning, match="skipped 1 corrupt images; calibrating on 6"):
+        assert main([*args, "--skip-corrupt", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "quant.json").read_text())["calib_images"] == 6

@@ -100,7 +100,7 @@ def test_matches_onnxruntime_quantizelinear(sym, axis):
     ours = quantize(x, s, z, qmin, qmax, axis).numpy()
     zdt = np.int8 if sym else np.uint8
     ref = _ort_quantize(x.numpy(), s.numpy().astype(np.float32), z.numpy().astype(zdt), axis)
-    assert np.abs(ours.astype(np.int64) - ref.astype(np.int64)).max() <= 1  # x/s vs x*(1/s) (FACTS 8)
+    assert np.abs(ours.astype(np.int64) - ref.astype(np.int64)).max() <= 1  # x/s vs x*(1/s) (README references [8])
     assert (ours == ref).mean() > 0.99
     deq = dequantize(torch.from_numpy(ref.astype(np.int32)), s, z, axis)
     assert deq.shape == x.shape

@@ -173,3 +173,29 @@ def test_fold_needs_a_traceable_model():
     skipped = {}
     assert fold_batchnorm(DataDependent().eval(), skipped=skipped) == []
     assert "torch.fx could not trace" in skipped["bn"]
+
+
+@pytest.mark.parametrize("key,value", [("skip", ("fc_typo",)), ("layer_wbits", {"fcc": 8}),
+                                       ("layer_abits", {"layer9": 8})])
+def test_a_pattern_that_matches_no_layer_is_named(tiny_r18, key, value):
+    # a misspelt layer name would otherwise leave the model exactly as without it
+    from qfair.quant import prepare
+
+    with pytest.raises(QuantError, match=f"{key}: pattern '{next(iter(value))}' matches no") as e:
+        prepare(tiny_r18, QuantConfig(**{key: value}))
+    assert "layer1" in str(e.value)  # the model's own module names, to pick from
+    if key == "layer_wbits":
+        assert "did you mean 'fc'" in str(e.value)
+
+
+def test_shipped_mixed_precision_config_applies_to_iresnet(tiny_r18, images):
+    from pathlib import Path
+
+    from qfair.config import load_config
+    from qfair.quant import prepare
+    from qfair.quant.config import QuantizeRunConfig
+
+    cfg = load_config(QuantizeRunConfig, Path(__file__).parents[2] / "configs" / "quantize_mixed_w6a6.yaml")
+    q = prepare(tiny_r18, cfg, images[:2])
+    assert q.fc.weight_quantizer.bits == 8 and q.conv1.weight_quantizer.bits == 8
+    assert q.layer1[0].conv1.weight_quantizer.bits == 6

@@ -112,3 +112,59 @@ def test_shipped_demo_model_has_a_measurable_group_disparity():
     best = max(groups.values(), key=lambda g: g["accuracy"])
     worst = min(groups.values(), key=lambda g: g["accuracy"])
     assert worst["accuracy_ci"][1] < best["accuracy_ci"][0], res.accuracies()
+
+
+def _small(tmp_path, ckpt, **kw) -> StudyConfig:
+    """One PTQ stage, no fine-tuning, no export: the smallest study that has a finished stage."""
+    base = {"bits": [8], "calibration": [{"label": "real", "source": "builtin"}],
+            "finetune": {"enabled": False}, "export": {"enabled": False},
+            "eval": {"flip": False, "batch_size": 32, "n_bootstrap": 0, "null_draws": 0}}
+    return _cfg(tmp_path, ckpt, **{**base, **kw})
+
+
+def test_changed_settings_are_refused_then_recomputed(tmp_path, tiny_ckpt):
+    import yaml
+
+    run_study(_small(tmp_path, tiny_ckpt), say=lambda m: None)
+    out = tmp_path / "study"
+    stage = out / "tiny-w8a8-real"
+    assert json.loads((stage / "quant.json").read_text())["calib_images"] == 8
+    before = (out / "config.yaml").read_text()
+    changed = _small(tmp_path, tiny_ckpt, calib_size=16)
+    with pytest.raises(ConfigError, match=r"tiny-w8a8-real: .*calib_size: 8 -> 16[\s\S]*--recompute") as exc:
+        run_study(changed, say=lambda m: None, source="st.yaml")
+    assert "st.yaml" in str(exc.value) and "new output folder" in str(exc.value)
+    # nothing was touched: the study's config.yaml still describes the results in the folder
+    assert (out / "config.yaml").read_text() == before
+    lines: list[str] = []
+    run_study(changed, say=lines.append, recompute=True)
+    assert json.loads((stage / "quant.json").read_text())["calib_images"] == 16
+    assert yaml.safe_load((out / "config.yaml").read_text())["config"]["calib_size"] == 16
+    assert any(line.startswith("recomputing tiny-w8a8-real") for line in lines)
+    # the rebuilt stage records what it was built with, so the same config resumes it
+    lines = []
+    run_study(changed, say=lines.append)
+    assert "(resumed)" in lines[-1]
+
+
+def test_missing_data_path_is_reported_before_any_stage(tmp_path, tiny_ckpt):
+    from qfair.utils.errors import DataError
+
+    cfg = _small(tmp_path, tiny_ckpt, calibration=[{"label": "real", "source": f"real:{tmp_path}/nonexist"}])
+    said: list[str] = []
+    with pytest.raises(DataError, match=r"^st\.yaml: calibration\[0\] \(label real\): .*nonexist: data path not found"):
+        run_study(cfg, say=said.append, source="st.yaml")
+    assert said == [] and not (tmp_path / "study").exists()
+    ft = _small(tmp_path, tiny_ckpt, finetune={"enabled": True, "start_from": "real", "data": "real:/nope/x"})
+    with pytest.raises(DataError, match=r"finetune\.data: /nope/x: data path not found"):
+        run_study(ft, say=said.append)
+
+
+def test_calibration_entry_typo_names_the_file_and_entry(tmp_path, tiny_ckpt):
+    from qfair.config import load_config
+
+    st = tmp_path / "st.yaml"
+    st.write_text(f"models: [{{name: m, checkpoint: {tiny_ckpt}}}]\n"
+                  "calibration: [{label: real, sorce: builtin}]\n")
+    with pytest.raises(ConfigError, match=r"st\.yaml: key 'calibration\[0\]\.sorce' is not a CalibSpec setting"):
+        load_config(StudyConfig, st)

@@ -116,3 +116,38 @@ def test_distill_with_projection_quantization_and_cached_teacher(tmp_path):
     assert len(caches) == 1 and s["teacher_cache"] in caches[0].name
     rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["margin"] > 0 and r["kd"] > 0 for r in rec)
+
+
+def test_a_fresh_run_never_overwrites_checkpoints_and_resume_needs_a_run(tmp_path, capsys):
+    from qfair.train.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    (out / "config.yaml").parent.mkdir()
+    (out / "config.yaml").write_text("config: {}\n")
+    save_checkpoint(out / "checkpoints" / "last.pt", {"step": 3, "done": False})
+    args = ["qat", "--model", str(tmp_path / "t.pt"), "--out", str(out), *FAST]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{out} holds a run at step 3" in err and "--resume" in err and "another --out" in err
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
+    new = tmp_path / "new"
+    assert main(["qat", "--model", str(tmp_path / "t.pt"), "--out", str(new), "--resume", *FAST]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"nothing to resume in {new}" in err and not new.exists()
+
+
+def test_ctrl_c_tells_how_to_resume(tmp_path, capsys, monkeypatch):
+    import qfair.train.api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qfair.train.api, "qat", interrupted)
+    monkeypatch.setattr(qfair.train.api, "distill", interrupted)
+    out = str(tmp_path / "run")
+    assert main(["qat", "--model", "t.pt", "--out", out, "--steps", "3"]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"qfair qat --model t.pt --out {out} --steps 3 --resume" in err and "rerun the same command" not in err
+    assert main(["distill", "--teacher", "t.pt", "--out", out, "--resume"]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"qfair distill --teacher t.pt --out {out} --resume" in err and "--resume --resume" not in err

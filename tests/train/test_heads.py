@@ -94,7 +94,7 @@ def test_adaface_hand_formula_and_running_stats():
 
 
 def test_adaface_depends_on_feature_norms():
-    """FACTS.md section 6: same directions, different norms -> different margins and loss. Feeding unit
+    """README references [6]: same directions, different norms -> different margins and loss. Feeding unit
     vectors would make every z identical (AdaFace degenerates to a CosFace-like fixed margin)."""
     emb, labels = _setup(4, b=8)
     head = AdaFace(6, 5, h=1.0)

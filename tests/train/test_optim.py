@@ -1,4 +1,4 @@
-"""Learning-rate rule and schedules (FACTS.md sections 5 and 6)."""
+"""Learning-rate rule and schedules (README references [5], [6])."""
 import math
 
 import pytest
