@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -241,7 +242,9 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
     if not path.exists():
         raise QfairError(f"file not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types (KeyError, RuntimeError...) on junk input
         with open(path, "rb") as f:
             head = f.read(64)
