@@ -151,7 +151,7 @@ def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[
     Done in one quantized pass over all images as one batch (each module corrected in a hook as the pass
     reaches it, before its output goes on) when that fits the memory budget (ONE_PASS_BYTES), else one
     pass over the batches per module, stopping at it."""
-    from .reconstruction import _forward_order
+    from .reconstruction import _forward_order, _reference_units
 
     was, dev = qmodel.training, next(qmodel.parameters()).device
     try:
@@ -169,7 +169,7 @@ def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[
         set_quantizers(qmodel, True)
         qmodel.train(was)
     if reference is not None:
-        same = _same_modules(reference, order)
+        same = _reference_units(reference, order)
         ref = _moments(reference, same, batches, inputs=inputs)
     n_images = sum(as_images(b).shape[0] for b in batches)
     if n_images * per_image * _MARGIN <= _one_pass_budget(dev):
@@ -180,16 +180,6 @@ def _sequential(qmodel: nn.Module, modules: dict[str, nn.Module], batches: list[
         if not got.n:
             raise QuantError(_not_run(what, name))
         correct(name, modules[name], ref[name], got)
-
-
-def _same_modules(reference: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """The modules of ``reference`` (a copy of the quantized model) with these names."""
-    mods = dict(reference.named_modules())
-    missing = [n for n in names if n not in mods]
-    if missing:
-        raise QuantError(f"the float reference has no layer '{missing[0]}': it must be a copy of the quantized "
-                         f"model taken before the PTQ improvements (as `quantize` keeps one)")
-    return {n: mods[n] for n in names}
 
 
 def _not_run(what: str, name: str) -> str:

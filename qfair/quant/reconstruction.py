@@ -130,11 +130,12 @@ def _forward_order(qmodel: nn.Module, units: dict[str, nn.Module], x: Tensor) ->
 
 
 def _reference_units(reference: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """The units of the float ``reference`` (a copy of the quantized model) with these names, in eval mode."""
+    """The modules of the float ``reference`` (a copy of the quantized model) with these names, in eval
+    mode (also used by the PTQ corrections in ``improve.py``)."""
     mods = dict(reference.named_modules())
     missing = [n for n in names if n not in mods]
     if missing:
-        raise QuantError(f"the float reference has no unit '{missing[0]}': it must be a copy of the quantized "
+        raise QuantError(f"the float reference has no layer '{missing[0]}': it must be a copy of the quantized "
                          f"model taken before the PTQ improvements (as `quantize` keeps one)")
     reference.eval()
     return {n: mods[n] for n in names}
