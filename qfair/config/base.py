@@ -13,7 +13,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 from ..utils.errors import ConfigError
 
@@ -37,7 +37,23 @@ def cfg_field(
     return dataclasses.field(default=default, metadata=md)
 
 
+class _Origin(str):
+    """The config file's path (a str, so messages print it as before; "" without a file) that also knows
+    which top-level keys came from command-line flags, so an error names the flag, not the file."""
+
+    flags: frozenset[str]
+
+    def __new__(cls, path: str, flags: Iterable[str]) -> "_Origin":
+        obj = super().__new__(cls, path)
+        obj.flags = frozenset(flags)
+        return obj
+
+
 def _where(source: str | None, key: str) -> str:
+    top = key.split(".")[0].split("[")[0]
+    if isinstance(source, _Origin) and top in source.flags:
+        flag = "--" + top.replace("_", "-")
+        return f"{flag} (command line)" if key == top else f"{flag} (command line): key '{key}'"
     return f"{source}: key '{key}'" if source else f"key '{key}'"
 
 
@@ -280,7 +296,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping
         data = read_yaml(path)
         source = str(path)
     merged = dict(data)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            merged[key] = value
-    return config_from_dict(cls, merged, source=source)
+    flags = [key for key, value in (overrides or {}).items() if value is not None]
+    for key in flags:
+        merged[key] = overrides[key]  # type: ignore[index]
+    return config_from_dict(cls, merged, source=_Origin(source or "", flags) if flags else source)

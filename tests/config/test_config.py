@@ -123,3 +123,16 @@ def test_a_key_given_twice_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         read_yaml(p)
     assert "python tags" not in str(e.value) and "dup.yaml:2:1" in str(e.value)
+
+
+def test_errors_name_the_flag_or_the_file_the_value_came_from(tmp_path):
+    from qfair.quant.config import QuantizeRunConfig
+
+    p = tmp_path / "q.yaml"
+    p.write_text("bits: 6\nrecipe: nosuch\n")
+    with pytest.raises(ConfigError, match=r"^--bits \(command line\): got 9, allowed range is \[2, 8\]"):
+        load_config(QuantizeRunConfig, p, {"bits": 9})  # the file's bits: 6 is overridden: blame the flag
+    with pytest.raises(ConfigError, match=r"q.yaml: key 'recipe': got 'nosuch'"):
+        load_config(QuantizeRunConfig, p, {"bits": 8})
+    with pytest.raises(ConfigError, match=r"^--calib-size \(command line\): got 0"):
+        load_config(QuantizeRunConfig, None, {"calib_size": 0})
