@@ -62,3 +62,28 @@ def test_group_folder(tmp_path):
     assert ds.group_names == ["African", "Asian"] and len(ds) == 4 and ds.identities[0] == "African/x"
     with pytest.raises(DataError):
         GroupFolder(tmp_path / "Asian" / "x")
+
+
+class _Projected(_PixelMean):
+    def __init__(self, seed):
+        super().__init__()
+        self.proj = torch.nn.Linear(9, 9)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed)
+            self.proj.weight.copy_(torch.eye(9) + 0.1 * torch.randn(9, 9, generator=g))
+            self.proj.bias.zero_()
+
+    def forward(self, x):
+        return self.proj(super().forward(x))
+
+
+def test_a_head_refuses_another_face_model(tmp_path):
+    # the head reads groups off one model's embedding space; another model's embeddings mean nothing to it
+    from qfair.utils.errors import DataError
+
+    clf = train_group_classifier(_Projected(0), "builtin", n=64, epochs=5, seed=0)
+    clf.save(tmp_path / "h.pt")
+    back = GroupClassifier.load(tmp_path / "h.pt")
+    estimate_groups(_Projected(0), back, "builtin-synthetic", n=8)  # the same weights, another instance: fine
+    with pytest.raises(DataError, match="trained on the embeddings of another face model"):
+        estimate_groups(_Projected(1), back, "builtin-synthetic", n=8)
