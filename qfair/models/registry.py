@@ -18,7 +18,9 @@ def _iresnet(depth: int) -> Callable[..., nn.Module]:
         _no_extra(f"iresnet{depth}", kw)
         return IResNet(DEPTHS[depth], num_features=num_features, dropout=dropout, width=width)
 
-    build.__doc__ = f"iresnet{depth} (arcface_torch), stage depths from README references [7]."
+    from .iresnet import DEPTHS
+
+    build.__doc__ = f"iresnet{depth} (arcface_torch), blocks per stage {list(DEPTHS[depth])}."
     return build
 
 

@@ -91,3 +91,13 @@ def test_ctrl_c_message_says_what_is_true_for_the_command(capsys, monkeypatch):
     assert "written atomically" in err and "resume" not in err
     assert main(["study", "--config", "x.yaml"]) == 130
     assert "rerun the same command to resume" in " ".join(capsys.readouterr().err.split())
+
+
+def test_unknown_option_names_the_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["quantize", "--no-such-option"])
+    err = capsys.readouterr().err
+    assert "qfair quantize: error: unrecognized arguments: --no-such-option" in err and "usage: qfair quantize" in err
+    with pytest.raises(SystemExit):
+        main(["groups", "train", "--no-such-option"])
+    assert "qfair groups train: error: unrecognized arguments" in capsys.readouterr().err
