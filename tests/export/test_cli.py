@@ -66,7 +66,7 @@ def _unwrapped(capsys) -> str:
 
 def test_bench_batches_range_checked(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "no_run"), "--batches", "0"]) == 2
-    assert "key 'batches': got 0, allowed range is [1," in _unwrapped(capsys)
+    assert "--batches (command line): got 0, allowed range is [1," in _unwrapped(capsys)
     assert main(["bench", str(tmp_path / "no_run"), "--batches", "1", "-1"]) == 2
     assert "got -1" in _unwrapped(capsys)
 
