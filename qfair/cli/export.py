@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
                        requant=cfg.requant)
     import json
 
-    rep = json.loads(path.with_name(path.stem + ".export.json").read_text())
+    from ..export.provenance import export_report_path
+
+    rep = json.loads(export_report_path(path).read_text())
     par = rep["parity"]
     rows = [["file", str(path)], ["size", f"{rep['bytes'] / 1e6:.2f} MB"], ["bits", rep["bits"] or "float"],
             ["parity cosine (mean / min)", f"{par['cosine_mean']:.5f} / {par['cosine_min']:.5f}"],

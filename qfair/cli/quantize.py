@@ -138,28 +138,19 @@ def model_and_calibration(cfg: Any) -> tuple[Any, list]:
 
 
 RUN_FILES = ("model.pt", "quant.json")  # what makes a folder a quantize run
-DERIVED_FILES = ("model.onnx", "model.qpk", "model.engine")  # made from model.pt by `qfair export`
-
-
-def derived_artefacts(folder: Path) -> list[Path]:
-    """Files in a run folder made from its model.pt: the export outputs and their *.export.json reports."""
-    found = {folder / n for n in DERIVED_FILES if (folder / n).is_file()}
-    for report in folder.glob("*.export.json"):
-        stem = report.name[: -len(".export.json")]
-        found |= {report, *(p for p in (folder / f"{stem}.onnx", folder / f"{stem}.engine") if p.is_file())}
-    return sorted(found)
 
 
 def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
     """Refuse an --out folder that holds a run or export artefacts unless ``overwrite``; the derived
     files to delete before writing the new run (the run's own files are replaced atomically)."""
+    from ..export.provenance import exports_in
     from ..utils.errors import ConfigError
 
     if not out or not Path(out).is_dir():
         return []
     folder = Path(out)
     run_files = [folder / n for n in RUN_FILES if (folder / n).is_file()]
-    derived = derived_artefacts(folder)
+    derived = exports_in(folder)
     if (run_files or derived) and not overwrite:
         held = [f"a run ({', '.join(p.name for p in run_files)})"] if run_files else []
         held += [f"exports made from a model.pt ({', '.join(p.name for p in derived)})"] if derived else []

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..utils.digest import model_digest
 from ..utils.errors import DataError
 
 
@@ -164,21 +165,6 @@ class GroupFolder:
         return decode_image(self.paths[i]), int(self.targets[i])
 
 
-def feature_model_fingerprint(model: Any) -> str:
-    """sha256 over the names, shapes, dtypes and values of ``model``'s state (its weights), so a group head
-    can tell the face model it was trained on from any other, whatever file it was loaded from."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _sample(ds: Any, n: int, seed: int) -> np.ndarray:
     k = min(n, len(ds))
     return np.sort(np.random.default_rng(seed).choice(len(ds), size=k, replace=False))
@@ -214,7 +200,7 @@ def train_group_classifier(model: Any, data: str = "builtin", n: int = 2000, *, 
         names = ds.group_names
     clf = GroupClassifier.fit(emb, groups, ids, group_names=names, holdout=holdout, epochs=epochs, lr=lr, seed=seed)
     clf.meta["data"] = data
-    clf.meta["feature_model_sha256"] = feature_model_fingerprint(model)
+    clf.meta["feature_model_sha256"] = model_digest(model)  # the face model the head reads
     return clf
 
 
@@ -227,7 +213,7 @@ def estimate_groups(model: Any, clf: GroupClassifier, source: str, n: int = 2000
     from .folders import open_image_source, stream
     from .preprocess import to_model_input
 
-    trained_on, this = clf.meta.get("feature_model_sha256"), feature_model_fingerprint(model)
+    trained_on, this = clf.meta.get("feature_model_sha256"), model_digest(model)
     if trained_on is not None and trained_on != this:  # heads saved before the fingerprint are not checked
         raise DataError(f"this group head was trained on the embeddings of another face model (weights sha256 "
                         f"{str(trained_on)[:12]}..., this model {this[:12]}...): its "

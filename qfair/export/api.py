@@ -16,6 +16,7 @@ from torch import nn
 
 from ..utils.errors import ExportError, QfairError
 from ..utils.io import atomic_path, atomic_write_json, output_file
+from .provenance import export_report_path
 
 DEFAULT_PARITY = "builtin:tiny"
 
@@ -72,7 +73,7 @@ def parity_inputs(parity_data: Any, n: int = 64) -> tuple[torch.Tensor, np.ndarr
 def _check_out(out: Path) -> None:
     """Fail before any work when ``out`` or its ``.export.json`` report cannot be written as a file."""
     output_file(out)
-    output_file(out.with_name(out.stem + ".export.json"))
+    output_file(export_report_path(out))
 
 
 def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorrt", out: str | Path | None = None,
@@ -150,7 +151,7 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
               "ir_version": proto.ir_version, "bits": bits, "recipe": meta.get("recipe"),
               "quantized": bits is not None, "notes": ctx.notes, "parity_data": described,
               "parity": parity.to_dict(), **_summarised(layout), **source_record(run_dir, out)}
-    atomic_write_json(out.with_name(out.stem + ".export.json"), report)
+    atomic_write_json(export_report_path(out), report)
     return out
 
 

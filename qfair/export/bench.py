@@ -17,6 +17,7 @@ import torch
 
 from ..utils.io import atomic_path, atomic_write_json, output_file
 from .config import BenchConfig
+from .provenance import export_report_path
 
 
 def median_seconds(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
@@ -97,11 +98,11 @@ def bench_run(run_dir: str | Path, cfg: BenchConfig | None = None, out: str | Pa
     rows["onnxruntime fp32"] = time_runtime(_ort_runner(fp32_onnx, threads), cfg)
     rows["onnxruntime int8"] = time_runtime(_ort_runner(int8_onnx, threads), cfg)
     notes = []
-    shipped = json.loads(int8_onnx.with_name(int8_onnx.stem + ".export.json").read_text())
+    shipped = json.loads(export_report_path(int8_onnx).read_text())
     if "integer_layout_parity" in shipped:  # the fast layout changed the model: time it too, labelled
         fast = export_onnx(model, "onnxruntime", out=work / "int8_requant.onnx", parity_data=cfg.parity,
                            requant=True)
-        cos = json.loads(fast.with_name(fast.stem + ".export.json").read_text())["parity"]["evaluated_cosine_mean"]
+        cos = json.loads(export_report_path(fast).read_text())["parity"]["evaluated_cosine_mean"]
         rows["onnxruntime int8 (requant)"] = time_runtime(_ort_runner(fast, threads), cfg)
         sizes["int8_requant_onnx"] = fast.stat().st_size
         notes.append(f"'onnxruntime int8' is the exact layout `qfair export` ships for this model (float kernels on "

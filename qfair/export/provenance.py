@@ -42,6 +42,19 @@ def export_report_path(graph: Path) -> Path:
     return graph.with_name(graph.stem + ".export.json")
 
 
+DERIVED_FILES = ("model.onnx", "model.qpk", "model.engine")  # the default outputs of `qfair export`
+
+
+def exports_in(folder: Path) -> list[Path]:
+    """Files in a run folder that `qfair export` made from its model.pt: the default outputs, every
+    ``*.export.json`` report and the graph or engine it describes."""
+    found = {folder / n for n in DERIVED_FILES if (folder / n).is_file()}
+    for report in folder.glob("*.export.json"):
+        stem = report.name[: -len(".export.json")]
+        found |= {report, *(p for p in (folder / f"{stem}.onnx", folder / f"{stem}.engine") if p.is_file())}
+    return sorted(found)
+
+
 def check_export_source(graph: str | Path) -> None:
     """Raise CheckpointError when ``graph`` was exported from another model.pt than the one beside it.
 

@@ -129,8 +129,10 @@ def _float_source(run_dir: Path) -> str | None:
     """The ``model`` a run folder's config.yaml says it was quantized from (None when unknown)."""
     import yaml
 
+    from ..runs import RunDir
+
     try:
-        doc = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        doc = RunDir(run_dir).read_config()
     except (OSError, yaml.YAMLError):
         return None
     cfg = doc.get("config") if isinstance(doc, dict) else None

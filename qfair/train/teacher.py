@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.digest import model_digest, tensor_digest
 from ..utils.errors import ConfigError, DataError
 from ..utils.io import atomic_torch_save, safe_torch_load
 
@@ -40,21 +41,6 @@ def check_pair(student: nn.Module, teacher: nn.Module, projection: nn.Module | N
         raise ConfigError(
             f"student embeddings are {s}-d but the teacher's are {t}-d: distillation compares them directly. "
             "Use a student with the teacher's embedding size, or enable a projection (distill --projection)")
-
-
-def tensor_digest(h: hashlib._Hash, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-    flat = t.reshape(-1)  # 0-d tensors cannot be viewed as bytes
-    h.update(flat.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else flat.numpy().tobytes())
-
-
-def model_digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        tensor_digest(h, t)
-    return h.hexdigest()[:24]
 
 
 def source_digest(source: Any) -> str:
