@@ -51,7 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not implemented in this build
             raise
         mod.register(sub)
+    _add_debug(parser)
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` is accepted before or after any (sub)command; SUPPRESS keeps a subcommand's parser
+    from resetting a ``--debug`` given before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--debug" in a.option_strings for a in child._actions):
+                    child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show full tracebacks on errors")
+                _add_debug(child)
 
 
 def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

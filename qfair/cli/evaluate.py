@@ -7,7 +7,8 @@ from typing import Any
 
 DESCRIPTION = """Evaluate one model group by group. TARGET is a run folder of `qfair quantize` (model.pt +
 quant.json), a folder or file with a float checkpoint (give --arch if it cannot be guessed), or a
-model.onnx (ONNX Runtime). Writes report.md, metrics.json, results.csv, tables.tex and figures/."""
+model.onnx (ONNX Runtime). Writes report.md, metrics.json, results.csv, tables.tex and figures/ (into a
+model's own run folder: eval_report.md and eval_config.yaml, keeping the run's report.md and config.yaml)."""
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -79,6 +80,22 @@ def evaluate_target(target: Any, benches: list, cfg: Any, args: argparse.Namespa
     return out
 
 
+# Names used when --out is a model's run folder, whose config.yaml and report.md are the model's own.
+IN_RUN_CONFIG = "eval_config.yaml"
+IN_RUN_REPORT = "eval_report.md"
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".engine")
+
+
+def in_model_folder(out: str) -> bool:
+    """True when ``out`` is another command's run folder holding a model (a `qfair quantize`, qat or
+    distill run), not a folder an earlier evaluate or compare wrote."""
+    from pathlib import Path
+
+    folder = Path(out)
+    return (folder / "config.yaml").is_file() and any(
+        p.suffix in MODEL_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+
 def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list, title: str) -> int:
     """Write the report folder and print the tables."""
     from pathlib import Path
@@ -87,14 +104,17 @@ def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list,
     from ..runs import RunDir
     from ._console import console, info
 
-    if (Path(args.out) / "config.yaml").exists():  # e.g. --out is the model's own run folder: keep its config
+    if in_model_folder(args.out):  # the model's own run folder: keep its config.yaml and report.md
         from ..config import config_to_dict
         from ..runs import dump_yaml
 
-        RunDir.open(args.out).write_text("eval_config.yaml", dump_yaml({"config": config_to_dict(cfg)}))
+        RunDir.open(args.out).write_text(IN_RUN_CONFIG, dump_yaml({"config": config_to_dict(cfg)}))
+        report_name = IN_RUN_REPORT
     else:
         RunDir.create(args.out, cfg, command="")
-    written = write_report(args.out, results, comparisons, figures=cfg.figures, title=title)
+        report_name = "report.md"
+    written = write_report(args.out, results, comparisons, figures=cfg.figures, title=title,
+                           report_name=report_name)
     for t in build_tables(results, comparisons):
         console().print(to_rich(t))
         for n in t.notes:

@@ -29,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import load_config, overrides_from_args
     from ..export.config import ExportConfig
-    from ._console import console, info, table
-
     from ..utils.io import output_file
+    from ._console import console, info, table
 
     cfg = load_config(ExportConfig, args.config, overrides_from_args(args, ExportConfig))
     run_dir = Path(args.run_dir)
@@ -75,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if par.get("evaluated_cosine_mean") is not None:
         rows.append(["cosine vs evaluated model", f"{par['evaluated_cosine_mean']:.5f}"])
     if par.get("acc_torch") is not None:
-        rows.append(["accuracy torch / onnx", f"{par['acc_torch']:.2f}% / {par['acc_onnx']:.2f}% "
-                                               f"({par['n_pairs']} pairs)"])
+        rows.append(["accuracy torch / onnx",
+                     f"{par['acc_torch']:.2f}% / {par['acc_onnx']:.2f}% ({par['n_pairs']} pairs)"])
     if rep.get("float_layers"):
         rows.append(["layers kept float", ", ".join(rep["float_layers"])])
     if rep.get("keep_float"):

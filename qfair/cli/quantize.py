@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p, QuantizeRunConfig)
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in an --out folder that already holds one; its derived files (exported "
-                        "model.onnx / model.qpk / model.engine and their *.export.json) are deleted, as listed")
+                        "model.onnx / model.qpk / model.engine and their *.export.json; the results evaluate, "
+                        "compare and bench wrote there) are deleted, as listed")
     p.set_defaults(func=run)
 
 
@@ -141,7 +142,7 @@ RUN_FILES = ("model.pt", "quant.json")  # what makes a folder a quantize run
 
 
 def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
-    """Refuse an --out folder that holds a run or export artefacts unless ``overwrite``; the derived
+    """Refuse an --out folder that holds a run, exports or results unless ``overwrite``; the derived
     files to delete before writing the new run (the run's own files are replaced atomically)."""
     from ..export.provenance import exports_in
     from ..utils.errors import ConfigError
@@ -150,15 +151,31 @@ def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
         return []
     folder = Path(out)
     run_files = [folder / n for n in RUN_FILES if (folder / n).is_file()]
-    derived = exports_in(folder)
+    exports, results = exports_in(folder), evaluations_in(folder)
+    derived = exports + results
     if (run_files or derived) and not overwrite:
         held = [f"a run ({', '.join(p.name for p in run_files)})"] if run_files else []
-        held += [f"exports made from a model.pt ({', '.join(p.name for p in derived)})"] if derived else []
-        deletes = f"; {', '.join(p.name for p in derived)} are deleted" if derived else ""
+        held += [f"exports made from a model.pt ({', '.join(p.name for p in exports)})"] if exports else []
+        held += [f"results measured on a model.pt ({', '.join(_short(folder, results))})"] if results else []
+        deletes = f"; {', '.join(_short(folder, derived))} are deleted" if derived else ""
         raise ConfigError(f"--out {folder} already holds {' and '.join(held)}; quantizing into it would mix the "
                           "new model with the old files. Pick another --out, or pass --overwrite to replace the "
                           f"run (model.pt, quant.json, config.yaml and report.md are rewritten{deletes})")
     return derived
+
+
+def evaluations_in(folder: Path) -> list[Path]:
+    """What `qfair evaluate`, `compare` and `bench` wrote into a run folder about its model.pt."""
+    from ..export.bench import BENCH_FILE
+    from ..report import reports_in
+    from .evaluate import IN_RUN_CONFIG, IN_RUN_REPORT
+
+    extra = [folder / n for n in (IN_RUN_CONFIG, BENCH_FILE) if (folder / n).is_file()]
+    return sorted({*reports_in(folder, IN_RUN_REPORT), *extra})
+
+
+def _short(folder: Path, paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(folder)) for p in paths]
 
 
 def remove_stale(paths: list[Path]) -> None:

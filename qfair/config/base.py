@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -212,9 +213,20 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, source: str | Non
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+        where = _check_where(source, str(exc), fields)
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source or cls.__name__}: {exc}") from None
+        raise ConfigError(f"{_check_where(source, str(exc), fields) or cls.__name__}: {exc}") from None
+
+
+def _check_where(source: str | None, message: str, fields: Iterable[str]) -> str:
+    """Where a cross-field check (``__post_init__``) failed: the flags, when every setting the message
+    names came from the command line, else the config file ("" when neither)."""
+    named = [f for f in fields
+             if re.search(rf"(?<![\w]){re.escape(f)}(?!\w)|--{re.escape(f.replace('_', '-'))}(?![\w-])", message)]
+    if isinstance(source, _Origin) and named and all(f in source.flags for f in named):
+        return ", ".join("--" + f.replace("_", "-") for f in named) + " (command line)"
+    return str(source or "")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

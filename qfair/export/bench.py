@@ -19,6 +19,8 @@ from ..utils.io import atomic_path, atomic_write_json, output_file
 from .config import BenchConfig
 from .provenance import export_report_path
 
+BENCH_FILE = "bench.json"  # default output of bench_run, in the run folder
+
 
 def median_seconds(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed runs."""
@@ -132,5 +134,5 @@ def bench_run(run_dir: str | Path, cfg: BenchConfig | None = None, out: str | Pa
               "warmup": cfg.warmup, "repeats": cfg.repeats, "runtimes": rows, "sizes_bytes": sizes,
               "ratios": ratios, "notes": notes,
               "bits": (getattr(model, "qfair_quant", None) or {}).get("abits")}
-    atomic_write_json(Path(out) if out else run / "bench.json", result)
+    atomic_write_json(Path(out) if out else run / BENCH_FILE, result)
     return result

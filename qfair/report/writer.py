@@ -83,9 +83,25 @@ def _null_section(c: Any) -> list[str]:
     return out
 
 
+DATA_FILES = ("metrics.json", "results.csv", "tables.tex")  # written beside the Markdown report
+FIGURE_KINDS = ("accuracy", "det", "tradeoff")
+
+
+def reports_in(folder: str | Path, report_name: str = "report.md") -> list[Path]:
+    """Files in ``folder`` that :func:`write_report` wrote (with that ``report_name``): the Markdown
+    report, its data files and its figures."""
+    folder = Path(folder)
+    found = [folder / n for n in (report_name, *DATA_FILES) if (folder / n).is_file()]
+    for kind in FIGURE_KINDS:
+        found += [p for p in (folder / "figures").glob(f"{kind}_*.png") if p.is_file()]
+    return sorted(found)
+
+
 def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Sequence[Any] = (), *,
-                 figures: bool = True, title: str = "qfair evaluation") -> dict[str, Path]:
-    """Write every artefact into ``out_dir``; returns name -> path. Figures are skipped (with a line in
+                 figures: bool = True, title: str = "qfair evaluation",
+                 report_name: str = "report.md") -> dict[str, Path]:
+    """Write every artefact into ``out_dir``; returns name -> path (the Markdown report under the key
+    ``"report.md"`` whatever ``report_name`` it is written as). Figures are skipped (with a line in
     report.md) when matplotlib is missing."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +116,7 @@ def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Seque
             rs = [r for r in results if r.benchmark == t.benchmark]
             b = _slug(t.benchmark)
             try:
-                for kind, fn in (("accuracy", accuracy_figure), ("det", det_figure), ("tradeoff", tradeoff_figure)):
+                for kind, fn in zip(FIGURE_KINDS, (accuracy_figure, det_figure, tradeoff_figure)):
                     p = fn(rs, out / "figures" / f"{kind}_{b}.png")
                     written[f"{kind}_{b}"] = p
                     fig_lines.setdefault(t.benchmark, []).append(f"![{kind}](figures/{p.name})")
@@ -119,7 +135,7 @@ def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Seque
         for c in comparisons:
             if c.benchmark == t.benchmark:
                 md += _comparison_section(c)
-    written["report.md"] = atomic_write_text(out / "report.md", "\n".join(md))
+    written["report.md"] = atomic_write_text(out / report_name, "\n".join(md))
     written["metrics.json"] = atomic_write_json(out / "metrics.json", {
         "results": [r.to_dict() for r in results], "comparisons": [c.to_dict() for c in comparisons]})
     written["results.csv"] = atomic_write_text(out / "results.csv", to_csv(tables))

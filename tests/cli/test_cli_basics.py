@@ -101,3 +101,19 @@ def test_unknown_option_names_the_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["groups", "train", "--no-such-option"])
     assert "qfair groups train: error: unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--debug", "info", "iresnet5O"],
+    ["info", "iresnet5O", "--debug"],
+    ["groups", "estimate", "--debug", "--head", "/nonexistent-head"],
+])
+def test_debug_works_before_or_after_the_subcommand(argv, capsys):
+    from qfair.utils.errors import QfairError
+    with pytest.raises(QfairError):  # --debug re-raises instead of printing a one-line error
+        main(argv)
+
+
+def test_without_debug_the_error_is_one_line(capsys):
+    assert main(["info", "iresnet5O"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -136,3 +136,22 @@ def test_errors_name_the_flag_or_the_file_the_value_came_from(tmp_path):
         load_config(QuantizeRunConfig, p, {"bits": 8})
     with pytest.raises(ConfigError, match=r"^--calib-size \(command line\): got 0"):
         load_config(QuantizeRunConfig, None, {"calib_size": 0})
+
+
+def test_cross_field_check_errors_name_the_flags_or_the_file(tmp_path):
+    from qfair.eval.config import EvalConfig
+    from qfair.export.config import ExportConfig
+
+    p = tmp_path / "e.yaml"
+    p.write_text("target_fmr: 0\n")
+    with pytest.raises(ConfigError, match=r"^--target-fmr \(command line\): target_fmr must be > 0"):
+        load_config(EvalConfig, None, {"target_fmr": 0.0})
+    with pytest.raises(ConfigError, match=r"^--target-fmr \(command line\): target_fmr must be > 0"):
+        load_config(EvalConfig, p, {"target_fmr": 0.0})  # the flag overrides the file: blame the flag
+    with pytest.raises(ConfigError, match=r"e.yaml: target_fmr must be > 0"):
+        load_config(EvalConfig, p, {})
+    with pytest.raises(ConfigError, match=r"^--format, --target \(command line\): format 'tensorrt'"):
+        load_config(ExportConfig, None, {"format": "tensorrt", "target": "onnxruntime"})
+    p.write_text("format: tensorrt\n")  # one of the two settings from the file: name the file
+    with pytest.raises(ConfigError, match=r"e.yaml: format 'tensorrt'"):
+        load_config(ExportConfig, p, {"target": "onnxruntime"})

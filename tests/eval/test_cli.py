@@ -67,12 +67,34 @@ def test_out_in_the_run_folder_keeps_its_config(models, tmp_path):
 
     run = tmp_path / "w6"
     shutil.copytree(models / "w6", run)
+    (run / "report.md").write_text("# qfair quantize: the run's own report")
     before = (run / "config.yaml").read_text()
     assert main(["evaluate", str(run), *FAST, "--out", str(run), "--no-figures", "--cache-dir",
                  str(models / "cache")]) == 0
     assert (run / "config.yaml").read_text() == before and (run / "eval_config.yaml").is_file()
+    assert (run / "report.md").read_text() == "# qfair quantize: the run's own report"
+    assert "McNemar" not in (run / "eval_report.md").read_text() and "W6A6" in (run / "eval_report.md").read_text()
     r = json.loads((run / "metrics.json").read_text())["results"][0]
     assert r["meta"]["bits"] == "W6A6" and r["meta"]["quantized"]
+
+    # the results describe this model.pt: quantizing into the folder again refuses, --overwrite deletes them
+    (run / "bench.json").write_text("{}")
+    again = ["quantize", "--model", str(models / "fp32.pt"), "--arch", "iresnet18", "--bits", "8", "--calib",
+             "synthetic", "--calib-size", "2", "--calib-batch-size", "2", "--out", str(run)]
+    assert main(again) == 2
+    measured = ("eval_report.md", "eval_config.yaml", "metrics.json", "results.csv", "tables.tex", "bench.json")
+    assert all((run / n).is_file() for n in measured)
+    assert main([*again, "--overwrite"]) == 0
+    assert not any((run / n).exists() for n in measured)
+    assert json.loads((run / "quant.json").read_text())["wbits"] == 8
+
+
+def test_evaluating_into_an_evaluate_folder_again_replaces_its_report(models, tmp_path):
+    out = tmp_path / "e"
+    args = ["evaluate", str(models / "w6"), *FAST, "--out", str(out), "--no-figures", "--cache-dir",
+            str(models / "cache")]
+    assert main(args) == 0 and main(args) == 0
+    assert (out / "report.md").is_file() and not (out / "eval_report.md").exists()
 
 
 def test_evaluate_onnx_file_and_errors(tmp_path, capsys):
