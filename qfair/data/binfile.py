@@ -13,7 +13,7 @@ import io
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -115,8 +115,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_loads(data: bytes, *, where: str = "<bytes>") -> Any:
     """Unpickle plain data (see module docstring); :class:`UnsafeFileError` for code, DataError for junk."""
+    return restricted_load(io.BytesIO(data), where=where)
+
+
+def restricted_load(file: BinaryIO, *, where: str = "<file>") -> Any:
+    """:func:`restricted_loads` from an open binary file, read as it goes: a 400 MB ``.bin`` is not held
+    in memory twice (once as raw bytes, once as the images unpickled from them)."""
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        return _RestrictedUnpickler(file, encoding="bytes").load()
     except UnsafeFileError as exc:
         raise UnsafeFileError(f"{where}: {exc}") from None
     except DataError:
@@ -156,7 +162,11 @@ def read_bin(path: str | Path, *, name: str | None = None, group: str | None = N
     where = str(path)
     if not path.is_file():
         raise DataError(f"{where}: .bin file not found")
-    obj = restricted_loads(path.read_bytes(), where=where)
+    try:
+        with open(path, "rb") as f:
+            obj = restricted_load(f, where=where)
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read the .bin file ({exc.strerror})") from None
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise DataError(f"{where}: expected a pickle of (bins, issame_list), got {type(obj).__name__}")
     bins, issame = obj

@@ -121,6 +121,7 @@ def calibration_batches(source: str, n: int, batch_size: int, model: Any = None,
         raise DataError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     kind, _, path = str(source).partition(":")
     fn = CALIB_SOURCES.get(kind)
-    if kind in ("real", "synthetic") and path:
+    if (kind in ("real", "synthetic") and path) or kind == "mix":
+        # mix passes them on to each of its sources (calibration_batches again)
         kw.update(num_workers=num_workers, skip_corrupt=skip_corrupt)
     return fn(path, n, batch_size, model=model, seed=seed, **kw)

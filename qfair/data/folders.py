@@ -51,12 +51,16 @@ class ImageFolder:
             files = sorted(p for p in d.rglob("*") if p.is_file() and _is_image(p))
             self.paths += files
             labels += [label] * len(files)
+        loose = sorted(p for p in self.root.iterdir() if p.is_file() and _is_image(p))
         if not self.paths:
-            loose = [p for p in self.root.iterdir() if p.is_file() and _is_image(p)]
             hint = (" It holds loose images: use a flat (unlabelled) source, e.g. synthetic:PATH, or put them in "
                     "<identity>/ sub-folders.") if loose else ""
             raise DataError(f"{self.root}: no images found in <identity>/<image> layout "
                             f"(extensions {', '.join(IMAGE_EXTS)}).{hint}")
+        if loose:  # they have no identity; leaving them out silently would shrink the data set
+            raise DataError(f"{self.root}: {len(loose)} loose images (e.g. {loose[0].name}) beside the <identity>/ "
+                            f"sub-folders have no identity label. Move them into <identity>/ sub-folders, or use "
+                            f"the folder as a flat (unlabelled) source.")
         self.targets = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:

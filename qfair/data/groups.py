@@ -95,7 +95,12 @@ class GroupClassifier:
 
     def predict_proba(self, emb: np.ndarray) -> np.ndarray:
         """Soft labels (N, G): softmax of the linear head on unit embeddings."""
-        z = np.asarray(emb, dtype=np.float64) @ self.weight.T.astype(np.float64) + self.bias
+        emb = np.asarray(emb, dtype=np.float64)
+        if emb.ndim != 2 or emb.shape[1] != self.weight.shape[1]:
+            raise DataError(f"the group head reads {self.weight.shape[1]}-dim embeddings but got shape {emb.shape}: "
+                            f"it was trained on another face model. Train a head on this model with "
+                            f"`qfair groups train --model ...`")
+        z = emb @ self.weight.T.astype(np.float64) + self.bias
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
         return (p / p.sum(1, keepdims=True)).astype(np.float32)
@@ -125,12 +130,28 @@ class GroupClassifier:
     def load(cls, path: str | os.PathLike) -> GroupClassifier:
         from ..utils.io import safe_torch_load
 
+        import torch
+
         d = safe_torch_load(path)
         if not isinstance(d, dict) or d.get("format") != "qfair-group-classifier-v1":
             raise DataError(f"{path}: not a qfair group classifier (write one with `qfair groups train`)")
-        return cls(list(d["group_names"]), d["weight"].numpy(), d["bias"].numpy(),
-                   float(d.get("heldout_accuracy", float("nan"))), dict(d.get("heldout_per_group", {})),
-                   dict(d.get("meta", {})))
+        names, weight, bias = d.get("group_names"), d.get("weight"), d.get("bias")
+        ok = isinstance(names, (list, tuple)) and len(names) >= 2 and all(isinstance(n, str) for n in names) \
+            and isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor) and weight.dim() == 2 \
+            and weight.shape[0] == len(names) and tuple(bias.shape) == (len(names),) \
+            and weight.is_floating_point() and bias.is_floating_point() \
+            and bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all())
+        if not ok:
+            raise DataError(f"{path}: damaged group classifier: it needs 'group_names' (>= 2 strings), a finite "
+                            f"'weight' (G, D) and 'bias' (G,) tensor with G = number of groups. Train it again "
+                            f"with `qfair groups train`.")
+        try:
+            extra = (float(d.get("heldout_accuracy", float("nan"))), dict(d.get("heldout_per_group", {})),
+                     dict(d.get("meta", {})))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: damaged group classifier (heldout_accuracy, heldout_per_group or meta has "
+                            f"the wrong type). Train it again with `qfair groups train`.") from None
+        return cls(list(names), weight.float().numpy(), bias.float().numpy(), *extra)
 
 
 class GroupFolder:
@@ -138,7 +159,7 @@ class GroupFolder:
     ``identities[i]`` is the identity folder of item i."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        from .folders import _is_image
+        from .folders import IMAGE_EXTS, _is_image
 
         self.root = Path(root)
         if not self.root.is_dir():
@@ -155,6 +176,10 @@ class GroupFolder:
         if len(self.group_names) < 2 or not self.paths:
             raise DataError(f"{self.root}: expected <group>/<identity>/<image> with at least two groups")
         self.targets = np.asarray(self.targets, dtype=np.int64)
+        empty = [n for g, n in enumerate(self.group_names) if not (self.targets == g).any()]
+        if empty:  # an empty group would still become a class of the classifier, one it never saw
+            raise DataError(f"{self.root}: group folder(s) {', '.join(empty)} hold no images (extensions "
+                            f"{', '.join(IMAGE_EXTS)}). Add images or move the folder(s) out of {self.root}.")
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -86,7 +86,7 @@ class MixedSource:
         if len(sources) != len(ratios) or not sources:
             raise DataError(f"{len(sources)} sources but {len(ratios)} ratios")
         r = np.asarray(ratios, dtype=np.float64)
-        if (r < 0).any() or r.sum() <= 0 or size < 1:
+        if not np.isfinite(r).all() or (r < 0).any() or r.sum() <= 0 or size < 1:
             raise DataError(f"ratios must be non-negative with a positive sum and size >= 1, got {tuple(ratios)}")
         r = r / r.sum()
         counts = np.floor(r * size).astype(int)
@@ -136,6 +136,8 @@ def parse_mix(spec: str) -> list[tuple[str, float]]:
             ratio = float(w)
         except ValueError:
             raise DataError(f"mix spec part {part!r}: ratio {w!r} is not a number") from None
+        if not np.isfinite(ratio) or ratio < 0:
+            raise DataError(f"mix spec part {part!r}: ratio {w!r} must be a finite number >= 0, e.g. @0.3")
         out.append((src, ratio))
     return out
 
@@ -149,8 +151,8 @@ def mix_calibration(parts: Sequence[tuple[str, float]] | str, n: int, batch_size
 
     parts = parse_mix(parts) if isinstance(parts, str) else list(parts)
     ratios = np.asarray([w for _, w in parts], dtype=np.float64)
-    if (ratios < 0).any() or ratios.sum() <= 0:
-        raise DataError("mix ratios must be non-negative with a positive sum")
+    if not np.isfinite(ratios).all() or (ratios < 0).any() or ratios.sum() <= 0:
+        raise DataError(f"mix ratios must be finite, non-negative and have a positive sum, got {ratios.tolist()}")
     ratios = ratios / ratios.sum()
     counts = np.floor(ratios * n).astype(int)
     counts[np.argsort(-(ratios * n - counts), kind="stable")[: n - counts.sum()]] += 1

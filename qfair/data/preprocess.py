@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 IMAGE_SIZE = 112
+_WARNED_SIZES: set[tuple[int, int]] = set()  # non-square sizes already warned about (see _pil_to_array)
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray
 
 
@@ -82,12 +84,45 @@ def _describe(src: Any, name: str | None) -> str:
     return "<image bytes>"
 
 
-def _pil_to_array(img: Any, size: int | None) -> np.ndarray:
+def _to_8bit(img: Any, where: str) -> Any:
+    """A Pillow image with more than 8 bits per pixel (16-bit or 32-bit integer greyscale) -> mode "L",
+    scaled to 0..255. Pillow's own ``convert("RGB")`` clips such pixels at 255 instead of scaling them,
+    which turns a 16-bit face into a white square; float pixels have no defined range and are refused."""
     from PIL import Image
 
+    if img.mode.startswith("I;16"):
+        full = 65535
+    elif img.mode == "I":
+        # Pillow < 10 opens 16-bit greyscale PNGs as "I"; other "I" files (TIFF) may hold 8-bit values
+        arr = np.asarray(img)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise DataError(f"{where}: 32-bit integer pixels in {lo}..{hi}, outside the 0..65535 range qfair can "
+                            f"scale to 8 bits. Save the image as 8-bit RGB (PNG or JPEG).")
+        full = 65535 if (hi > 255 or img.format == "PNG") else 255
+    elif img.mode == "F":
+        raise DataError(f"{where}: floating-point pixels (Pillow mode F) have no defined 0..255 range. Save the "
+                        f"image as 8-bit RGB (PNG or JPEG).")
+    else:
+        return img
+    arr = np.asarray(img).astype(np.int64)
+    return Image.fromarray(((arr * 255 + full // 2) // full).astype(np.uint8), mode="L")
+
+
+def _pil_to_array(img: Any, size: int | None, where: str = "<image>") -> np.ndarray:
+    from PIL import Image
+
+    img = _to_8bit(img, where)
     if img.mode != "RGB":
         img = img.convert("RGB")
     if size is not None and img.size != (size, size):
+        if img.width != img.height and img.size not in _WARNED_SIZES:
+            import warnings
+
+            _WARNED_SIZES.add(img.size)  # once per size and process: a folder of them would repeat it
+            warnings.warn(f"{where}: image is {img.width}x{img.height}, not square; it is stretched to "
+                          f"{size}x{size}, which distorts the face. qfair expects aligned square face crops "
+                          f"(the 112x112 ArcFace alignment): align or crop the images first.", stacklevel=2)
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return np.ascontiguousarray(arr)
@@ -103,10 +138,11 @@ def decode_image(src: ImageSource, *, name: str | None = None, size: int | None 
     from PIL import Image
 
     where = _describe(src, name)
+    src_in = src
     if isinstance(src, np.ndarray):
         if src.ndim == 3 and src.dtype == np.uint8 and src.shape[-1] == 3:
             if size is not None and src.shape[:2] != (size, size):
-                return _pil_to_array(Image.fromarray(src), size)
+                return _pil_to_array(Image.fromarray(src), size, where)
             return np.ascontiguousarray(src)
         if src.ndim != 1 or src.dtype != np.uint8:
             raise DataError(f"{where}: expected encoded image bytes or an (H, W, 3) uint8 array, got "
@@ -127,13 +163,16 @@ def decode_image(src: ImageSource, *, name: str | None = None, size: int | None 
     try:
         with Image.open(io.BytesIO(bytes(src))) as img:
             img.load()
-            return _pil_to_array(img, size)
+            return _pil_to_array(img, size, where)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt input; all mean "corrupt"
-        raise DataError(f"{where}: corrupt or unsupported image ({type(exc).__name__}: {exc}). Remove or "
-                        f"replace the file (`qfair evaluate` and `qfair quantize` skip such images with "
-                        f"--skip-corrupt).") from None
+        # Pillow names the BytesIO it was given ("cannot identify image file <_io.BytesIO object at 0x...>")
+        cause = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+        what = "Remove or replace the file" if isinstance(src_in, (str, os.PathLike)) else \
+            "Replace the data file it comes from"
+        raise DataError(f"{where}: corrupt or unsupported image ({type(exc).__name__}: {cause}). {what} "
+                        f"(`qfair evaluate` and `qfair quantize` skip such images with --skip-corrupt).") from None
 
 
 def encode_png(image: np.ndarray) -> bytes:

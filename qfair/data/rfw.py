@@ -20,15 +20,18 @@ RACES = ("African", "Asian", "Caucasian", "Indian")
 
 def _image_name(identity: str, n: str, where: str) -> str:
     try:
-        return f"{identity}/{identity}_{int(n):04d}.jpg"
+        num = int(n)
     except ValueError:
         raise DataError(f"{where}: image number {n!r} is not an integer") from None
+    if num < 0:
+        raise DataError(f"{where}: image number {n!r} is negative")
+    return f"{identity}/{identity}_{num:04d}.jpg"
 
 
 def read_landmarks(path: Path) -> dict[str, np.ndarray]:
     """``<identity>/<file>`` -> (5, 2) landmarks from an RFW ``_lmk.txt``."""
     out: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -39,26 +42,30 @@ def read_landmarks(path: Path) -> dict[str, np.ndarray]:
                 nums = []
             if len(parts) < 11 or len(nums) != 10:
                 raise DataError(f"{path}:{lineno}: expected 'path [n] x1 y1 ... x5 y5', got {line.strip()[:80]!r}")
+            if not all(np.isfinite(nums)):
+                raise DataError(f"{path}:{lineno}: landmarks contain NaN or inf: {line.strip()[:80]!r}. Fix the "
+                                f"line or remove it (the image is then used only if it is already 112x112)")
             key = "/".join(Path(parts[0]).parts[-2:])
             out[key] = np.asarray(nums, dtype=np.float64).reshape(5, 2)
     return out
 
 
-def _load_rfw_image(src: tuple[str, Any], name: str) -> np.ndarray:
+def _load_rfw_image(src: tuple[str, Any, str], name: str) -> np.ndarray:
     from .align import align_face
     from .preprocess import decode_image
 
-    path, lmk = src
+    path, lmk, lmk_file = src
     img = decode_image(path, name=name, size=None)
     if img.shape[:2] == (112, 112):
         return img
     if lmk is None:
+        missing = "has no entry for it" if Path(lmk_file).is_file() else "does not exist"
         raise DataError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, not an aligned 112x112 face, and the "
-                        f"landmark file has no entry for it")
+                        f"landmark file {lmk_file} {missing}; add its five landmarks there to align it")
     try:
         return align_face(img, lmk)
     except DataError as exc:
-        raise DataError(f"{name}: {exc}") from None
+        raise DataError(f"{name}: {exc} (landmarks from {lmk_file})") from None
 
 
 def _find_test_dir(root: Path) -> Path:
@@ -92,7 +99,7 @@ def read_rfw(root: str | Path, *, races: tuple[str, ...] | None = None, skip_cor
         lfile = test / "txts" / race / f"{race}_lmk.txt"
         lmks = read_landmarks(lfile) if lfile.is_file() else {}
         race_pairs = 0
-        for lineno, line in enumerate(pfile.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        for lineno, line in enumerate(pfile.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             f = line.strip().split("\t") if "\t" in line else line.split()
@@ -119,7 +126,7 @@ def read_rfw(root: str | Path, *, races: tuple[str, ...] | None = None, skip_cor
             for k in keys:
                 if k not in index:
                     index[k] = len(sources)
-                    sources.append((str(test / "data" / race / k), lmks.get(k)))
+                    sources.append((str(test / "data" / race / k), lmks.get(k), str(lfile)))
                     names.append(str(test / "data" / race / k))
                 pair.append(index[k])
             pairs.append(pair)

@@ -42,12 +42,16 @@ def test_flip():
     assert flip(x)[0, 0].tolist() == [[2, 1, 0], [5, 4, 3]]
 
 
-def test_decode_png_exact_and_resize(tmp_path):
+def test_decode_png_exact_and_resize(tmp_path, monkeypatch):
+    from qfair.data import preprocess
+
+    monkeypatch.setattr(preprocess, "_WARNED_SIZES", set())
     img = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
     assert np.array_equal(decode_image(encode_png(img)), img)
     p = tmp_path / "a.png"
     Image.fromarray(img[:50, :60]).save(p)
-    out = decode_image(p)
+    with pytest.warns(UserWarning, match="not square"):
+        out = decode_image(p)
     assert out.shape == (112, 112, 3) and out.dtype == np.uint8
     # grey and RGBA become RGB
     buf = io.BytesIO()
