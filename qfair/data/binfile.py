@@ -21,13 +21,17 @@ from ..utils.errors import DataError, UnsafeFileError
 from .verification import LazyImageStore, VerificationSet, finish_validated
 
 RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
-_ALLOWED_DTYPES = {"u1", "|u1", "uint8", "b1", "|b1", "bool", "?"}
+# Plain integer and bool dtypes only (images are uint8; some writers store issame as int64 0/1).
+_ALLOWED_DTYPES = {"uint8", "bool", "?", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64"} | {
+    f"{order}{kind}{size}" for order in ("", "|", "<", ">") for kind in ("u", "i") for size in (1, 2, 4, 8)} | {
+    "b1", "|b1"}
+_DTYPE_RULE = "a .bin file may only hold integer or bool arrays"
 
 
 def _safe_dtype(spec: Any, *args: Any) -> np.dtype:
     s = spec.decode("latin1") if isinstance(spec, bytes) else spec
     if not isinstance(s, str) or s not in _ALLOWED_DTYPES:
-        raise UnsafeFileError(f"refused numpy dtype {spec!r}: a .bin file may only hold uint8 or bool arrays")
+        raise UnsafeFileError(f"refused numpy dtype {spec!r}: {_DTYPE_RULE}")
     return np.dtype(s)
 
 
@@ -53,16 +57,16 @@ def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
 
 def _safe_scalar(dtype: Any, data: Any = None) -> Any:
     _check_dtype(dtype)
-    if not isinstance(data, (bytes, str)) or len(data) != 1:
+    if not isinstance(data, (bytes, str)) or len(data) != dtype.itemsize:
         raise DataError("malformed numpy scalar in .bin file")
     raw = data.encode("latin1") if isinstance(data, str) else data
     return np.frombuffer(raw, dtype=dtype)[0]
 
 
 def _check_dtype(dtype: Any) -> np.dtype:
-    if not isinstance(dtype, np.dtype) or dtype.kind not in ("b", "u") or dtype.itemsize != 1 \
-            or dtype.fields is not None or dtype.hasobject:
-        raise UnsafeFileError(f"refused numpy dtype {dtype!r}: a .bin file may only hold uint8 or bool arrays")
+    if not isinstance(dtype, np.dtype) or dtype.kind not in ("b", "u", "i") or dtype.itemsize > 8 \
+            or dtype.fields is not None or dtype.hasobject or dtype.subdtype is not None:
+        raise UnsafeFileError(f"refused numpy dtype {dtype!r}: {_DTYPE_RULE}")
     return dtype
 
 

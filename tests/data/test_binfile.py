@@ -61,11 +61,27 @@ def test_code_running_pickle_refused_and_nothing_runs(tmp_path, cls):
     assert not marker.exists()
 
 
-def test_non_uint8_arrays_refused():
+def test_object_and_float_arrays_refused():
     with pytest.raises(UnsafeFileError):
         restricted_loads(pickle.dumps(np.array([1, 2], dtype=object)))
     with pytest.raises(UnsafeFileError):
         restricted_loads(pickle.dumps(np.array([1.0])))
+    with pytest.raises(UnsafeFileError):
+        restricted_loads(pickle.dumps(np.zeros(2, dtype=[("a", "i4")])))  # structured: not plain integers
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("as_array", [False, True])
+def test_issame_stored_as_integers_reads(tmp_path, protocol, as_array):
+    # some converters write issame as an int64 array or a list of numpy int64 scalars (0/1)
+    imgs = [encode_png(a) for a in _imgs(4)]
+    issame = np.array([1, 0], dtype=np.int64)
+    path = tmp_path / "ints.bin"
+    path.write_bytes(pickle.dumps((imgs, issame if as_array else list(issame)), protocol=protocol))
+    assert read_bin(path).issame.tolist() == [True, False]
+    path.write_bytes(pickle.dumps((imgs, np.array([1, 2], dtype=np.int64)), protocol=protocol))
+    with pytest.raises(DataError, match=r"issame_list\[1\] = 2 is not a boolean"):
+        read_bin(path)
 
 
 def test_bad_structures(tmp_path):
