@@ -2,7 +2,10 @@
 what the compression did to fairness.
 
 ``import qfair`` is cheap: torch, onnx, onnxruntime, triton, tensorrt and matplotlib are imported
-only when a feature that needs them is used. Public entry points are resolved lazily below.
+only when a feature that needs them is used. Public entry points are resolved lazily below:
+``load_model``, ``quantize`` (with ``QuantConfig`` and ``calibration_batches``), ``save_quantized`` /
+``load_quantized``, ``open_benchmark``, ``evaluate`` / ``compare``, ``export_onnx`` and ``kd_finetune``;
+the subpackages (``qfair.quant``, ``qfair.eval``, ``qfair.export``, ``qfair.train``, ``qfair.data``) hold the rest.
 """
 from __future__ import annotations
 
@@ -21,6 +24,13 @@ _LAZY = {
     "load_quantized": "qfair.quant:load_quantized",
     "QuantConfig": "qfair.quant:QuantConfig",
     "QfairError": "qfair.utils.errors:QfairError",
+    # the rest of a study, so ``qfair.<TAB>`` shows it: calibration data, evaluation, export, KD fine-tuning
+    "calibration_batches": "qfair.data:calibration_batches",
+    "open_benchmark": "qfair.data:open_benchmark",
+    "evaluate": "qfair.eval:evaluate",
+    "compare": "qfair.eval:compare",
+    "export_onnx": "qfair.export:export_onnx",
+    "kd_finetune": "qfair.train:kd_finetune",
 }
 
 __all__ = ["__version__", *_LAZY]

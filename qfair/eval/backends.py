@@ -186,6 +186,10 @@ class OnnxRuntimeBackend(Backend):
                 "providers": list(self.session.get_providers())}
 
 
+_ACCEPTS = {"torch": "it takes a torch nn.Module", "onnxruntime": "it takes the path of an .onnx file",
+            "tensorrt": "it takes the path of a TensorRT .engine file"}
+
+
 def get_backend_class(name: str) -> type[Backend]:
     """The backend class registered as ``name``; imports ``qfair.eval.backend_<name>`` on first use."""
     if name not in BACKENDS:
@@ -202,7 +206,15 @@ def make_backend(obj: Any, name: str | None = None, **options: Any) -> Backend:
     if isinstance(obj, Backend):
         return obj
     if name is not None:
-        return get_backend_class(name)(obj, **options)
+        cls = get_backend_class(name)
+        try:
+            return cls(obj, **options)
+        except (TypeError, AttributeError) as exc:  # e.g. an nn.Module handed to the ONNX Runtime backend
+            if cls.accepts(obj):
+                raise
+            raise QfairError(f"backend '{name}' cannot run a {type(obj).__name__} ({exc}); "
+                             f"{_ACCEPTS.get(cls.name, 'see its documentation')}, or leave backend out to pick "
+                             "the one that accepts it") from None
     for key in BACKENDS.names():
         cls = BACKENDS.get(key)
         if cls.accepts(obj):

@@ -39,6 +39,13 @@ class PairedComparison:
     notes: list[str] = field(default_factory=list)
     null: dict[str, Any] | None = None  # group-blind permutation null (qfair.eval.null), None when not drawn
 
+    def __repr__(self) -> str:
+        """One line: the McNemar p-values (Holm) per group and the STD / SER change (``to_dict`` has everything)."""
+        groups = ", ".join(f"{g} p={d['p_holm']:.3g}{d['mark']}" for g, d in self.per_group.items())
+        deltas = ", ".join(f"d{k.upper()} {self.deltas[k]['delta']:+.2f}" for k in ("avg", "std", "ser")
+                           if k in self.deltas)
+        return f"PairedComparison({self.other!r} vs {self.reference!r} on {self.benchmark!r}: {groups}; {deltas})"
+
     def marks(self) -> dict[str, str]:
         """Group -> significance mark of the Holm-adjusted McNemar p-value ('' if not significant)."""
         return {g: d["mark"] for g, d in self.per_group.items()}
@@ -66,6 +73,10 @@ def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None 
 
     ``null_draws``: permutations of the group-blind null (0 = skip it); about 15 ms each per 12k pairs.
     """
+    for what, r in (("ref", ref), ("other", other)):
+        if not isinstance(r, EvalResult):
+            raise DataError(f"compare_pair: {what} must be an EvalResult from qfair.eval.evaluate, got "
+                            f"{type(r).__name__}")
     _check_same_pairs(ref, other)
     pr, po = ref.pairs, other.pairs
     assert pr is not None and po is not None
@@ -171,6 +182,10 @@ def compare(*results: EvalResult, reference: EvalResult | str | int | None = Non
         results = tuple(results[0])
     if not results:
         raise DataError("compare needs at least one result")
+    bad = [f"#{i} ({type(r).__name__})" for i, r in enumerate(results) if not isinstance(r, EvalResult)]
+    if bad:
+        raise DataError(f"compare takes EvalResult objects from qfair.eval.evaluate(model, benchmark), not models "
+                        f"or paths; got {', '.join(bad[:4])}")
     ref_name = _pick_reference(results, reference).name
     out = []
     for bench in dict.fromkeys(r.benchmark for r in results):

@@ -47,8 +47,11 @@ def benchmark_fingerprint(vset: Any) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$QFAIR_CACHE/embeddings`` or ``~/.cache/qfair/embeddings``."""
-    root = os.environ.get("QFAIR_CACHE") or str(Path.home() / ".cache" / "qfair")
+    """``$QFAIR_CACHE/embeddings``, else ``$QFAIR_CACHE_DIR/embeddings`` (the variable the synthesis cache
+    reads, so one setting moves both), else ``~/.cache/qfair/embeddings``."""
+    cache_dir = os.environ.get("QFAIR_CACHE_DIR")
+    root = (os.environ.get("QFAIR_CACHE") or (cache_dir if cache_dir and cache_dir.lower() != "off" else None)
+            or str(Path.home() / ".cache" / "qfair"))
     return Path(root) / "embeddings"
 
 

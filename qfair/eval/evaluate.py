@@ -24,10 +24,15 @@ def evaluate(target: Any, vset: Any, *, backend: str | None = None, arch: str | 
     rates at one global threshold (``threshold`` inherited, else chosen at ``target_fmr``), FDR/IR/GARBE
     and identity-bootstrap intervals. See :func:`qfair.eval.metrics.evaluate_arrays`.
     """
-    if isinstance(vset, str):
+    if isinstance(vset, (str, os.PathLike)):
         from ..data import open_benchmark
 
-        vset = open_benchmark(vset)
+        vset = open_benchmark(str(vset))
+    elif not all(hasattr(vset, a) for a in ("pairs", "issame", "groups", "images")):
+        from ..utils.errors import DataError
+
+        raise DataError(f"evaluate: vset must be a VerificationSet (qfair.data.open_benchmark) or a benchmark spec "
+                        f"such as 'builtin:small' or 'rfw:/data/RFW', got {type(vset).__name__}")
     be, display, model_meta = load_target(target, arch=arch, backend=backend, name=name)
     pairs = check_pairs(vset)
     emb = embed(be, vset, flip=flip, batch_size=batch_size, cache_dir=cache_dir)

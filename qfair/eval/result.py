@@ -60,6 +60,14 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     pairs: PairData | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        """One line a notebook can show: name, benchmark, per-group accuracy, AVG / STD / SER (``to_dict``
+        has everything)."""
+        f = self.fairness
+        groups = ", ".join(f"{g} {self.per_group[g]['accuracy']:.2f}" for g in self.groups)
+        return (f"EvalResult({self.name!r} on {self.benchmark!r}: {groups}; AVG {f.avg:.2f}, STD {f.std:.2f}, "
+                f"SER {f.ser:.2f})")
+
     def accuracies(self) -> dict[str, float]:
         """Group -> accuracy in percent, in group order."""
         return {g: self.per_group[g]["accuracy"] for g in self.groups}

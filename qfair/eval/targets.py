@@ -60,6 +60,18 @@ def table_meta(quant: dict[str, Any], config: dict[str, Any] | None = None) -> d
             "recipe": recipe or "-"}
 
 
+def _export_quant(graph: Path) -> dict[str, Any]:
+    """Quantization metadata of a graph written by ``qfair export`` (from its ``.export.json`` report), so an
+    int8 graph evaluated on its own is labelled with its bits, not as FP32; {} for a float or foreign graph."""
+    from ..export.provenance import export_report_path
+
+    doc = _read_json(export_report_path(graph))
+    if not doc.get("quantized") or doc.get("bits") is None:
+        return {}
+    return {"wbits": doc.get("wbits") or doc["bits"], "abits": doc.get("abits") or doc["bits"],
+            "recipe": doc.get("recipe")}
+
+
 def load_target(target: Any, arch: str | None = None, backend: str | None = None,
                 name: str | None = None) -> tuple[Backend, str, dict[str, Any]]:
     """``(backend, display name, meta)`` for a run folder, checkpoint, .onnx file, module or backend.
@@ -107,6 +119,7 @@ def load_target(target: Any, arch: str | None = None, backend: str | None = None
         if (backend is None and path.suffix.lower() == ".onnx") or backend in ("onnxruntime", "ort", "onnx"):
             check_export_source(path)
             be = make_backend(path, "onnxruntime")
+            quant = _export_quant(path)
         elif backend not in (None, "torch", "pytorch"):
             be = make_backend(path, backend)
         else:

@@ -19,12 +19,16 @@ from ..utils.io import atomic_path, atomic_write_json, output_file
 from .provenance import export_report_path
 
 DEFAULT_PARITY = "builtin:tiny"
+KEEP_FLOAT = ("auto", "none", "depthwise", "all")
 
 
 def load_for_export(source: nn.Module | str | Path) -> tuple[nn.Module, Path | None]:
     """(model, run folder or None) from a model, a quantized run folder, a float run folder or a checkpoint."""
     if isinstance(source, nn.Module):
         return source, None
+    if not isinstance(source, (str, Path)):
+        raise QfairError(f"export needs a quantized model (nn.Module), a run folder or a checkpoint path, got "
+                         f"{type(source).__name__}")
     path = Path(source)
     if path.is_dir() and (path / "quant.json").exists():
         from ..quant import load_quantized
@@ -59,6 +63,9 @@ def parity_inputs(parity_data: Any, n: int = 64) -> tuple[torch.Tensor, np.ndarr
     if parity_data is None:
         parity_data = DEFAULT_PARITY
     if isinstance(parity_data, torch.Tensor):
+        if parity_data.dim() != 4 or tuple(parity_data.shape[1:]) != (3, 112, 112) or not len(parity_data):
+            raise ExportError(f"parity_data: an image tensor must be (N, 3, 112, 112) with N >= 1 (uint8, or float "
+                              f"normalised to [-1, 1]), got {tuple(parity_data.shape)}")
         x = parity_data if parity_data.is_floating_point() else to_model_input(parity_data)
         return x[:n].float(), None, None, f"{min(n, len(x))} given images"
     vset = open_benchmark(parity_data) if isinstance(parity_data, (str, Path)) else parity_data
@@ -100,6 +107,8 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     from .targets import TARGETS, ExportContext
 
     spec = TARGETS.get(target)  # unknown target: clear error before any work
+    if keep_float not in KEEP_FLOAT:  # checked by the layout too, but only after the (slow) torch export
+        raise ExportError(f"unknown keep_float option '{keep_float}'; use {', '.join(KEEP_FLOAT)}")
     model, run_dir = load_for_export(run_dir_or_model)
     if out is None:
         if run_dir is None:
@@ -149,6 +158,8 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     meta = getattr(model, "qfair_quant", None) or {}
     report = {"target": spec.name, "onnx": str(out), "bytes": out.stat().st_size, "opset": opset,
               "ir_version": proto.ir_version, "bits": bits, "recipe": meta.get("recipe"),
+              "wbits": meta.get("wbits") if bits is not None else None,
+              "abits": meta.get("abits") if bits is not None else None,
               "quantized": bits is not None, "notes": ctx.notes, "parity_data": described,
               "parity": parity.to_dict(), **_summarised(layout), **source_record(run_dir, out)}
     atomic_write_json(export_report_path(out), report)

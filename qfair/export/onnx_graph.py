@@ -52,16 +52,20 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
     model = model.cpu().eval()
     example = torch.zeros(2, 3, 112, 112)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    log = logging.getLogger("torch.onnx")
+    level = log.level  # quiet for this export only: the caller's logging settings are theirs
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            log.setLevel(logging.ERROR)
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
                                         output_names=["embedding"], opset_version=opset,
                                         dynamic_shapes=({0: batch},), custom_translation_table=translation_table(),
                                         verbose=False, optimize=True)
     except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        log.setLevel(level)
     proto = program.model_proto
     fold_weight_quantization(proto)
     name_by_module(proto.graph)

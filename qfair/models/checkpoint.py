@@ -150,7 +150,8 @@ def quantized_checkpoint_error(path: str | os.PathLike, keys: list[str]) -> Quan
             f"{', '.join(keys[:2])}, ... {len(keys)} keys)")
     if has_json:
         todo = (f"pass the run folder {run_dir} itself where a quantized model is accepted (evaluate, compare, "
-                "export), or the float checkpoint it was quantized from")
+                f"export; in Python, qfair.load_quantized('{run_dir}') loads it), or the float checkpoint it "
+                "was quantized from")
     else:
         todo = (f"it belongs in a run folder, but {run_dir} has no quant.json (written by qfair quantize beside "
                 "model.pt, it describes the quantizers and is needed to load the model): restore quant.json "
@@ -206,13 +207,17 @@ def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) 
     """
     from .registry import MODELS, create_model
 
+    if not isinstance(path, (str, os.PathLike)):
+        hint = " (already a model: pass it on as it is)" if isinstance(path, nn.Module) else ""
+        raise CheckpointError(f"load_model needs a checkpoint path, got {type(path).__name__}{hint}")
     sd = read_checkpoint(path)
     if qkeys := quantizer_keys(sd):
         raise quantized_checkpoint_error(path, qkeys)
     guess = guess_arch(sd)
     if arch is None:
         if guess is None:
-            raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch (see `qfair models`)")
+            raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch "
+                                  "(arch= in Python; see `qfair models` / qfair.list_models())")
         arch, guessed_kw = guess
         kwargs = {**guessed_kw, **kwargs}
     else:

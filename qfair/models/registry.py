@@ -71,11 +71,12 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     key = MODELS.canonical(name)
     try:
         model = MODELS.get(key)(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a wrong keyword, or a value of the wrong type (width="a")
         raise ConfigError(f"model '{name}': bad arguments {kwargs}: {exc}") from None
     model.qfair_arch = {"name": key, "kwargs": dict(kwargs)}
     return model
 
 
 def list_models() -> list[str]:
+    """Registered architecture names (aliases such as ``r50`` are accepted too, see ``MODELS.aliases()``)."""
     return MODELS.names()

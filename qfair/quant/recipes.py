@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..models._layers import ResidualAdd
-from ..utils.errors import QuantError
+from ..utils.errors import ConfigError, QuantError
 from ..utils.registry import Registry
 from .config import QuantConfig
 from .layers import QuantConv2d, QuantLinear, QuantPReLU, QuantResidualAdd, fold_bn_into
@@ -244,11 +245,41 @@ def check_patterns(model: nn.Module, cfg: QuantConfig) -> None:
                 f"`qfair sensitivity` writes overrides with this model's names)")
 
 
-def prepare(model: nn.Module, cfg: QuantConfig | None = None, example_input: torch.Tensor | None = None
-            ) -> nn.Module:
-    """Deep copy of ``model`` with quantizers placed by ``cfg.recipe``; weights quantized, activations
-    waiting for calibration (:func:`qfair.quant.quantize`). Records ``model.qfair_quant``."""
-    cfg = cfg or QuantConfig()
+def as_quant_config(cfg: Any) -> QuantConfig:
+    """``cfg`` as a :class:`QuantConfig`: itself, one built from a mapping of its keys, or the default for None."""
+    if cfg is None:
+        return QuantConfig()
+    if isinstance(cfg, QuantConfig):
+        return cfg
+    if isinstance(cfg, Mapping):
+        from ..config import config_from_dict
+
+        return config_from_dict(QuantConfig, cfg, source="cfg")
+    raise ConfigError(f"cfg must be a qfair.QuantConfig (e.g. QuantConfig(bits=6)) or a mapping of its keys, "
+                      f"got {type(cfg).__name__} {cfg!r:.60}")
+
+
+def check_float_model(model: Any, what: str) -> None:
+    """Refuse what is not a float ``nn.Module``: a path (load it first) or an already-quantized model."""
+    if not isinstance(model, nn.Module):
+        hint = (" (a path: load it first with qfair.load_model(path, arch=...))" if isinstance(model, (str, Path))
+                else "")
+        raise QuantError(f"{what} needs the float model as a torch nn.Module, got {type(model).__name__}{hint}")
+    quantizers = [name for name, _ in iter_quantizers(model)]
+    if quantizers:
+        meta = getattr(model, "qfair_quant", None) or {}
+        desc = f" (W{meta.get('wbits')}A{meta.get('abits')}, recipe {meta.get('recipe')})" if meta else ""
+        raise QuantError(f"{what}: {type(model).__name__} is already quantized{desc}: it holds {len(quantizers)} "
+                         f"quantizers ({quantizers[0]}, ...). Pass the float model it was quantized from "
+                         "(qfair.load_model); quantizing again would stack on its calibrated, corrected state")
+
+
+def prepare(model: nn.Module, cfg: QuantConfig | Mapping[str, Any] | None = None,
+            example_input: torch.Tensor | None = None) -> nn.Module:
+    """Deep copy of the float ``model`` with quantizers placed by ``cfg.recipe``; weights quantized,
+    activations waiting for calibration (:func:`qfair.quant.quantize`). Records ``model.qfair_quant``."""
+    cfg = as_quant_config(cfg)
+    check_float_model(model, "prepare")
     recipe = RECIPES.get(cfg.recipe)
     check_patterns(model, cfg)
     qmodel = copy.deepcopy(model)

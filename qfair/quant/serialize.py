@@ -55,9 +55,15 @@ def save_quantized(model: nn.Module, run_dir: str | Path | RunDir, *, arch: dict
 def read_quant_json(run_dir: str | Path) -> dict[str, Any]:
     import json
 
-    p = Path(run_dir) / "quant.json"
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise CheckpointError(f"{run_dir} is a file; load_quantized takes the run folder that holds model.pt and "
+                              "quant.json (written by qfair.save_quantized / qfair quantize). A float checkpoint "
+                              "loads with qfair.load_model(path, arch=...)")
+    p = run_dir / "quant.json"
     if not p.exists():
-        raise CheckpointError(f"{p} not found: {run_dir} is not a quantized run folder (made by qfair quantize)")
+        raise CheckpointError(f"{p} not found: {run_dir} is not a quantized run folder (made by qfair quantize or "
+                              "qfair.save_quantized)")
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -65,6 +71,44 @@ def read_quant_json(run_dir: str | Path) -> dict[str, Any]:
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"{p}: unknown format {doc.get('format')!r}, expected {FORMAT!r}")
     return doc
+
+
+def _check_keys(qmodel: nn.Module, sd: dict[str, Any], path: Path) -> None:
+    """model.pt must fit the rebuilt model key for key: name what does not (a wrong ``model=``, a damaged file)."""
+    own = qmodel.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise CheckpointError(f"{path}/model.pt does not match the quantized {type(qmodel).__name__} rebuilt from "
+                              f"quant.json ({'; '.join(parts)}); pass model= the architecture it was quantized from, "
+                              "or leave model out to use the one quant.json names")
+
+
+# what placement decides and the state dict does not hold: a quant.json that disagrees with the rebuilt
+# model (edited, or from another qfair) would otherwise load scales onto the wrong integer grid, silently
+_STRUCTURE = ("bits", "symmetric", "narrow", "axis", "qmin", "qmax")
+
+
+def _check_quantizers(qmodel: nn.Module, doc: dict[str, Any], path: Path) -> None:
+    by_name = {d.get("name"): d for d in doc.get("quantizers", []) if isinstance(d, dict)}
+    names = set()
+    for name, q in iter_quantizers(qmodel):
+        names.add(name)
+        d = by_name.get(name)
+        if d is None:
+            raise CheckpointError(f"{path}/quant.json has no entry for quantizer '{name}'")
+        mine = q.describe()
+        diff = [f"{k} {d.get(k)!r} in quant.json vs {mine[k]!r} from its config" for k in _STRUCTURE
+                if k in d and d[k] != mine[k]]
+        if diff:
+            raise CheckpointError(f"{path}/quant.json: quantizer '{name}' disagrees with the model its config "
+                                  f"rebuilds ({'; '.join(diff)}); the file was edited or is damaged: quantize again")
+    extra = sorted(set(by_name) - names)
+    if extra:
+        raise CheckpointError(f"{path}/quant.json describes quantizers the rebuilt model does not have: "
+                              f"{', '.join(map(str, extra[:4]))}{' ...' if len(extra) > 4 else ''}")
 
 
 def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None) -> nn.Module:
@@ -77,6 +121,10 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
 
     path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
     doc = read_quant_json(path)
+    if model is not None and not isinstance(model, nn.Module):
+        raise CheckpointError(f"load_quantized: model must be the float nn.Module to rebuild (e.g. "
+                              f"qfair.create_model(name)), got {type(model).__name__}; leave it out to build the "
+                              "architecture quant.json names")
     if model is None:
         arch = doc.get("arch")
         if not arch:
@@ -88,12 +136,20 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
     cfg = config_from_dict(QuantConfig, doc["config"], source=str(path / "quant.json"))
     qmodel = prepare(model, cfg)
     sd = safe_torch_load(path / "model.pt")
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}/model.pt holds a {type(sd).__name__}, not the state dict save_quantized writes")
+    own = qmodel.state_dict()
     for key in sd:  # biases added by bias correction to layers that had none
         mod_name, _, pname = key.rpartition(".")
-        if pname == "bias" and key not in qmodel.state_dict():
-            m = qmodel.get_submodule(mod_name)
+        if pname == "bias" and key not in own:
+            try:
+                m = qmodel.get_submodule(mod_name)
+            except AttributeError:
+                continue  # reported with the other unexpected keys below
             if getattr(m, "bias", 0) is None:
                 m.bias = nn.Parameter(torch.zeros_like(sd[key]))
+    _check_keys(qmodel, sd, path)
+    _check_quantizers(qmodel, doc, path)
     by_name = {d["name"]: d for d in doc["quantizers"]}
     for name, q in iter_quantizers(qmodel):
         if by_name.get(name, {}).get("lsq"):

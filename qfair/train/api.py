@@ -10,13 +10,14 @@ and call :func:`qfair.train.fit`. The run folder gets ``config.yaml``, ``metrics
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..utils.errors import CheckpointError, ConfigError, QfairError
+from ..utils.errors import CheckpointError, ConfigError, DataError, QfairError
 from .batches import IndexedSource
 from .config import DistillConfig, QatConfig, TrainConfig
 from .distributed import barrier, dist_info
@@ -119,11 +120,29 @@ def _summary(res: FitResult, out: Path, extra: dict[str, Any]) -> dict[str, Any]
     return doc
 
 
-def qat(cfg: QatConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Quantization-aware KD fine-tuning of a quantized student toward its float teacher."""
+def _as_config(cls: type, cfg: Any, what: str) -> Any:
+    """``cfg`` as ``cls``: itself, or built (and validated) from a mapping of its keys."""
+    if isinstance(cfg, cls):
+        return cfg
+    if isinstance(cfg, Mapping):
+        from ..config import config_from_dict
+
+        return config_from_dict(cls, cfg, source=f"{what}() cfg")
+    raise ConfigError(f"{what}: cfg must be a qfair.train.{cls.__name__} or a mapping of its keys, "
+                      f"got {type(cfg).__name__}")
+
+
+def qat(cfg: QatConfig | Mapping[str, Any], out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Quantization-aware KD fine-tuning of a quantized student toward its float teacher (``qfair qat``).
+
+    ``cfg``: a :class:`QatConfig` or a mapping of its keys (``student`` run folder or ``model`` checkpoint,
+    ``teacher``, ``data``, ``steps``, ...). Writes the run folder ``out`` (refused when it holds a run, unless
+    ``resume``); returns the summary written to ``out/train.json``. Load the result with
+    ``qfair.load_quantized(out)``."""
     from ..quant import QuantConfig, load_quantized, quantize, save_quantized
     from ..runs import RunDir
 
+    cfg = _as_config(QatConfig, cfg, "qat")
     _check_resume(out, cfg, resume)
     teacher_path = cfg.teacher or cfg.model
     if not teacher_path and cfg.student:  # the quantize run records the float model it started from
@@ -151,12 +170,18 @@ def qat(cfg: QatConfig, out: str | Path, *, resume: bool = False) -> dict[str, A
     return _summary(res, out, {"command": "qat", "teacher": str(teacher_path), "quant": student.qfair_quant})
 
 
-def distill(cfg: DistillConfig, out: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Distil a teacher into a (smaller) student architecture, optionally quantized at the same time."""
+def distill(cfg: DistillConfig | Mapping[str, Any], out: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Distil a teacher into a (smaller) student architecture, optionally quantized at the same time
+    (``qfair distill``).
+
+    ``cfg``: a :class:`DistillConfig` or a mapping of its keys. Writes the run folder ``out``: ``model.pt``
+    (a float student: ``qfair.load_model(out / "model.pt", arch=cfg.student_arch)``; a quantized one also
+    gets quant.json: ``qfair.load_quantized(out)``); returns the summary written to ``out/train.json``."""
     from ..models import create_model, load_model
     from ..quant import QuantConfig, quantize, save_quantized
     from ..utils.io import atomic_torch_save
 
+    cfg = _as_config(DistillConfig, cfg, "distill")
     _check_resume(out, cfg, resume)
     teacher = load_teacher(cfg.teacher, cfg.teacher_arch)
     t_dim = embedding_size(teacher)
@@ -216,7 +241,18 @@ def kd_finetune(student: nn.Module, teacher: nn.Module, batches: Any, *, steps: 
     hundred steps from a trained model, decay toward zero moves the student away from its teacher faster
     than a KD loss of ~1e-4 pulls it back (demo MobileFaceNet W6A6, frozen BN, 100 steps at lr 0.00625:
     the held-out KD loss rose with 5e-4 and fell with 0; tools/bench_train.py --acceptance).
+
+    ``student`` (trained in place; usually ``qfair.quantize(...)``'s result) and ``teacher`` (the float
+    model, not modified) are ``nn.Module`` objects; save a quantized student with ``qfair.save_quantized``.
     """
+    for what, m in (("student", student), ("teacher", teacher)):
+        if not isinstance(m, nn.Module):
+            hint = (" (a path: load it first with qfair.load_model / qfair.load_quantized; the student is trained "
+                    "in place, so it must be an object you keep)" if isinstance(m, (str, Path)) else "")
+            raise ConfigError(f"kd_finetune: {what} must be a torch nn.Module, got {type(m).__name__}{hint}")
+    if isinstance(batches, torch.Tensor) and (batches.dim() != 4 or not len(batches)):
+        raise DataError(f"kd_finetune: an image tensor must be (N, 3, H, W) with N >= 1 (qfair face models: "
+                        f"H = W = 112), got {tuple(batches.shape)}")
     if hasattr(batches, "images") and hasattr(batches, "labels") and not hasattr(batches, "epoch"):
         batches = IndexedSource(batches.images, batches.labels, getattr(batches, "groups", None),
                                 batch_size=min(batch_size, len(batches.images)), seed=seed,

@@ -208,3 +208,37 @@ def test_accuracy_gate_still_sees_moved_scores():
     out = ref + 1e-7
     out[:8:2] = 0.1  # four genuine pairs fall below every impostor: a real mismatch
     assert gate_accuracies(ref, out, issame) == (100.0, 90.0)
+
+
+def test_graph_evaluated_on_its_own_keeps_its_bits(tmp_path, deploy8, parity_images):
+    """An int8 graph passed to evaluate() as a file was labelled FP32 / not quantized (so compare() could
+    take it for the float reference); the export report now carries the bits evaluate reads."""
+    from qfair.eval import evaluate
+
+    path = export_onnx(deploy8, "tensorrt", out=tmp_path / "m.onnx", parity_data=parity_images)
+    rep = _report(path)
+    assert (rep["wbits"], rep["abits"], rep["recipe"]) == (8, 8, "deploy")
+    res = evaluate(path, "builtin:tiny", n_bootstrap=0)
+    assert res.meta["quantized"] is True and res.meta["bits"] == "W8A8" and res.meta["recipe"] == "deploy"
+
+
+def test_bad_options_fail_before_the_export_and_logging_is_left_alone(tmp_path, deploy8, monkeypatch):
+    import logging
+
+    import qfair.export.onnx_graph as og
+
+    real = og.torch_to_onnx
+    log = logging.getLogger("torch.onnx")
+    log.setLevel(logging.INFO)
+    real(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
+    assert log.level == logging.INFO  # was left at ERROR for the rest of the process
+    monkeypatch.setattr(og, "torch_to_onnx", lambda *a, **k: pytest.fail("exported before checking the options"))
+    with pytest.raises(ExportError, match="unknown keep_float option 'nope'"):
+        export_onnx(deploy8, "onnxruntime", out=tmp_path / "m.onnx", keep_float="nope")
+    with pytest.raises(ExportError, match="parity_data: an image tensor must be \\(N, 3, 112, 112\\).*"
+                                          "\\(4, 3, 64, 64\\)"):
+        export_onnx(deploy8, "onnxruntime", out=tmp_path / "m.onnx", parity_data=torch.zeros(4, 3, 64, 64))
+    with pytest.raises(QfairError, match="export needs a quantized model \\(nn.Module\\), a run folder or a "
+                                         "checkpoint path, got int"):
+        export_onnx(42, "onnxruntime", out=tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
