@@ -2,19 +2,27 @@
 
 ``RunDir.create(path, config, command=...)`` makes the folder and writes ``config.yaml`` with the fully
 resolved config, the seed, the command and package versions. Artefacts are written atomically via
-``qfair.utils.io``. ``run.stage_done(name)`` / ``run.mark_done(name)`` let long jobs resume by stage.
+``qfair.utils.io``. ``run.stage_done(name)`` / ``run.mark_done(name)`` let long jobs resume by stage;
+``with run.lock():`` keeps a second process out of the folder while one writes it.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .utils.errors import QfairError
-from .utils.io import atomic_write_json, atomic_write_text
+from .utils.io import atomic_write_json, atomic_write_text, output_folder
+
+
+class DamagedRunFileError(QfairError, OSError):
+    """A file of a run folder cannot be read back (cut short or damaged). An OSError too, so callers that
+    treat an unreadable file as "unknown" keep doing so."""
 
 
 def package_versions() -> dict[str, str]:
@@ -79,12 +87,23 @@ class RunDir:
         return cls(path)
 
     def read_config(self) -> dict[str, Any]:
+        """The run's ``config.yaml`` ({} when it has none); :class:`DamagedRunFileError` naming the file when
+        it cannot be read back."""
         import yaml
 
         p = self.path / "config.yaml"
         if not p.exists():
             return {}
-        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        try:
+            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DamagedRunFileError(f"{p}: unreadable ({first}); it is damaged or was cut short") from None
+        if doc is None:
+            return {}
+        if not isinstance(doc, dict):
+            raise DamagedRunFileError(f"{p}: expected a mapping of settings, found {type(doc).__name__}; it is damaged")
+        return doc
 
     def write_json(self, name: str, obj: Any) -> Path:
         return atomic_write_json(self.path / name, obj)
@@ -97,5 +116,36 @@ class RunDir:
         return (self.path / ".stages" / f"{name}.done").exists()
 
     def mark_done(self, name: str, info: Any = None) -> None:
-        (self.path / ".stages").mkdir(exist_ok=True)
+        output_folder(self.path / ".stages")
         atomic_write_json(self.path / ".stages" / f"{name}.done", info if info is not None else {})
+
+    @contextmanager
+    def lock(self) -> Iterator["RunDir"]:
+        """Hold the folder's ``.lock`` for as long as the block runs; QfairError at once when another process
+        holds it (two commands writing the same run would redo each other's work and cross their files).
+        The operating system drops the lock when its process ends, however it ends; a ``.lock`` file left
+        behind is harmless. Without ``fcntl`` (Windows) the block runs unlocked."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield self
+            return
+        p = self.path / ".lock"
+        try:
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise QfairError(f"cannot write into run folder {self.path}: {exc.strerror}. Pick another output "
+                             "folder.") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                raise QfairError(f"{self.path} is in use by another qfair command ({holder or 'process unknown'}); "
+                                 "wait for it to finish, or write to another output folder. Two commands writing "
+                                 "the same folder would redo and overwrite each other's work.") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock

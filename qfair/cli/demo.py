@@ -3,6 +3,8 @@ built-in synthetic benchmark, with no downloads."""
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +22,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rebuild finished stages whose settings changed (e.g. --quick after a full run in the same "
                         "--out), replacing their results")
     p.set_defaults(func=run)
+
+
+@contextmanager
+def term_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (what batch schedulers send before killing a job that ran out of time,
+    and what ``kill`` sends) stops the study like Ctrl-C: temporary files are removed and the command says
+    how to resume, instead of dying mid-write."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_study(res) -> None:
@@ -46,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     con.print(f"[bold]qfair demo[/]: {cfg.models[0].name} on the built-in synthetic benchmark -> {cfg.out}")
     con.print("[dim]All data here is synthetic (rendered face-like images in four made-up groups); "
               "it shows the mechanism, not facts about real people.[/]")
-    res = run_study(cfg, say=con.print, recompute=args.recompute)
+    with term_as_interrupt():
+        res = run_study(cfg, say=con.print, recompute=args.recompute)
     print_study(res)
     return 0

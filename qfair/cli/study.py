@@ -25,9 +25,10 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config, overrides_from_args
     from ..study import run_study
     from ..study.config import StudyConfig
-    from .demo import print_study
+    from .demo import print_study, term_as_interrupt
 
     cfg = load_config(StudyConfig, args.config, overrides_from_args(args, StudyConfig))
-    res = run_study(cfg, recompute=args.recompute, source=args.config)
+    with term_as_interrupt():
+        res = run_study(cfg, recompute=args.recompute, source=args.config)
     print_study(res)
     return 0

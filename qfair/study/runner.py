@@ -7,7 +7,11 @@ stopped. Embeddings are cached on disk, so re-evaluating a finished variant cost
 A finished stage is reused only when the settings recorded in its ``config.yaml`` equal the settings it
 would be built with now (:func:`stage_settings`); otherwise the study stops before running anything
 (and before rewriting the study's ``config.yaml``), unless ``recompute=True`` rebuilds the changed
-stages and the stages built from them.
+stages and the stages built from them. A finished stage whose files are missing or damaged (deleted,
+cut short by a crash of the machine) is rebuilt, with the stages built from it, and said so.
+
+A study holds its folder's lock while it runs (a second study into the same folder stops at once), and
+removes the temporary files of writes that a hard kill interrupted.
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..runs import RunDir
-from ..utils.errors import CheckpointError, ConfigError
+from ..utils.errors import CheckpointError, ConfigError, QfairError
 from .config import StudyConfig, check_paths
+from .integrity import stage_damage
 from .plan import Variant, plan
 
 SYNTHETIC_NOTE = ("All numbers in this report come from qfair's built-in SYNTHETIC benchmark (rendered face-like "
@@ -66,6 +71,7 @@ class _Study:
         self.float_models: dict[str, Any] = {}
         self.models: dict[str, Any] = {}
         self._calib: dict[tuple[str, str], list] = {}
+        self._digests: dict[str, str] = {}
         self.timings: dict[str, float] = {}
 
     def start(self) -> None:
@@ -77,10 +83,10 @@ class _Study:
     def stage_settings(self, v: Variant) -> dict[str, Any] | None:
         """Everything stage ``v`` is built from, as recorded in its ``config.yaml`` (None: float, no stage)."""
         cfg = self.cfg
-        if v.kind == "ptq":
+        if v.kind == "ptq":  # KD and ONNX stages are built from a PTQ stage: a change here reaches them too
             return {"variant": v.id, "calibration": {"label": v.calib.label, "source": v.calib.source,
                                                      "size": v.calib.size or cfg.calib_size},
-                    "quant": self.quant_config(v), "model": v.model}
+                    "quant": self.quant_config(v), "model": v.model, "float_weights": self.float_digest(v)}
         if v.kind == "kd":
             from ..config import config_to_dict
 
@@ -93,14 +99,15 @@ class _Study:
                     "model": v.model, "seed": cfg.seed}
         return None
 
-    def changed_stages(self, variants: list[Variant]) -> dict[str, str]:
+    def changed_stages(self, variants: list[Variant], damaged: dict[str, str] | None = None) -> dict[str, str]:
         """Finished stages whose recorded settings differ from the ones the config gives now, and the
-        finished stages built from them: ``{variant id: what changed}``."""
+        finished stages built from them: ``{variant id: what changed}``. Stages in ``damaged`` (see
+        :meth:`damaged_stages`) are rebuilt anyway and not compared."""
         from ..config import config_to_dict
 
         changed: dict[str, str] = {}
         for v in variants:
-            if v.kind == "float" or not self.root.stage_done(v.id):
+            if v.kind == "float" or not self.root.stage_done(v.id) or v.id in (damaged or {}):
                 continue
             if v.parent in changed:
                 changed[v.id] = f"built from the changed stage {v.parent}"
@@ -113,6 +120,44 @@ class _Study:
             if diff:
                 changed[v.id] = "; ".join(f"{k}: {_lookup(stored, k)!r} -> {_lookup(now, k)!r}" for k in diff)
         return changed
+
+    def damaged_stages(self, variants: list[Variant]) -> dict[str, str]:
+        """Finished stages whose files are missing or unreadable, and the finished stages built from them:
+        ``{variant id: what is wrong}``. Cheap checks (files exist, records parse, archives complete), so a
+        resumed study does not stop half-way on a stage it could rebuild."""
+        damaged: dict[str, str] = {}
+        for v in variants:
+            if v.kind == "float" or not self.root.stage_done(v.id):
+                continue
+            if v.parent in damaged:
+                damaged[v.id] = f"built from the damaged stage {v.parent}"
+                continue
+            why = stage_damage(self.folder(v), v.kind)
+            if why:
+                damaged[v.id] = why
+        return damaged
+
+    def folders(self, variants: list[Variant]) -> dict[Path, str]:
+        """Every folder the study writes into, and what it holds."""
+        root = self.root.path
+        out = {root: "the study folder", root / ".stages": "stage markers", self.cache.parent: "caches",
+               self.cache: "the embedding cache", root / "figures": "figures"}
+        out.update({self.folder(v): f"stage {v.id}" for v in variants if v.kind != "float"})
+        return out
+
+    def check_layout(self, variants: list[Variant]) -> None:
+        """Fail before any work when something the study writes is blocked: a file where it writes a folder,
+        or a folder where it writes a file (otherwise the study would stop after building a stage)."""
+        from ..utils.io import output_file
+
+        root = self.root.path
+        for path, what in self.folders(variants).items():
+            if path.exists() and not path.is_dir():
+                raise QfairError(f"{path} is a file, but the study writes a folder there ({what}). Nothing was "
+                                 "run: move or delete that file, or choose another output folder.")
+        if root.is_dir():
+            for name in ("config.yaml", "report.md", "metrics.json", "results.csv", "tables.tex", "timings.json"):
+                output_file(root / name)
 
     def forget(self, variant_id: str) -> None:
         """Drop the finished marker of a stage so that it is rebuilt (its files are overwritten then)."""
@@ -127,7 +172,17 @@ class _Study:
             if not path.exists():
                 raise CheckpointError(f"model '{v.model.name}': checkpoint {path} not found")
             self.float_models[v.model.name] = load_model(path, arch=v.model.arch)
+            from ..utils.digest import model_digest
+
+            # taken on load, before any stage could touch the model
+            self._digests[v.model.name] = model_digest(self.float_models[v.model.name])
         return self.float_models[v.model.name]
+
+    def float_digest(self, v: Variant) -> str:
+        """Digest of the float model's weights as loaded: a checkpoint replaced at the same path (retrained)
+        is a changed setting, not a finished stage to resume."""
+        self.float_model(v)
+        return self._digests[v.model.name]
 
     def calib_batches(self, v: Variant, source: str, n: int, batch_size: int):
         key = (v.model.name, f"{source}|{n}|{batch_size}")
@@ -174,6 +229,8 @@ class _Study:
             result = self._export(v, folder)
         self.root.mark_done(v.id, {"seconds": round(time.time() - t, 2)})
         self.timings[v.id] = round(time.time() - t, 2)
+        if v.kind != "onnx":  # evaluate the model as saved, exactly as a resumed run will (same results file)
+            result = load_quantized(folder)
         return result
 
     def _finetune(self, v: Variant, folder: Path):
@@ -230,9 +287,7 @@ def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None, *, rec
     from ``cfg``'s are an error -- or, with ``recompute=True``, are rebuilt with the stages built from them.
     """
     from ..data import open_benchmark
-    from ..eval import compare
-    from ..report.writer import write_report
-    from ..utils.errors import QfairError
+    from ..utils.io import output_folder
 
     say = say or _say_default
     t0 = time.time()
@@ -245,7 +300,21 @@ def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None, *, rec
             raise type(exc)(f"{source + ': ' if source else ''}bench[{i}]: {exc}") from None
     st = _Study(cfg, say)
     variants = plan(cfg)
-    changed = st.changed_stages(variants)
+    st.check_layout(variants)
+    output_folder(st.root.path)
+    with st.root.lock():  # released when this returns or raises, and by the OS when the process is killed
+        return _run_locked(st, variants, benches, recompute=recompute, source=source, t0=t0)
+
+
+def _run_locked(st: _Study, variants: list[Variant], benches: list[Any], *, recompute: bool, source: str | None,
+                t0: float) -> StudyResult:
+    from ..eval import compare
+    from ..report.writer import write_report
+    from ..utils.io import remove_stale_temps
+
+    cfg, say = st.cfg, st.say
+    damaged = st.damaged_stages(variants)
+    changed = st.changed_stages(variants, damaged)
     if changed and not recompute:
         lines = "\n".join(f"  {vid}: {why}" for vid, why in changed.items())
         raise ConfigError(
@@ -253,6 +322,12 @@ def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None, *, rec
             f"{source or 'the study config'} gives now:\n{lines}\n"
             "Nothing was run or changed. Keep those results by choosing a new output folder (out: in the YAML "
             "or --out DIR), or rerun with --recompute to rebuild these stages (their results are replaced).")
+    stale = remove_stale_temps(*st.folders(variants))
+    if stale:
+        say(f"removed {len(stale)} temporary file(s) left by an interrupted run")
+    for vid, why in damaged.items():
+        say(f"rebuilding {vid}: marked finished, but {why}")
+        st.forget(vid)
     for vid, why in changed.items():
         say(f"recomputing {vid} ({why})")
         st.forget(vid)

@@ -89,16 +89,47 @@ def output_folder(path: str | os.PathLike, *, create: bool = True) -> Path:
     return path
 
 
+# Temporary files of atomic writes: ".<name>.<8 random characters>.tmp" beside the destination. A process
+# killed hard (SIGKILL, node failure) leaves them behind; remove_stale_temps() finds them by this pattern.
+_TEMP_SUFFIX = ".tmp"
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to disk, so that a rename over an older file never publishes an empty or
+    partial file after a crash of the machine (a marker written later must not outlive the data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside folder ``path`` durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, mkdir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+    """Yield a temporary path beside ``path``; on success flush it to disk and rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched. A symlink ``path``
-    is written through (the file it points to is replaced atomically); an existing ``path`` that is a
-    directory, device, fifo or socket is a :class:`QfairError` (see :func:`output_file`).
+    On an exception the temporary file is removed and ``path`` is left untouched (a process killed
+    hard leaves the temporary file: see :func:`remove_stale_temps`). A symlink ``path`` is written
+    through (the file it points to is replaced atomically); an existing ``path`` that is a directory,
+    device, fifo or socket is a :class:`QfairError` (see :func:`output_file`).
     """
     real = output_file(path, mkdir=mkdir)
-    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=_TEMP_SUFFIX, dir=real.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -106,18 +137,42 @@ def atomic_path(path: str | os.PathLike, *, mkdir: bool = False) -> Iterator[Pat
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync_file(tmp_path)
         os.replace(tmp_path, real)
+        _fsync_dir(real.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def is_stale_temp(path: Path) -> bool:
+    """Whether ``path`` is named like a temporary file of :func:`atomic_path`."""
+    return bool(_TEMP_RE.match(path.name))
+
+
+def remove_stale_temps(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes killed hard left in ``folders`` (not below them); return them.
+
+    Only call it while no other process writes into these folders (a study holds its folder's lock): the
+    temporary file of a write in progress would be deleted under it."""
+    removed: list[Path] = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for p in sorted(Path(folder).glob(f"*{_TEMP_SUFFIX}")):
+            if is_stale_temp(p) and p.is_file() and not p.is_symlink():
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mkdir: bool = False) -> Path:
     with atomic_path(path, mkdir=mkdir) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
     return Path(path)
 
 
@@ -173,7 +228,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, *, mkdir: bool = False)
     import torch
 
     with atomic_path(path, mkdir=mkdir) as tmp:
-        torch.save(obj, tmp)
+        # through a file object: given a path, torch names the archive's records after the file (here the
+        # random temporary name), so the same tensors would give different bytes on every save
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
     return Path(path)
 
 

@@ -126,3 +126,55 @@ def test_empty_file(tmp_path):
     p.write_bytes(b"")
     with pytest.raises(QfairError, match="e.pt is empty"):
         safe_torch_load(p)
+
+
+def test_torch_save_gives_the_same_bytes_for_the_same_tensors(tmp_path):
+    """torch names a zip checkpoint's records after the file it writes; through the random temporary name
+    every save of the same weights gave other bytes (a resumed and a fresh run's model.pt differed)."""
+    from qfair.utils.io import atomic_torch_save
+
+    sd = {"w": torch.arange(6.0).reshape(2, 3)}
+    atomic_torch_save(sd, tmp_path / "a.pt")
+    atomic_torch_save(sd, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(safe_torch_load(tmp_path / "a.pt")["w"], sd["w"])
+
+
+def test_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """A rename published before the data is on disk can leave an empty file after a machine crash, while
+    a marker written later says the stage is finished: every atomic write flushes its file first."""
+    import qfair.utils.io as io
+    from qfair.utils.io import atomic_torch_save
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync")
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(f"replace {os.path.basename(dst)}")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    monkeypatch.setattr(io.os, "replace", replace)
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "model.pt")
+    assert events[:2] == ["fsync", "replace model.pt"]
+
+
+def test_remove_stale_temps_removes_only_atomic_write_temporaries(tmp_path):
+    from qfair.utils.io import atomic_path, is_stale_temp, remove_stale_temps
+
+    with atomic_path(tmp_path / "model.pt") as tmp:  # the pattern is the one real atomic writes use
+        assert is_stale_temp(tmp)
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / ".model.pt.x1y2z3_w.tmp"
+    stale.write_bytes(b"killed mid-write")
+    kept = [tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / ".a.short.tmp", tmp_path / "model.pt"]
+    for p in kept:
+        p.write_bytes(b"user file")
+    assert not is_stale_temp(tmp_path / "notes.tmp")
+    assert remove_stale_temps(tmp_path) == []  # only the folders named, not below them
+    assert remove_stale_temps(tmp_path, tmp_path / "sub", tmp_path / "missing") == [stale]
+    assert not stale.exists() and all(p.exists() for p in kept)
