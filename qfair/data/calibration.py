@@ -8,6 +8,7 @@ the model's BatchNorm statistics), ``builtin`` (the built-in benchmark's trainin
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,10 +118,18 @@ def calibration_batches(source: str, n: int, batch_size: int, model: Any = None,
     images with a warning that counts them (otherwise the error names the file). Data-free
     ``synthetic`` takes ``synth_settings=SynthSettings(...)`` and ``cache=False`` (see
     :func:`qfair.data.synthesis.synthesize_uint8`)."""
-    if n < 1 or batch_size < 1:
-        raise DataError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    for what, v in (("n", n), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise DataError(f"calibration_batches: {what} must be a whole number >= 1, got {v!r}")
     kind, _, path = str(source).partition(":")
     fn = CALIB_SOURCES.get(kind)
+    if path and kind in ("builtin", "builtin-synthetic"):
+        raise DataError(f"calibration source '{source}': '{kind}' takes no ':{path}' part (benchmark sizes such as "
+                        f"builtin:tiny are for --bench / open_benchmark); give '{kind}' and set the number of "
+                        f"images with n (--calib-size)")
+    if model is not None and not hasattr(model, "named_modules"):
+        hint = " (load it first: qfair.load_model(path))" if isinstance(model, (str, os.PathLike)) else ""
+        raise DataError(f"calibration_batches: model must be a torch nn.Module, got {type(model).__name__}{hint}")
     if (kind in ("real", "synthetic") and path) or kind == "mix":
         # mix passes them on to each of its sources (calibration_batches again)
         kw.update(num_workers=num_workers, skip_corrupt=skip_corrupt)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .embed import check_pairs, embed
-from .metrics import evaluate_arrays
+from .metrics import check_layout, evaluate_arrays
 from .result import EvalResult
 from .targets import load_target
 from .verification import squared_distance
@@ -35,6 +35,9 @@ def evaluate(target: Any, vset: Any, *, backend: str | None = None, arch: str | 
                         f"such as 'builtin:small' or 'rfw:/data/RFW', got {type(vset).__name__}")
     be, display, model_meta = load_target(target, arch=arch, backend=backend, name=name)
     pairs = check_pairs(vset)
+    # a benchmark that cannot be evaluated fails here, not after every image was embedded
+    check_layout(vset.issame, vset.groups, getattr(vset, "folds", None), benchmark=vset.name, n_folds=n_folds,
+                 threshold=threshold, groups_wanted=groups)
     emb = embed(be, vset, flip=flip, batch_size=batch_size, cache_dir=cache_dir)
     # float32 unit embeddings, squared L2 as the reference code computes it (README references [3])
     dist = squared_distance(emb[pairs[:, 0]], emb[pairs[:, 1]]).astype(np.float64)

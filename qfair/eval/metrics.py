@@ -35,6 +35,44 @@ def _ci(samples: np.ndarray) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def check_layout(issame: np.ndarray, groups: np.ndarray, folds: np.ndarray | None = None, *,
+                 benchmark: str = "benchmark", n_folds: int = 10, threshold: float | None = None,
+                 groups_wanted: Sequence[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Check that pairs ``issame`` (P,) of ``groups`` (P,) can be evaluated, before any embedding is
+    computed: each group evaluated has pairs in at least 2 folds, and without an inherited ``threshold``
+    there are impostor pairs. Returns the group order, the mask of pairs kept (``groups_wanted``) and
+    the fold of each kept pair (``folds`` as given, else ``n_folds`` contiguous folds per group)."""
+    issame = np.asarray(issame, dtype=bool)
+    groups = np.asarray(groups, dtype=str)
+    order = group_order(groups, groups_wanted)
+    keep = np.isin(groups, order)
+    issame, groups = issame[keep], groups[keep]
+    codes = _codes(groups, order)
+    sizes = np.bincount(codes, minlength=len(order))
+    if folds is None:  # n_folds contiguous folds per group: a group needs at least n_folds pairs
+        small = [(gname, int(sizes[g]), f"fewer than the {n_folds} folds")
+                 for g, gname in enumerate(order) if sizes[g] < max(2, n_folds)]
+    else:
+        folds = np.asarray(folds, dtype=np.int64)[keep]
+        small = [(gname, int(sizes[g]), f"in {len(np.unique(folds[codes == g]))} fold(s)")
+                 for g, gname in enumerate(order) if sizes[g] < 2 or len(np.unique(folds[codes == g])) < 2]
+    if small:
+        what = "; ".join(f"group '{g}' has {n} pair(s), {why}" for g, n, why in small)
+        others = [g for g in order if g not in {s[0] for s in small}]
+        hint = (f" Leave {'it' if len(small) == 1 else 'them'} out with --groups {' '.join(others)} (Python: "
+                f"groups=[...]), or add pairs." if others else " Add pairs, or use fewer folds (--n-folds).")
+        raise DataError(f"{benchmark}: {what}; k-fold verification needs pairs in at least 2 folds, and "
+                        f"as many pairs as folds when the benchmark does not define its folds.{hint}")
+    if folds is None:
+        folds = np.zeros(len(groups), dtype=np.int64)
+        for g in range(len(order)):
+            folds[codes == g] = contiguous_folds(int(sizes[g]), n_folds)
+    if threshold is None and issame.all():
+        raise DataError(f"{benchmark}: no impostor pairs, cannot choose a threshold at a target FMR. Add "
+                        f"impostor (different-identity) pairs, or inherit a reference model's threshold.")
+    return order, keep, folds
+
+
 def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
                     pair_ids: np.ndarray | None = None, folds: np.ndarray | None = None,
                     name: str = "model", benchmark: str = "benchmark", meta: dict | None = None,
@@ -56,18 +94,12 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
         raise DataError(f"{benchmark}: no pairs to evaluate")
     if len(issame) != n or len(groups) != n:
         raise DataError(f"{benchmark}: {n} distances, {len(issame)} labels, {len(groups)} group names")
-    order = group_order(groups, groups_wanted)
-    keep = np.isin(groups, order)
+    order, keep, folds = check_layout(issame, groups, folds, benchmark=benchmark, n_folds=n_folds,
+                                      threshold=threshold, groups_wanted=groups_wanted)
     if not keep.all():  # evaluate only the wanted groups
         dist, issame, groups = dist[keep], issame[keep], groups[keep]
         pair_ids = None if pair_ids is None else np.asarray(pair_ids)[keep]
-        folds = None if folds is None else np.asarray(folds)[keep]
     codes = _codes(groups, order)
-    if folds is None:
-        folds = np.zeros(len(dist), dtype=np.int64)
-        for g in range(len(order)):
-            folds[codes == g] = contiguous_folds(int((codes == g).sum()), n_folds)
-    folds = np.asarray(folds, dtype=np.int64)
     score = 1.0 - dist / 2.0  # cosine similarity of unit embeddings: d^2 = 2 - 2 cos
     notes: list[str] = []
 
@@ -76,9 +108,6 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
     per_group: dict[str, dict[str, Any]] = {}
     for g, gname in enumerate(order):
         m = codes == g
-        if m.sum() < 2 or len(np.unique(folds[m])) < 2:
-            raise DataError(f"{benchmark}: group '{gname}' has {int(m.sum())} pair(s) in "
-                            f"{len(np.unique(folds[m]))} fold(s); k-fold verification needs at least 2 folds")
         ok, thr, acc = kfold_predictions(dist[m], issame[m], folds[m], mode)  # type: ignore[arg-type]
         correct[m] = ok
         lo, hi, how = accuracy_interval(int(ok.sum()), int(m.sum()))
@@ -100,8 +129,6 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
 
     # 2. one global threshold: per-group FMR / FNMR and the rate-based fairness measures
     if threshold is None:
-        if issame.all():
-            raise DataError(f"{benchmark}: no impostor pairs, cannot choose a threshold at a target FMR")
         t = threshold_at_fmr(score[~issame], target_fmr)
         thr_info = {"value": t, "source": "pooled impostor scores", "target_fmr": target_fmr, "score": "cosine"}
     else:

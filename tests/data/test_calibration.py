@@ -95,3 +95,15 @@ def test_real_source_that_is_a_plain_file(tmp_path):
     f.write_text("hello")
     with pytest.raises(DataError, match=r"text.pt: exists but is not a folder.*Accepted: .*\.rec.*\.bin"):
         calibration_batches(f"real:{f}", 4, 4)
+
+
+def test_bad_arguments_name_the_argument(tmp_path):
+    with pytest.raises(DataError, match=r"n must be a whole number >= 1, got 16\.0"):
+        calibration_batches("builtin", n=16.0, batch_size=4)
+    with pytest.raises(DataError, match=r"batch_size must be a whole number >= 1, got True"):
+        calibration_batches("builtin", n=4, batch_size=True)
+    with pytest.raises(DataError, match=r"'builtin' takes no ':tiny' part"):  # used to be ignored silently
+        calibration_batches("builtin:tiny", n=4, batch_size=4)
+    with pytest.raises(DataError, match=r"model must be a torch nn.Module, got PosixPath.*qfair.load_model"):
+        calibration_batches("synthetic", n=4, batch_size=4, model=tmp_path / "r50.pth")
+    assert len(calibration_batches("builtin", n=np.int64(4), batch_size=2)) == 2  # numpy integers are whole numbers

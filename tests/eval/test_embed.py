@@ -153,3 +153,24 @@ def test_plain_tensor_store_without_batches(tiny_net):
     vset.images = Store()
     ref = make_vset()
     np.testing.assert_allclose(embed(tiny_net, vset), embed(tiny_net, ref), atol=1e-6)
+
+
+def test_a_benchmark_that_cannot_be_evaluated_fails_before_embedding(tiny_net, monkeypatch):
+    import importlib
+
+    from qfair.eval import evaluate
+
+    ev = importlib.import_module("qfair.eval.evaluate")  # the module (the package exports a function of that name)
+    def no_embedding(*a, **k):
+        raise AssertionError("embedded a benchmark that cannot be evaluated")
+
+    monkeypatch.setattr(ev, "embed", no_embedding)
+    vs = make_vset(n_pairs=40, groups=("A", "B"))
+    vs.groups = vs.groups.copy()
+    vs.groups[-1] = "C"  # one pair of group C
+    with pytest.raises(DataError, match=r"group 'C' has 1 pair\(s\).*--groups A B"):
+        evaluate(tiny_net, vs, n_bootstrap=0)
+    vs = make_vset(n_pairs=40)
+    vs.issame = np.ones_like(vs.issame)
+    with pytest.raises(DataError, match="no impostor pairs"):
+        evaluate(tiny_net, vs, n_bootstrap=0)
