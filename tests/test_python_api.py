@@ -202,3 +202,17 @@ def test_training_entry_points_bad_arguments(tmp_path, tiny, q8, calib):
     with pytest.raises(ConfigError, match="distill: cfg must be a qfair.train.DistillConfig.*got str"):
         distill("configs/distill.yaml", tmp_path / "distill")
     assert not (tmp_path / "qat").exists() and not (tmp_path / "distill").exists()
+
+
+def test_saving_again_describes_the_new_model_but_keeps_a_commands_config(tiny, calib, q8, tmp_path):
+    import yaml
+
+    q6 = qfair.quantize(tiny, qfair.QuantConfig(bits=6), calib)
+    qfair.save_quantized(q8, tmp_path / "run")
+    qfair.save_quantized(q6, tmp_path / "run")  # saved again into the same folder
+    doc = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert doc["config"]["wbits"] == 6 and json.loads((tmp_path / "run" / "quant.json").read_text())["wbits"] == 6
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "config.yaml").write_text("command: qfair quantize --bits 6\nconfig: {bits: 6, calib: real}\n")
+    qfair.save_quantized(q6, tmp_path / "cli")  # a command's full settings are kept
+    assert yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())["config"]["calib"] == "real"

@@ -29,14 +29,29 @@ def quant_summary(model: nn.Module) -> list[dict[str, Any]]:
     return [{"name": name, **q.describe()} for name, q in iter_quantizers(model)]
 
 
+_SAVE_COMMAND = "qfair.save_quantized"
+
+
+def _config_is_ours(path: Path) -> bool:
+    """True when ``path/config.yaml`` is missing, unreadable or written by :func:`save_quantized`."""
+    if not (path / "config.yaml").is_file():
+        return True
+    try:
+        return RunDir(path).read_config().get("command") == _SAVE_COMMAND
+    except OSError:  # damaged (DamagedRunFileError is an OSError): write a good one
+        return True
+
+
 def save_quantized(model: nn.Module, run_dir: str | Path | RunDir, *, arch: dict[str, Any] | None = None) -> Path:
-    """Write ``model.pt``, ``quant.json`` (and ``config.yaml`` if the folder has none) into ``run_dir``."""
+    """Write ``model.pt``, ``quant.json`` and ``config.yaml`` into ``run_dir``. A ``config.yaml`` that
+    another command wrote (``qfair quantize``, qat, a study: the full run settings) is kept; one an
+    earlier ``save_quantized`` wrote is replaced, so it describes the model saved now."""
     meta = getattr(model, "qfair_quant", None)
     if meta is None:
         raise QuantError("save_quantized needs a model returned by qfair.quant.prepare / quantize")
     path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
-    if not (path / "config.yaml").exists():
-        RunDir.create(path, meta.get("config", {}), command="qfair.save_quantized")
+    if _config_is_ours(path):
+        RunDir.create(path, meta.get("config", {}), command=_SAVE_COMMAND)
     path.mkdir(parents=True, exist_ok=True)
     arch = arch or getattr(model, "qfair_arch", None)
     atomic_torch_save(model.state_dict(), path / "model.pt")

@@ -99,10 +99,10 @@ def reports_in(folder: str | Path, report_name: str = "report.md") -> list[Path]
 
 def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Sequence[Any] = (), *,
                  figures: bool = True, title: str = "qfair evaluation",
-                 report_name: str = "report.md") -> dict[str, Path]:
+                 report_name: str = "report.md", preface: str | None = None) -> dict[str, Path]:
     """Write every artefact into ``out_dir``; returns name -> path (the Markdown report under the key
-    ``"report.md"`` whatever ``report_name`` it is written as). Figures are skipped (with a line in
-    report.md) when matplotlib is missing."""
+    ``"report.md"`` whatever ``report_name`` it is written as). ``preface`` is a warning shown in bold
+    under the title. Figures are skipped (with a line in report.md) when matplotlib is missing."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = build_tables(results, comparisons)
@@ -122,7 +122,7 @@ def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Seque
                     fig_lines.setdefault(t.benchmark, []).append(f"![{kind}](figures/{p.name})")
             except MissingDependencyError as exc:
                 fig_lines[t.benchmark] = [f"(figures skipped: {exc})"]
-    md = [f"# {title}", ""]
+    md = [f"# {title}", ""] + ([f"> **{preface}**", ""] if preface else [])
     for t in tables:
         md += [f"## {t.benchmark}", "", to_markdown(t)]
         if t.reference:

@@ -352,14 +352,8 @@ def _run_locked(st: _Study, variants: list[Variant], benches: list[Any], *, reco
         comparisons += compare(mine, reference=f"{m.name}-fp32", seed=cfg.seed,
                                n_bootstrap=cfg.eval.n_bootstrap, null_draws=cfg.eval.null_draws)
     notes_title = f"qfair study: {cfg.name}"
-    files = write_report(st.root.path, results, comparisons, title=notes_title)
-    if cfg.synthetic_benchmark:
-        report = files["report.md"]
-        text = report.read_text(encoding="utf-8")
-        head, _, rest = text.partition("\n")
-        from ..utils.io import atomic_write_text
-
-        atomic_write_text(report, f"{head}\n\n> **{SYNTHETIC_NOTE}**\n{rest}")
+    files = write_report(st.root.path, results, comparisons, title=notes_title,
+                         preface=SYNTHETIC_NOTE if cfg.synthetic_benchmark else None)
     st.timings["total"] = round(time.time() - t0, 1)
     st.root.write_json("timings.json", st.timings)
     return StudyResult(out=st.root.path, results=results, comparisons=comparisons, files=files, timings=st.timings)

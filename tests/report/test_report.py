@@ -66,6 +66,20 @@ def test_write_report_folder(tmp_path):
     assert math.isinf(results[0].fairness.ser)
 
 
+def test_report_name_preface_and_reports_in(tmp_path):
+    from qfair.report import reports_in
+
+    results, comps = _results()
+    written = write_report(tmp_path, results, comps, figures=False, report_name="eval_report.md",
+                           preface="SYNTHETIC numbers")
+    assert written["report.md"] == tmp_path / "eval_report.md" and not (tmp_path / "report.md").exists()
+    lines = (tmp_path / "eval_report.md").read_text().splitlines()
+    assert lines[:4] == ["# qfair evaluation", "", "> **SYNTHETIC numbers**", ""]
+    (tmp_path / "notes.md").write_text("mine")
+    assert [p.name for p in reports_in(tmp_path, "eval_report.md")] == [
+        "eval_report.md", "metrics.json", "results.csv", "tables.tex"]
+
+
 def test_imports_stay_cheap_and_eval_never_imports_train():
     code = ("import sys, qfair.eval, qfair.report, qfair.cli.evaluate, qfair.cli.compare\n"
             "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'matplotlib', 'qfair.train') if m in sys.modules]\n"
