@@ -5,6 +5,7 @@ from .base import (
     config_from_dict,
     config_to_dict,
     load_config,
+    validate_fields,
 )
 from .cli_args import add_config_arguments, overrides_from_args
 
@@ -14,6 +15,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "validate_fields",
     "add_config_arguments",
     "overrides_from_args",
 ]

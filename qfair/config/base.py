@@ -184,6 +184,18 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def validate_fields(cfg: Any) -> None:
+    """Check every field of a config dataclass built in Python as a config file is checked (types,
+    ranges, choices), converting as loading does (lists to tuples, ints to floats, paths to str).
+    Call it first in ``__post_init__``: ``QuantConfig(recipe="nope")`` or ``QuantConfig(skip="fc")``
+    then fails at once naming the field (``skip="fc"`` would otherwise be read as patterns 'f' and 'c')."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = _convert(getattr(cfg, f.name), hints[f.name], f.name, f.name)
+        _check_meta(value, f.metadata, f.name)
+        object.__setattr__(cfg, f.name, value)
+
+
 def config_from_dict(cls: type[C], data: Mapping[str, Any], *, source: str | None = None, prefix: str = "") -> C:
     """Build and validate ``cls`` from a mapping; errors name ``source`` (a file) and the key."""
     if data is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import cfg_field
+from ..config import cfg_field, validate_fields
 from ..utils.errors import ConfigError
 
 
@@ -31,5 +31,6 @@ class EvalConfig:
     figures: bool = cfg_field(True, help="write PNG figures (needs matplotlib)")
 
     def __post_init__(self) -> None:
+        validate_fields(self)  # configs built in Python are checked as config files are
         if self.target_fmr <= 0.0:
             raise ConfigError(f"target_fmr must be > 0 (got {self.target_fmr}); e.g. 1e-3")

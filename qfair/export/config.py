@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import cfg_field
+from ..config import cfg_field, validate_fields
 from ..utils.errors import ConfigError
 
 
@@ -39,6 +39,7 @@ class ExportConfig:
     max_batch: int = cfg_field(64, help="tensorrt: largest batch of the optimisation profile", range=(1, 4096))
 
     def __post_init__(self) -> None:
+        validate_fields(self)  # configs built in Python are checked as config files are
         if self.format == "tensorrt" and self.target != "tensorrt":
             raise ConfigError(f"format 'tensorrt' builds from the TensorRT-target graph; got target '{self.target}'")
 
@@ -56,5 +57,6 @@ class BenchConfig:
     parity: Optional[str] = cfg_field(None, help="benchmark spec for the int8 export's parity check")
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         if not self.batches:
             raise ConfigError("key 'batches': got an empty list; give at least one batch size, e.g. --batches 1 16")

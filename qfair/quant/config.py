@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import cfg_field
+from ..config import cfg_field, validate_fields
 from ..utils.errors import ConfigError
 
 PTQ_METHODS = ("bn_reestimate", "bias_correction", "adaround", "brecq")
@@ -23,22 +23,6 @@ def _observers() -> list[str]:
     from .observers import OBSERVERS
 
     return OBSERVERS.names() + sorted(OBSERVERS.aliases())
-
-
-def _validate_fields(cfg: object) -> None:
-    """Check every field of a config built in Python as a config file is checked (types, ranges, choices),
-    so ``QuantConfig(recipe="nope")`` or ``QuantConfig(skip="fc")`` fails here, naming the field, and not
-    later with a message about something else (``skip="fc"`` would otherwise be read as the patterns 'f'
-    and 'c'). Lists become tuples, as they do when read from YAML."""
-    import dataclasses
-
-    from ..config.base import _check_meta, _convert, _hints
-
-    hints = _hints(type(cfg))
-    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        value = _convert(getattr(cfg, f.name), hints[f.name], f.name, f.name)
-        _check_meta(value, f.metadata, f.name)
-        object.__setattr__(cfg, f.name, value)
 
 
 def _check_bits(what: str, value: int) -> None:
@@ -82,7 +66,7 @@ class QuantConfig:
     seed: int = cfg_field(0, help="random seed (calibration sampling, adaround)")
 
     def __post_init__(self) -> None:
-        _validate_fields(self)
+        validate_fields(self)
         _check_bits("bits", self.bits)
         object.__setattr__(self, "wbits", self.bits if self.wbits is None else self.wbits)
         object.__setattr__(self, "abits", self.bits if self.abits is None else self.abits)

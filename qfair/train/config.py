@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import cfg_field
+from ..config import cfg_field, validate_fields
 from ..utils.errors import ConfigError
 
 
@@ -71,6 +71,7 @@ class TrainConfig:
     amp: bool = cfg_field(True, help="mixed precision on CUDA (ignored on CPU)")
 
     def __post_init__(self) -> None:
+        validate_fields(self)  # configs built in Python are checked as config files are
         if self.schedule == "step" and not self.milestones:
             raise ConfigError("schedule 'step' needs milestones (e.g. milestones: [8, 14, 20, 25])")
         if list(self.milestones) != sorted(self.milestones):

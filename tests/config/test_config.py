@@ -155,3 +155,29 @@ def test_cross_field_check_errors_name_the_flags_or_the_file(tmp_path):
     p.write_text("format: tensorrt\n")  # one of the two settings from the file: name the file
     with pytest.raises(ConfigError, match=r"e.yaml: format 'tensorrt'"):
         load_config(ExportConfig, p, {"target": "onnxruntime"})
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: __import__("qfair.train", fromlist=["QatConfig"]).QatConfig(student="run", steps="10"),
+     r"^steps: got '10' \(str\), expected an integer"),
+    (lambda: __import__("qfair.eval.config", fromlist=["EvalConfig"]).EvalConfig(n_folds=0),
+     r"^n_folds: got 0, allowed range"),
+    (lambda: __import__("qfair.export.config", fromlist=["ExportConfig"]).ExportConfig(target="nope"),
+     r"^target: got 'nope', allowed: onnxruntime, tensorrt"),
+    (lambda: __import__("qfair.quant.config", fromlist=["QuantConfig"]).QuantConfig(skip="fc"),
+     r"^skip: got 'fc' \(str\), expected"),
+])
+def test_configs_built_in_python_are_checked_like_files(build, match):
+    with pytest.raises(ConfigError, match=match):
+        build()
+
+
+def test_validate_fields_converts_as_loading_does():
+    from pathlib import Path
+
+    from qfair.eval.config import EvalConfig
+    from qfair.train import DistillConfig
+
+    assert DistillConfig(teacher=Path("t.pt")).teacher == "t.pt"  # a Path where a str goes, as in YAML
+    assert EvalConfig(target_fmr=1).target_fmr == 1.0 and isinstance(EvalConfig(target_fmr=1).target_fmr, float)
+    assert EvalConfig() == load_config(EvalConfig, None, {})
