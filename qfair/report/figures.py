@@ -88,9 +88,14 @@ def tradeoff_figure(results: Sequence[Any], path: str | Path) -> Path:
     ax = fig.add_subplot(111)
     for r in results:
         ci_a, ci_s = r.fairness_ci.get("avg"), r.fairness_ci.get("std")
-        xerr = [[r.fairness.avg - ci_a[0]], [ci_a[1] - r.fairness.avg]] if ci_a else None
-        yerr = [[r.fairness.std - ci_s[0]], [ci_s[1] - r.fairness.std]] if ci_s else None
-        ax.errorbar(r.fairness.avg, r.fairness.std, xerr=xerr, yerr=yerr, fmt="o", capsize=3)
+        x, y = r.fairness.avg, r.fairness.std
+        (point,) = ax.plot([x], [y], "o")
+        # the intervals as segments, not error bars: a percentile bootstrap interval of STD (a biased
+        # statistic) need not contain the point estimate, and error bars cannot be negative
+        if ci_a:
+            ax.plot([ci_a[0], ci_a[1]], [y, y], color=point.get_color(), lw=1, marker="|")
+        if ci_s:
+            ax.plot([x, x], [ci_s[0], ci_s[1]], color=point.get_color(), lw=1, marker="_")
         ax.annotate(r.name, (r.fairness.avg, r.fairness.std), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
     ax.set_xlabel("AVG accuracy (%)  (better ->)")

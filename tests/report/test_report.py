@@ -66,6 +66,18 @@ def test_write_report_folder(tmp_path):
     assert math.isinf(results[0].fairness.ser)
 
 
+def test_tradeoff_figure_draws_an_interval_that_excludes_the_point(tmp_path):
+    # a percentile bootstrap interval of STD can lie wholly above the estimate (STD is biased);
+    # matplotlib refuses negative error bars, which used to crash evaluate, compare and study
+    pytest.importorskip("matplotlib")
+    from qfair.report.figures import tradeoff_figure
+
+    results, _ = _results()
+    r = results[1]
+    r.fairness_ci["std"] = [r.fairness.std + 0.03, r.fairness.std + 15.0]
+    assert tradeoff_figure(results, tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_report_name_preface_and_reports_in(tmp_path):
     from qfair.report import reports_in
 
