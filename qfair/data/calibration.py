@@ -32,7 +32,9 @@ def _split(images: torch.Tensor, batch_size: int) -> list:
 
 
 def _from_dataset(ds: Any, n: int, batch_size: int, seed: int, num_workers: int = 0,
-                  skip_corrupt: bool = False) -> list:
+                  skip_corrupt: bool = False, with_labels: bool = False) -> list:
+    import torch
+
     from .folders import LoaderStats, stream
 
     if len(ds) < n:
@@ -40,8 +42,11 @@ def _from_dataset(ds: Any, n: int, batch_size: int, seed: int, num_workers: int 
                         f"ask for fewer (quantize --calib-size, qat/distill --calib-n) or add images")
     idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
     stats = LoaderStats()
-    out = [x for x, _ in stream(ds, batch_size, indices=idx, num_workers=num_workers, skip_corrupt=skip_corrupt,
-                                stats=stats)]
+    out = [(x, torch.as_tensor(y)) if with_labels else x
+           for x, y in stream(ds, batch_size, indices=idx, num_workers=num_workers, skip_corrupt=skip_corrupt,
+                              stats=stats)]
+    if with_labels and out and any(bool((y < 0).any()) for _, y in out):  # unlabelled (flat folder): images only
+        out = [x for x, _ in out]
     if stats.skipped:
         import warnings
 
@@ -110,14 +115,17 @@ def _mix(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, *
 
 
 def calibration_batches(source: str, n: int, batch_size: int, model: Any = None, seed: int = 0, *,
-                        num_workers: int = 0, skip_corrupt: bool = False, **kw: Any) -> list:
+                        num_workers: int = 0, skip_corrupt: bool = False, with_labels: bool = False,
+                        **kw: Any) -> list:
     """``n`` images from ``source`` as a list of normalised float tensors (B, 3, 112, 112) (last batch
     may be smaller). Seeded: the same arguments give the same images.
 
     Folder / ``.rec`` sources read with ``num_workers`` processes; ``skip_corrupt`` skips unreadable
     images with a warning that counts them (otherwise the error names the file). Data-free
     ``synthetic`` takes ``synth_settings=SynthSettings(...)`` and ``cache=False`` (see
-    :func:`qfair.data.synthesis.synthesize_uint8`)."""
+    :func:`qfair.data.synthesis.synthesize_uint8`). ``with_labels``: a labelled ``real:`` source (a ``.rec``
+    or an ``<identity>/<image>`` folder) gives ``(images, identity labels (B,))`` tuples instead (KD
+    fine-tuning with a margin head); unlabelled sources still give images only."""
     for what, v in (("n", n), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise DataError(f"calibration_batches: {what} must be a whole number >= 1, got {v!r}")
@@ -133,4 +141,6 @@ def calibration_batches(source: str, n: int, batch_size: int, model: Any = None,
     if (kind in ("real", "synthetic") and path) or kind == "mix":
         # mix passes them on to each of its sources (calibration_batches again)
         kw.update(num_workers=num_workers, skip_corrupt=skip_corrupt)
+    if with_labels and kind == "real" and path and Path(path).suffix != ".bin":  # a .bin holds no identities
+        kw.update(with_labels=True)
     return fn(path, n, batch_size, model=model, seed=seed, **kw)

@@ -56,15 +56,17 @@ def load_train_images(spec: str, n: int, *, seed: int = 0, model: Any = None) ->
     except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on the data package
         raise DataError(f"training data '{spec}' needs qfair.data.calibration_batches ({exc})") from None
     images, labels = [], []
-    for b in calibration_batches(spec, n, 64, model=model, seed=seed):
+    for b in calibration_batches(spec, n, 64, model=model, seed=seed, with_labels=True):
         x, y = (b[0], b[1] if len(b) > 1 else None) if isinstance(b, (tuple, list)) else (b, None)
         images.append(x if x.dtype == torch.uint8 else _from_float(x))
         if y is not None:
             labels.append(torch.as_tensor(y).long())
     if not images:
         raise DataError(f"training data '{spec}' yielded no images")
-    lab = torch.cat(labels) if labels and len(labels) == len(images) else None
-    return TrainImages(torch.cat(images)[:n], None if lab is None else lab[:n], None, None, spec)
+    lab = torch.cat(labels)[:n] if labels and len(labels) == len(images) else None
+    if lab is not None:  # identities of a big .rec are sparse (e.g. 85,742 ids, a few sampled): 0..K-1
+        lab = torch.unique(lab, return_inverse=True)[1]
+    return TrainImages(torch.cat(images)[:n], lab, None, None, spec)
 
 
 def build_source(data: str, n: int, batch_size: int, *, seed: int = 0, hflip: bool = True, mix_data: str | None = None,

@@ -256,13 +256,20 @@ def _make_head(cfg: TrainConfig, student: nn.Module, projection: nn.Module | Non
     dim = getattr(projection, "out_features", None) if projection is not None else embedding_size(student)
     if dim is None:
         raise ConfigError("cannot size the margin head: the student has no `embedding_size` attribute")
-    classes = cfg.num_classes
-    if not classes:
-        parts = [source.first, source.second] if hasattr(source, "first") else [source]
-        labels = [p.labels for p in parts if getattr(p, "labels", None) is not None]
-        if not labels:
-            raise ConfigError(f"margin '{cfg.margin}' needs identity labels; set num_classes or use labelled data")
-        classes = max(int(t.max()) for t in labels) + 1
+    parts = [source.first, source.second] if hasattr(source, "first") else [source]
+    labels = [p.labels for p in parts if getattr(p, "labels", None) is not None]
+    if not labels and cfg.num_classes and not all(hasattr(p, "labels") for p in parts):
+        # an iterable of the user's batches: its labels come with the batches, sized by num_classes
+        return create_head(cfg.margin, dim, cfg.num_classes, s=cfg.margin_s, m=cfg.margin_m)
+    if not labels:  # with num_classes set too: the margin loss would be skipped on every step, silently
+        raise ConfigError(f"margin '{cfg.margin}' needs identity labels, and the training data has none (a flat "
+                          "folder, data-free or synthetic images). Train on labelled data (real: a .rec or an "
+                          "<identity>/<image> folder; builtin), or set margin: none (--margin none) for KD only")
+    needed = max(int(t.max()) for t in labels) + 1
+    classes = cfg.num_classes or needed
+    if classes < needed:
+        raise ConfigError(f"num_classes {cfg.num_classes} is smaller than the {needed} identities in the training "
+                          "data; raise it, or set 0 to size the head from the labels")
     return create_head(cfg.margin, dim, classes, s=cfg.margin_s, m=cfg.margin_m)
 
 

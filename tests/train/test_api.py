@@ -151,3 +151,46 @@ def test_ctrl_c_tells_how_to_resume(tmp_path, capsys, monkeypatch):
     assert main(["distill", "--teacher", "t.pt", "--out", out, "--resume"]) == 130
     err = " ".join(capsys.readouterr().err.split())
     assert f"qfair distill --teacher t.pt --out {out} --resume" in err and "--resume --resume" not in err
+
+
+def _labelled_sources(tmp_path):
+    """The same 16 faces of 4 identities (sparse ids 100/205/310/999) as a .rec and as an identity folder."""
+    import numpy as np
+    from PIL import Image
+
+    from qfair.data import write_recordio
+
+    rng = np.random.default_rng(0)
+    ids = [100, 205, 310, 999] * 4
+    imgs = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in ids]
+    (tmp_path / "rec").mkdir()
+    write_recordio(tmp_path / "rec" / "train.rec", list(zip(imgs, ids)), fmt="png")
+    for i, (im, k) in enumerate(zip(imgs, ids)):
+        (tmp_path / "folder" / f"id{k}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(tmp_path / "folder" / f"id{k}" / f"{i}.png")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, im in enumerate(imgs):
+        Image.fromarray(im).save(flat / f"{i}.png")
+    return tmp_path / "rec", tmp_path / "folder", flat
+
+
+def test_identity_labels_of_real_data_reach_the_margin_head(tmp_path):
+    from qfair.train.api import distill
+    from qfair.train.data import load_train_images
+
+    rec, folder, flat = _labelled_sources(tmp_path)
+    for src in (rec, folder):
+        t = load_train_images(f"real:{src}", 16)
+        assert t.labels is not None and sorted(t.labels.unique().tolist()) == [0, 1, 2, 3]  # contiguous ids
+    assert load_train_images(f"real:{flat}", 16).labels is None
+    teacher = _save(tmp_path, dim=32)
+    cfg = dict(teacher=teacher, student_arch="iresnet18", embedding_size=32, student_kwargs={"width": 4},
+               steps=2, batch_size=8, data_n=16, margin="arcface", log_every=1)
+    distill(DistillConfig(**cfg, data=f"real:{rec}"), tmp_path / "d")
+    rec_log = [json.loads(line) for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert rec_log and all(r["margin"] > 0 for r in rec_log)  # the margin loss ran on every step
+    # unlabelled data with a margin head: an error before training, even with num_classes set
+    for extra in ({}, {"num_classes": 100}):
+        with pytest.raises(ConfigError, match="needs identity labels, and the training data has none"):
+            distill(DistillConfig(**cfg, **extra, data=f"real:{flat}"), tmp_path / f"e{len(extra)}")
