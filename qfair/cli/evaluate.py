@@ -98,8 +98,6 @@ def in_model_folder(out: str) -> bool:
 
 def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list, title: str) -> int:
     """Write the report folder and print the tables."""
-    from pathlib import Path
-
     from ..report import build_tables, to_rich, write_report
     from ..runs import RunDir
     from ._console import console, info
@@ -119,7 +117,7 @@ def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list,
         console().print(to_rich(t))
         for n in t.notes:
             info(f"  note: {n}")
-    info(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {args.out}")
+    info(f"wrote {', '.join(sorted(str(p.relative_to(args.out)) for p in written.values()))} to {args.out}")
     return 0
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 
+TRAIN_ONLY = ("epochs", "lr", "holdout")  # settings of `groups train` that `groups estimate` does not take
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..config import add_config_arguments
     from ..data.config import GroupsConfig
@@ -14,11 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "--data builtin --head groups.pt` trains it and reports held-out accuracy; `qfair groups "
                        "estimate --model r50.pth --head groups.pt --data synth/` prints the group composition.")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
-    for name, help_ in (("train", "train the linear group head and report its held-out accuracy"),
-                        ("estimate", "print the group composition of an image folder, .rec or builtin set")):
-        a = actions.add_parser(name, help=help_, description=help_)
+    for name, help_, skip in (
+            ("train", "Train the linear group head and report its held-out accuracy.", ()),
+            ("estimate", "Print the group composition of an image folder, .rec or builtin set.",
+             TRAIN_ONLY)):
+        a = actions.add_parser(name, help=help_[0].lower() + help_[1:-1], description=help_)
         a.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
-        add_config_arguments(a, GroupsConfig)
+        add_config_arguments(a, GroupsConfig, skip=skip)
         a.set_defaults(func=run, action=name)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 

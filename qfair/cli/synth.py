@@ -37,6 +37,7 @@ def load_face_model(model: str, arch: str, allow_random: bool):
 
 def run(args: argparse.Namespace) -> int:
     import time
+    from pathlib import Path
 
     from ..config import load_config, overrides_from_args
     from ..data.config import SynthConfig
@@ -70,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
     paths = write_images(images, cfg.out)
     dt = time.perf_counter() - t0
     console().print(f"wrote {len(paths)} images ({label}) to {cfg.out} in {dt:.1f} s "
-                    f"({len(paths) / dt:.1f} images/s); contact sheet: {cfg.out}/_contact_sheet.png")
+                    f"({len(paths) / dt:.1f} images/s); contact sheet: {Path(cfg.out) / '_contact_sheet.png'}")
     return 0

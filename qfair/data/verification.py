@@ -335,7 +335,8 @@ def open_benchmark(spec: str, **kw: Any) -> VerificationSet:
         return BENCHMARKS.get(head)(rest, **kw)
     path = Path(rest)
     if not path.exists():
-        raise DataError(f"benchmark '{head}': path {rest} does not exist")
+        raise DataError(f"benchmark '{spec}': path {rest} does not exist ('{head}' is not a known kind, "
+                        f"so it was read as the benchmark's name; kinds: {', '.join(BENCHMARKS.names())})")
     vset = BENCHMARKS.get(_infer_kind(path))(str(path), **kw)
     vset.name = head
     return vset

@@ -83,3 +83,11 @@ def test_open_builtin_numeric_size():
     assert vs.name == "builtin-30"
     with pytest.raises(DataError, match="number of genuine pairs"):
         open_benchmark("builtin:huge")
+
+
+def test_unknown_kind_with_a_missing_path_says_how_the_spec_was_read():
+    from qfair.data import open_benchmark
+    from qfair.utils.errors import DataError
+
+    with pytest.raises(DataError, match=r"'foo:bar': path bar does not exist \('foo' is not a known kind.*rfw"):
+        open_benchmark("foo:bar")
