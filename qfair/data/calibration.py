@@ -8,14 +8,13 @@ the model's BatchNorm statistics), ``builtin`` (the built-in benchmark's trainin
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..utils.errors import DataError
+from ..utils.errors import DataError, require_module
 from ..utils.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -135,9 +134,8 @@ def calibration_batches(source: str, n: int, batch_size: int, model: Any = None,
         raise DataError(f"calibration source '{source}': '{kind}' takes no ':{path}' part (benchmark sizes such as "
                         f"builtin:tiny are for --bench / open_benchmark); give '{kind}' and set the number of "
                         f"images with n (--calib-size)")
-    if model is not None and not hasattr(model, "named_modules"):
-        hint = " (load it first: qfair.load_model(path))" if isinstance(model, (str, os.PathLike)) else ""
-        raise DataError(f"calibration_batches: model must be a torch nn.Module, got {type(model).__name__}{hint}")
+    if model is not None:
+        require_module(model, "calibration_batches: model must be", error=DataError)
     if (kind in ("real", "synthetic") and path) or kind == "mix":
         # mix passes them on to each of its sources (calibration_batches again)
         kw.update(num_workers=num_workers, skip_corrupt=skip_corrupt)

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..models._layers import ResidualAdd
-from ..utils.errors import ConfigError, QuantError
+from ..utils.errors import ConfigError, QuantError, require_module
 from ..utils.registry import Registry
 from .config import QuantConfig
 from .layers import QuantConv2d, QuantLinear, QuantPReLU, QuantResidualAdd, fold_bn_into
@@ -261,10 +260,7 @@ def as_quant_config(cfg: Any) -> QuantConfig:
 
 def check_float_model(model: Any, what: str) -> None:
     """Refuse what is not a float ``nn.Module``: a path (load it first) or an already-quantized model."""
-    if not isinstance(model, nn.Module):
-        hint = (" (a path: load it first with qfair.load_model(path, arch=...))" if isinstance(model, (str, Path))
-                else "")
-        raise QuantError(f"{what} needs the float model as a torch nn.Module, got {type(model).__name__}{hint}")
+    require_module(model, f"{what} needs the float model as", error=QuantError)
     quantizers = [name for name, _ in iter_quantizers(model)]
     if quantizers:
         meta = getattr(model, "qfair_quant", None) or {}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..utils.errors import CheckpointError, ConfigError, DataError, QfairError
+from ..utils.errors import CheckpointError, ConfigError, DataError, QfairError, require_module
 from .batches import IndexedSource
 from .config import DistillConfig, QatConfig, TrainConfig
 from .distributed import barrier, dist_info
@@ -245,11 +245,10 @@ def kd_finetune(student: nn.Module, teacher: nn.Module, batches: Any, *, steps: 
     ``student`` (trained in place; usually ``qfair.quantize(...)``'s result) and ``teacher`` (the float
     model, not modified) are ``nn.Module`` objects; save a quantized student with ``qfair.save_quantized``.
     """
-    for what, m in (("student", student), ("teacher", teacher)):
-        if not isinstance(m, nn.Module):
-            hint = (" (a path: load it first with qfair.load_model / qfair.load_quantized; the student is trained "
-                    "in place, so it must be an object you keep)" if isinstance(m, (str, Path)) else "")
-            raise ConfigError(f"kd_finetune: {what} must be a torch nn.Module, got {type(m).__name__}{hint}")
+    require_module(student, "kd_finetune: student must be", error=ConfigError,
+                   load_with="qfair.load_quantized / qfair.load_model; the student is trained in place, so it "
+                             "must be an object you keep")
+    require_module(teacher, "kd_finetune: teacher must be", error=ConfigError, load_with="qfair.load_model")
     if isinstance(batches, torch.Tensor) and (batches.dim() != 4 or not len(batches)):
         raise DataError(f"kd_finetune: an image tensor must be (N, 3, H, W) with N >= 1 (qfair face models: "
                         f"H = W = 112), got {tuple(batches.shape)}")

@@ -53,3 +53,17 @@ def require(module: str, feature: str, extra: str | None = None):
             f"{feature} needs the optional package '{module}', which is not importable ({exc}). "
             f"Install it with: {hint}"
         ) from exc
+
+
+def require_module(obj: object, head: str, *, error: type[QfairError] = QfairError,
+                   load_with: str = "qfair.load_model(path, arch=...)") -> None:
+    """Raise ``error`` when ``obj`` is not a torch ``nn.Module``: "``head`` a torch nn.Module, got str",
+    e.g. ``head="kd_finetune: teacher must be"``; a path gets the hint to load it first with
+    ``load_with``. torch is imported only when this is called."""
+    import os
+
+    from torch import nn
+
+    if not isinstance(obj, nn.Module):
+        hint = f" (a path: load it first with {load_with})" if isinstance(obj, (str, os.PathLike)) else ""
+        raise error(f"{head} a torch nn.Module, got {type(obj).__name__}{hint}")
