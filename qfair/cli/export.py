@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 DESCRIPTION = """Export a quantized run for deployment. --format onnx writes a Q/DQ graph laid out for
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise MissingDependencyError(f"--format tensorrt needs TensorRT and an NVIDIA GPU: {why}. "
                                          "--format onnx --target tensorrt writes the graph TensorRT would read.")
     onnx_out = cfg.out if cfg.format == "onnx" else None
+    _say_if_replacing(Path(onnx_out) if onnx_out else run_dir / "model.onnx", cfg.target)
     path = export_onnx(run_dir, cfg.target, out=onnx_out, parity_data=cfg.parity, n_parity=cfg.n_parity,
                        opset=cfg.opset, keep_float=cfg.keep_float,
                        requant=cfg.requant)
@@ -90,3 +92,20 @@ def run(args: argparse.Namespace) -> int:
         engine = build_engine(path, out, max_batch=cfg.max_batch)
         info(f"wrote TensorRT engine {engine}")
     return 0
+
+
+def _say_if_replacing(graph: Path, target: str) -> None:
+    """Say so when the export is about to replace a graph made for another target (one model.onnx per
+    folder unless --out names another file)."""
+    import json
+
+    from ..export.provenance import export_report_path
+    from ._console import info
+
+    try:
+        old = json.loads(export_report_path(graph).read_text(encoding="utf-8")).get("target")
+    except (OSError, ValueError, AttributeError):
+        return
+    if old and old != target:
+        info(f"note: replacing {graph} (exported for target {old}) with the {target} graph; pass --out "
+             f"{graph.with_name(graph.stem + '-' + target + '.onnx')} to keep both")

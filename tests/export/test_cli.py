@@ -25,6 +25,10 @@ def test_export_packed_and_bench(run_dir, capsys):
     rep = json.loads((run_dir / "model.export.json").read_text())
     assert rep["target"] == "onnxruntime" and rep["bits"] == 6 and rep["parity"]["passed"]
     assert "keep_float choice" in capsys.readouterr().out
+    assert main(["export", str(run_dir), "--target", "tensorrt", "--n-parity", "24"]) == 0  # same model.onnx
+    out = " ".join(capsys.readouterr().out.split())
+    assert "replacing" in out and "exported for target onnxruntime" in out and "model-tensorrt.onnx" in out
+    assert json.loads((run_dir / "model.export.json").read_text())["target"] == "tensorrt"
     assert main(["export", str(run_dir), "--format", "packed"]) == 0
     assert (run_dir / "model.qpk").exists()
     assert main(["bench", str(run_dir), "--batches", "1", "2", "--repeats", "1", "--warmup", "0"]) == 0
