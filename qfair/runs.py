@@ -89,21 +89,15 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         """The run's ``config.yaml`` ({} when it has none); :class:`DamagedRunFileError` naming the file when
         it cannot be read back."""
-        import yaml
+        from .config.base import read_yaml
 
         p = self.path / "config.yaml"
         if not p.exists():
             return {}
-        try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DamagedRunFileError(f"{p}: unreadable ({first}); it is damaged or was cut short") from None
-        if doc is None:
-            return {}
-        if not isinstance(doc, dict):
-            raise DamagedRunFileError(f"{p}: expected a mapping of settings, found {type(doc).__name__}; it is damaged")
-        return doc
+        try:  # the config files' reader (safe, strict): here a bad file is a damaged run, not a user's typo
+            return read_yaml(p)
+        except QfairError as exc:
+            raise DamagedRunFileError(f"{p}: unreadable ({exc}); it is damaged or was cut short") from None
 
     def write_json(self, name: str, obj: Any) -> Path:
         return atomic_write_json(self.path / name, obj)

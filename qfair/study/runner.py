@@ -148,6 +148,7 @@ class _Study:
     def check_layout(self, variants: list[Variant]) -> None:
         """Fail before any work when something the study writes is blocked: a file where it writes a folder,
         or a folder where it writes a file (otherwise the study would stop after building a stage)."""
+        from ..report.writer import DATA_FILES
         from ..utils.io import output_file
 
         root = self.root.path
@@ -156,7 +157,7 @@ class _Study:
                 raise QfairError(f"{path} is a file, but the study writes a folder there ({what}). Nothing was "
                                  "run: move or delete that file, or choose another output folder.")
         if root.is_dir():
-            for name in ("config.yaml", "report.md", "metrics.json", "results.csv", "tables.tex", "timings.json"):
+            for name in ("config.yaml", "report.md", *DATA_FILES, "timings.json"):
                 output_file(root / name)
 
     def forget(self, variant_id: str) -> None:
