@@ -228,6 +228,14 @@ class RecordIO:
         # sorted arrays, not a dict: 5.8M keys cost 90 MB instead of ~600 MB, shared by forked workers
         order = np.argsort(keys, kind="stable")
         self._sorted_keys, self._sorted_offsets = keys[order], offsets[order]
+        dup = np.flatnonzero(self._sorted_keys[1:] == self._sorted_keys[:-1])
+        if dup.size:
+            k = int(self._sorted_keys[dup[0]])
+            where = np.flatnonzero(keys == k)[:2] + 1
+            raise DataError(f"{idx}: key {k} is listed twice (entries {where[0]} and {where[1]}, offsets "
+                            f"{int(offsets[where[0] - 1])} and {int(offsets[where[1] - 1])}; {dup.size} duplicate "
+                            f"key(s) in all): the .idx is corrupt or two indexes were concatenated; delete it "
+                            f"and qfair will rebuild the index by scanning {p.name}")
         self.keys = keys
         self.header_labels: np.ndarray | None = None
         if self._has(0):

@@ -180,8 +180,10 @@ def compare(*results: EvalResult, reference: EvalResult | str | int | None = Non
     """
     if len(results) == 1 and isinstance(results[0], (list, tuple)):
         results = tuple(results[0])
-    if not results:
-        raise DataError("compare needs at least one result")
+    if len(results) < 2:
+        got = f"only '{results[0].name}'" if results and isinstance(results[0], EvalResult) else "none"
+        raise DataError(f"compare needs the reference and at least one result to compare with it; got {got}. "
+                        f"Pass every result, e.g. compare(float_result, quantized_result, ...)")
     bad = [f"#{i} ({type(r).__name__})" for i, r in enumerate(results) if not isinstance(r, EvalResult)]
     if bad:
         raise DataError(f"compare takes EvalResult objects from qfair.eval.evaluate(model, benchmark), not models "

@@ -350,6 +350,8 @@ def _run_locked(st: _Study, variants: list[Variant], benches: list[Any], *, reco
     comparisons = []
     for m in cfg.models:
         mine = [r for r in results if r.meta.get("model") == m.name]
+        if len(mine) < 2:  # a float-only study: nothing to compare
+            continue
         comparisons += compare(mine, reference=f"{m.name}-fp32", seed=cfg.seed,
                                n_bootstrap=cfg.eval.n_bootstrap, null_draws=cfg.eval.null_draws)
     notes_title = f"qfair study: {cfg.name}"

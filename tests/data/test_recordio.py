@@ -86,3 +86,17 @@ def test_missing_and_empty(tmp_path):
     (tmp_path / "e.rec").write_bytes(b"")
     with pytest.raises(DataError):
         RecordIO(tmp_path / "e.rec")
+
+
+def test_duplicate_idx_key_is_refused(tmp_path):
+    imgs = _imgs(3)
+    rec, idx = write_recordio(tmp_path / "d.rec", [(im, i) for i, im in enumerate(imgs)], fmt="png")
+    lines = idx.read_text().splitlines()
+    key2, off3 = lines[2].split("\t")[0], lines[3].split("\t")[1]
+    lines[3] = f"{key2}\t{off3}"  # key 2 twice (without a header record one image silently vanished)
+    idx.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"d.idx: key {key2} is listed twice \(entries 3 and 4.*delete it"):
+        RecordIO(rec)
+    idx.unlink()  # the advice in the message works: the scanned index finds every image
+    ds = RecordIO(rec)
+    assert len(ds) == 3 and np.array_equal(ds[2][0], imgs[2])

@@ -72,3 +72,11 @@ def test_compare_picks_float_reference_and_rejects_different_pairs():
         compare_pair(ref, other_bench)
     with pytest.raises(DataError, match="not among"):
         compare(ref, oth, reference="nope")
+
+
+def test_compare_with_a_single_result_is_an_error_not_an_empty_list():
+    ref, _ = _two_models()
+    with pytest.raises(DataError, match="got only 'fp32'.*compare\\(float_result, quantized_result"):
+        compare(ref)
+    with pytest.raises(DataError, match="got none"):
+        compare()
