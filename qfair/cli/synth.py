@@ -66,10 +66,17 @@ def run(args: argparse.Namespace) -> int:
         images = torch.cat(list(track(iter_synthesize_from_bn(model, cfg.n, seed=cfg.seed, settings=s),
                                       "synthesising", total=n_batches)))
         label = f"data-free images from the BatchNorm statistics of {cfg.model}"
-    from ..data.synthesis import write_images
+    from ..data.synthesis import foreign_images, write_images
 
-    paths = write_images(images, cfg.out)
+    title = label if cfg.source == "builtin-synthetic" else "data-free synthetic images from BatchNorm statistics"
+    paths = write_images(images, cfg.out, title=title)
     dt = time.perf_counter() - t0
     console().print(f"wrote {len(paths)} images ({label}) to {cfg.out} in {dt:.1f} s "
                     f"({len(paths) / dt:.1f} images/s); contact sheet: {Path(cfg.out) / '_contact_sheet.png'}")
+    others = foreign_images(cfg.out)
+    if others:
+        names = ", ".join(str(p.relative_to(cfg.out)) for p in others[:3]) + (", ..." if len(others) > 3 else "")
+        console().print(f"[yellow]warning:[/] {cfg.out} also holds {len(others)} image(s) synth did not write "
+                        f"({names}); `--calib-data {cfg.out}` would calibrate on them too. Move them out, or "
+                        f"write the synthetic images into an empty folder.")
     return 0

@@ -9,6 +9,8 @@ BatchNorm-statistics loss falls from 313 (noise) to 24, about that of real-domai
 """
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,9 +143,10 @@ def synthesize_from_bn(model: torch.nn.Module, n: int, *, seed: int = 0,
     return torch.cat(list(iter_synthesize_from_bn(model, n, seed=seed, settings=settings)))
 
 
-def write_images(images: torch.Tensor, out: str | Path, prefix: str = "synth", sheet: bool = True) -> list[Path]:
+def write_images(images: torch.Tensor, out: str | Path, prefix: str = "synth", sheet: bool = True,
+                 title: str = "data-free synthetic images from BatchNorm statistics") -> list[Path]:
     """Write normalised float images (N, 3, 112, 112) as PNGs ``out/prefix_00000.png`` plus
-    ``out/_contact_sheet.png`` (image folder readers skip that name)."""
+    ``out/_contact_sheet.png`` (image folder readers skip that name) titled ``title (N images)``."""
     from PIL import Image
 
     from ..utils.io import atomic_path, output_folder
@@ -164,8 +167,18 @@ def write_images(images: torch.Tensor, out: str | Path, prefix: str = "synth", s
             stale.unlink()
     if sheet:
         write_contact_sheet(u8[:256], out / SHEET_NAME,
-                            title=f"data-free synthetic images from BatchNorm statistics ({len(u8)} images)")
+                            title=f"{title} ({len(u8)} images)")
     return paths
+
+
+def foreign_images(out: str | Path, prefix: str = "synth") -> list[Path]:
+    """Images in ``out`` that :func:`write_images` did not write: ``--calib-data out`` would read them too."""
+    from .folders import _is_image
+
+    root = Path(out)
+    mine = re.compile(rf"{re.escape(prefix)}_\d+\.png")
+    return sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p)
+                  and not (p.parent == root and mine.fullmatch(p.name)))
 
 
 def _cache_key(model: torch.nn.Module, n: int, seed: int, s: SynthSettings) -> str:

@@ -25,6 +25,17 @@ def test_synth_builtin_synthetic(tmp_path):
     assert len(list((tmp_path / "s").glob("synth_*.png"))) == 3 and (tmp_path / "s" / "_contact_sheet.png").is_file()
 
 
+def test_synth_warns_about_images_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "s"
+    (out / "person").mkdir(parents=True)
+    (out / "person" / "me.jpg").write_bytes(b"not read")  # would be calibrated on by --calib-data s
+    assert main(["synth", "--source", "builtin-synthetic", "--n", "2", "--out", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "also holds 1 image(s) synth did not write (person/me.jpg)" in text
+    assert main(["synth", "--source", "builtin-synthetic", "--n", "2", "--out", str(tmp_path / "t")]) == 0
+    assert "did not write" not in capsys.readouterr().out  # its own images and the sheet are not foreign
+
+
 def test_synth_from_checkpoint(tmp_path):
     from qfair.models import create_model
 
