@@ -50,8 +50,11 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (112, 112)) -> in
 
 
 def summarize(model: nn.Module, arch: str = "") -> ModelSummary:
+    # a layer is a leaf module, or a quantized layer whose only children are its quantizers
+    # (QuantConv2d holds weight_quantizer / input_quantizer); the quantizers are counted as well
     counts = Counter(type(m).__name__ for m in model.modules()
-                     if not list(m.children()) and type(m).__name__ not in ("Identity", "Dropout"))
+                     if all(type(c).__name__.endswith("Quantizer") for c in m.children())
+                     and type(m).__name__ not in ("Identity", "Dropout"))
     dw = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)
     return ModelSummary(
         arch=arch or getattr(model, "qfair_arch", {}).get("name", type(model).__name__),

@@ -56,6 +56,14 @@ def test_info_on_a_quantized_run_folder(tmp_path, capsys):
     assert main(["info", str(tmp_path / "q6")]) == 0
     out = capsys.readouterr().out
     assert "iresnet18" in out and "W6A6" in out
+    from qfair.models.summary import summarize
+    from qfair.quant import load_quantized
+
+    counts = summarize(load_quantized(tmp_path / "q6")).layer_counts
+    float_counts = summarize(fp).layer_counts
+    # the quantized layers are listed (they used to vanish: they have quantizer children, so are not leaves)
+    assert counts["QuantConv2d"] == float_counts["Conv2d"] and counts["QuantLinear"] == float_counts["Linear"]
+    assert "Conv2d" not in counts and counts["WeightQuantizer"] >= counts["QuantConv2d"]
 
 
 def test_python_dash_m_works():
