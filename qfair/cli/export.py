@@ -10,7 +10,9 @@ DESCRIPTION = """Export a quantized run for deployment. --format onnx writes a Q
 onnxruntime (integer-kernel fusion on x86); the graph is validated against the target's rules and
 compared with the fake-quant model on real and stress images (cosine >= 0.999 at 8 bits, 0.995 at 6,
 accuracy within 0.1 pp) -- a failed check writes nothing. --format tensorrt also builds an INT8 engine
-(needs TensorRT and a GPU); --format packed writes the weights at their bit width (.qpk)."""
+(needs TensorRT and a GPU; the graph goes to RUN_DIR/model.onnx, --out names the engine); --format packed
+writes the weights at their bit width (.qpk), read back and checked exact before it is written. Every
+export writes a JSON report beside its file (model.onnx: model.export.json; model.qpk: model.qpk.export.json)."""
 
 
 def register(subparsers: Any) -> None:
@@ -19,7 +21,8 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("export", help="ONNX / TensorRT / packed export with parity checks",
                               description=DESCRIPTION)
-    p.add_argument("run_dir", help="run folder of `qfair quantize` (a float checkpoint exports as float)")
+    p.add_argument("run_dir", help="run folder of `qfair quantize` (a float checkpoint file exports as float "
+                   "with --out FILE.onnx)")
     p.add_argument("--config", help="YAML file with the settings below (flags override it)")
     add_config_arguments(p, ExportConfig)
     p.set_defaults(func=run)
@@ -30,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import load_config, overrides_from_args
     from ..export.config import ExportConfig
+    from ..utils.errors import QfairError
     from ..utils.io import output_file
     from ._console import console, info, table
 
@@ -37,17 +41,19 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if cfg.out:  # a bad --out fails now, not after the export work
         output_file(cfg.out)
+    if not run_dir.is_dir() and not cfg.out and run_dir.exists():  # a checkpoint file has no folder to write into
+        suffix = {"packed": ".qpk", "tensorrt": ".engine"}.get(cfg.format, ".onnx")
+        raise QfairError(f"{run_dir} is a file, not a run folder: pass --out FILE{suffix} to say where the export "
+                         f"goes (e.g. --out {run_dir.with_suffix(suffix)})")
     if cfg.format == "packed":
-        from ..export.api import load_for_export
-        from ..export.packed import save_packed
+        from ..export.packed import export_packed
+        from ..export.provenance import export_report_path
 
-        out = Path(cfg.out) if cfg.out else run_dir / "model.qpk"
-        model, _ = load_for_export(run_dir)
-        save_packed(model, out, meta={"source": str(run_dir)}, float_dtype=cfg.packed_floats)
+        out = export_packed(run_dir, cfg.out, float_dtype=cfg.packed_floats)
         size = out.stat().st_size
         ref = run_dir / "model.pt"
-        ratio = f" ({size / ref.stat().st_size:.3f}x of model.pt)" if ref.exists() else ""
-        info(f"wrote {out}: {size / 1e6:.2f} MB{ratio}")
+        ratio = f" ({size / ref.stat().st_size:.3f}x of model.pt)" if ref.is_file() else ""
+        info(f"wrote {out}: {size / 1e6:.2f} MB{ratio}; report {export_report_path(out)}")
         return 0
     from ..export.api import export_onnx
 
@@ -60,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
             raise MissingDependencyError(f"--format tensorrt needs TensorRT and an NVIDIA GPU: {why}. "
                                          "--format onnx --target tensorrt writes the graph TensorRT would read.")
     onnx_out = cfg.out if cfg.format == "onnx" else None
+    if cfg.format == "tensorrt" and not run_dir.is_dir() and cfg.out:  # a checkpoint: the graph goes beside the engine
+        onnx_out = str(Path(cfg.out).with_suffix(".onnx"))
     _say_if_replacing(Path(onnx_out) if onnx_out else run_dir / "model.onnx", cfg.target)
     path = export_onnx(run_dir, cfg.target, out=onnx_out, parity_data=cfg.parity, n_parity=cfg.n_parity,
                        opset=cfg.opset, keep_float=cfg.keep_float,
@@ -89,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         from ..export.tensorrt import build_engine
 
         out = cfg.out or path.with_suffix(".engine")
-        engine = build_engine(path, out, max_batch=cfg.max_batch)
+        engine = build_engine(path, out, max_batch=cfg.max_batch, opt_batch=min(16, cfg.max_batch))
         info(f"wrote TensorRT engine {engine}")
     return 0
 

@@ -2,7 +2,7 @@
 validator, parity checks against the fake-quant model, TensorRT engines, packed low-bit checkpoints
 and latency benchmarks. Heavy imports (onnx, onnxruntime, tensorrt) happen inside the functions.
 
-Public API: ``export_onnx``, ``validate_onnx``, ``check_onnx``, ``TARGETS``, ``save_packed``,
+Public API: ``export_onnx``, ``export_packed``, ``validate_onnx``, ``check_onnx``, ``TARGETS``, ``save_packed``,
 ``load_packed``, ``build_engine``, ``bench_run``.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ _LAZY = {
     "validate_onnx": "qfair.export.validate:validate_onnx",
     "check_onnx": "qfair.export.validate:check_onnx",
     "TARGETS": "qfair.export.targets:TARGETS",
+    "export_packed": "qfair.export.packed:export_packed",
     "save_packed": "qfair.export.packed:save_packed",
     "load_packed": "qfair.export.packed:load_packed",
     "load_packed_into": "qfair.export.packed:load_packed_into",

@@ -2,11 +2,13 @@
 
 Steps: load the model, let the target refuse what it cannot run exactly, freeze the quantizers,
 export with the dynamo exporter (fake-quant -> Q/DQ), rewrite for the target, validate against the
-target's rules, compare with the torch model on real and stress images, then write the graph and a
-JSON report atomically. Nothing is written when any step fails.
+target's rules, compare with the torch model on real and stress images, check the file to be written
+(onnx.checker; a compacted graph must compute what the checked one did), then write the graph and its
+JSON report as one step (provenance.write_with_report). Nothing is written when any step fails.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,12 @@ import torch
 from torch import nn
 
 from ..utils.errors import ExportError, QfairError
-from ..utils.io import atomic_path, atomic_write_json, output_file
-from .provenance import export_report_path
+from ..utils.io import output_file
+from .provenance import export_report_path, write_with_report
 
 DEFAULT_PARITY = "builtin:tiny"
 KEEP_FLOAT = ("auto", "none", "depthwise", "all")
+OPSETS = (17, 21)  # as ExportConfig.opset
 
 
 def load_for_export(source: nn.Module | str | Path) -> tuple[nn.Module, Path | None]:
@@ -107,6 +110,9 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     from .targets import TARGETS, ExportContext
 
     spec = TARGETS.get(target)  # unknown target: clear error before any work
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OPSETS[0] <= opset <= OPSETS[1]:
+        raise ExportError(f"opset {opset!r} is not supported: use {OPSETS[0]}..{OPSETS[1]} (Q/DQ per channel needs "
+                          "13+; torch exports 18+ natively and qfair converts down to 17)")
     if keep_float not in KEEP_FLOAT:  # checked by the layout too, but only after the (slow) torch export
         raise ExportError(f"unknown keep_float option '{keep_float}'; use {', '.join(KEEP_FLOAT)}")
     model, run_dir = load_for_export(run_dir_or_model)
@@ -152,18 +158,46 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     if spec.compact and bits is not None:  # after parity, which finds layers by their tensors' names
         from .graph import compact_graph
 
+        checked = copy.deepcopy(proto)
         compact_graph(proto.graph)
-    with atomic_path(out) as tmp:
-        onnx.save_model(proto, str(tmp))
+        _check_same_outputs(checked, proto, torch.cat([images[:4], images[:4].flip(-1)]))
+    check_model(proto)
     meta = getattr(model, "qfair_quant", None) or {}
-    report = {"target": spec.name, "onnx": str(out), "bytes": out.stat().st_size, "opset": opset,
-              "ir_version": proto.ir_version, "bits": bits, "recipe": meta.get("recipe"),
-              "wbits": meta.get("wbits") if bits is not None else None,
-              "abits": meta.get("abits") if bits is not None else None,
-              "quantized": bits is not None, "notes": ctx.notes, "parity_data": described,
-              "parity": parity.to_dict(), **_summarised(layout), **source_record(run_dir, out)}
-    atomic_write_json(export_report_path(out), report)
-    return out
+
+    def report(nbytes: int) -> dict[str, Any]:
+        return {"format": "onnx", "target": spec.name, "onnx": str(out), "bytes": nbytes, "opset": opset,
+                "ir_version": proto.ir_version, "bits": bits, "recipe": meta.get("recipe"),
+                "wbits": meta.get("wbits") if bits is not None else None,
+                "abits": meta.get("abits") if bits is not None else None,
+                "quantized": bits is not None, "notes": ctx.notes, "parity_data": described,
+                "parity": parity.to_dict(), **_summarised(layout), **source_record(run_dir, out)}
+
+    # the graph and its report replace the old pair together (a stale report would mislabel the new graph)
+    return write_with_report(out, lambda tmp: onnx.save_model(proto, str(tmp)), report)
+
+
+def check_model(proto: Any) -> None:
+    """``onnx.checker`` with shape inference on the graph about to be written; ExportError naming the problem."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported graph fails onnx.checker ({str(exc).splitlines()[0]}); nothing was written. "
+                          "This is a qfair export bug: please report it with the output of --debug") from exc
+
+
+def _check_same_outputs(before: Any, after: Any, images: torch.Tensor) -> None:
+    """The compacted graph (what is written) must compute what the parity-checked graph computed."""
+    from .parity import cosines, ort_session, run_onnx
+
+    (a,) = run_onnx(ort_session(before), images)
+    (b,) = run_onnx(ort_session(after), images)
+    c = float(cosines(a, b).min())
+    if c < 0.99999:
+        raise ExportError(f"compacting the graph changed its outputs (cosine {c:.6f} to the parity-checked graph); "
+                          "nothing was written. This is a qfair export bug: please report it; "
+                          "--target tensorrt writes an uncompacted graph meanwhile")
 
 
 def _build_and_check(spec: Any, ctx: Any, opset: int, pairs: np.ndarray | None, issame: np.ndarray | None,

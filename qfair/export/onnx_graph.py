@@ -46,8 +46,14 @@ def freeze_copy(model: nn.Module) -> nn.Module:
 
 
 def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
-    """Export an (already frozen) model; returns the cleaned onnx.ModelProto."""
+    """Export an (already frozen) model; returns the cleaned onnx.ModelProto.
+
+    Opsets below 18 are exported at 18 and converted down afterwards: torch's exporter converts them with
+    onnx's C version converter, which drops the per-node metadata that names nodes after their modules
+    (the ONNX Runtime layout and the reports find layers by those names)."""
     from .translation import translation_table
+
+    native = max(int(opset), DEFAULT_OPSET)
 
     model = model.cpu().eval()
     example = torch.zeros(2, 3, 112, 112)
@@ -59,7 +65,7 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
             warnings.simplefilter("ignore")
             log.setLevel(logging.ERROR)
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
-                                        output_names=["embedding"], opset_version=opset,
+                                        output_names=["embedding"], opset_version=native,
                                         dynamic_shapes=({0: batch},), custom_translation_table=translation_table(),
                                         verbose=False, optimize=True)
     except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
@@ -71,11 +77,25 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
     name_by_module(proto.graph)
     name_nodes(proto.graph)
     remove_unused_initializers(proto.graph)
+    if opset < native:
+        proto = _convert_opset(proto, opset)
     proto.ir_version = IR_VERSION
     strip_metadata(proto)
     for vi in [*proto.graph.input, *proto.graph.output]:
         vi.type.tensor_type.shape.dim[0].dim_param = "batch"
     return proto
+
+
+def _convert_opset(proto: Any, opset: int) -> Any:
+    """``proto`` converted to ``opset`` by onnx's version converter (node names are kept)."""
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(proto, opset)
+    except Exception as exc:  # the converter raises RuntimeError / ConvertError with C++ messages
+        raise ExportError(f"cannot convert the graph from opset {DEFAULT_OPSET} to opset {opset}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; export with "
+                          f"--opset {DEFAULT_OPSET} or newer") from exc
 
 
 def strip_metadata(proto: Any) -> None:

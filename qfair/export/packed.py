@@ -45,15 +45,15 @@ class WeightSpec:
 
 
 def weight_specs_from_model(model: torch.nn.Module) -> dict[str, WeightSpec]:
-    """State-dict name of each quantized weight -> its spec (from the model's weight quantizers)."""
+    """State-dict name of each quantized weight -> its spec (from the model's active weight quantizers)."""
     from ..quant import iter_quantizers
     from ..quant.math import reduce_minmax
 
     specs = {}
     params = dict(model.named_parameters())
     for name, q in iter_quantizers(model):
-        if getattr(q, "role", "") != "weight":
-            continue
+        if getattr(q, "role", "") != "weight" or not q.fake_quant_enabled:
+            continue  # a switched-off weight quantizer: the model computes with the float weight, stored raw
         owner = name.rsplit(".", 1)[0] if "." in name else ""
         key = f"{owner}.weight" if owner else "weight"
         if getattr(q, "dynamic", False) and key in params:  # the range a forward would set right now
@@ -228,3 +228,91 @@ def load_packed_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Modul
         if getattr(q, "role", "") == "weight" and hasattr(q, "make_static"):
             q.make_static()
     return model
+
+
+def export_packed(source: torch.nn.Module | str | Path, out: str | Path | None = None, *,
+                  float_dtype: str = "float32") -> Path:
+    """Write a quantized run (or model) as a packed checkpoint plus its ``<name>.export.json`` report.
+
+    ``out`` defaults to ``RUN_DIR/model.qpk``. The file is read back before it replaces anything: every
+    packed weight must equal the fake-quantized weight the model computes with and every other tensor
+    the model's own (float16 storage: within half precision), else ExportError and nothing is written.
+    The report records the bits, the recipe and the SHA-256 of the run's model.pt, as the ONNX export's does.
+    """
+    from ..utils.io import output_file
+    from .api import load_for_export, model_bits
+    from .onnx_graph import freeze_copy
+    from .provenance import export_report_path, source_record, write_with_report
+
+    model, run_dir = load_for_export(source)
+    if out is None:
+        if run_dir is None:
+            raise ExportError("a packed export of a model object or a checkpoint file needs an output path "
+                              "(out=PATH, --out FILE.qpk)")
+        out = run_dir / "model.qpk"
+    out = Path(out)
+    output_file(out)
+    output_file(export_report_path(out))
+    bits = model_bits(model)
+    if bits is None:
+        where = f"{source} is" if isinstance(source, (str, Path)) else "the model is"
+        raise ExportError(f"{where} not quantized (no active quantizer): the packed format stores quantized "
+                          "weights at their bit width, so it would only copy the float weights. Quantize it first "
+                          "(qfair quantize), or export the float model with --format onnx")
+    frozen = freeze_copy(model)  # the weight ranges the model computes with, fixed
+    specs = weight_specs_from_model(frozen)
+    state = frozen.state_dict()
+    meta = getattr(model, "qfair_quant", None) or {}
+    data = pack_state_dict(state, specs, {"source": str(run_dir or out), "qfair_quant": meta},
+                           float_dtype=float_dtype)
+    worst = _verify_packed(data, frozen, state, specs, float_dtype)
+
+    def report(nbytes: int) -> dict[str, Any]:
+        return {"format": "packed", "target": None, "file": str(out), "bytes": nbytes, "bits": bits,
+                "recipe": meta.get("recipe"), "wbits": meta.get("wbits"), "abits": meta.get("abits"),
+                "quantized": True, "float_dtype": float_dtype, "packed_weights": len(specs),
+                "weight_bits": sorted({s.bits for s in specs.values()}),
+                "exact": float_dtype == "float32", "max_abs_diff": worst,
+                "notes": [] if float_dtype == "float32" else
+                ["float16 storage: BatchNorm / PReLU tensors are rounded to half precision (not exact)"],
+                **source_record(run_dir, out)}
+
+    return write_with_report(out, lambda tmp: tmp.write_bytes(data), report)
+
+
+def _verify_packed(data: bytes, model: torch.nn.Module, state: dict[str, Tensor], specs: dict[str, WeightSpec],
+                   float_dtype: str) -> float:
+    """Read the packed bytes back and compare every tensor with what ``model`` computes with; returns the
+    largest absolute difference (0.0 when exact). Raises ExportError naming the first tensor that differs."""
+    import tempfile
+
+    from ..quant import iter_quantizers
+
+    expected = dict(state)
+    with torch.no_grad():
+        for name, q in iter_quantizers(model):
+            key = f"{name.rsplit('.', 1)[0]}.weight" if "." in name else "weight"
+            if getattr(q, "role", "") == "weight" and key in specs:
+                expected[key] = q(state[key].float())  # the fake-quantized weight of the forward pass
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "check.qpk"
+        path.write_bytes(data)
+        loaded, _ = load_packed(path)
+    worst = 0.0
+    for name, want in expected.items():
+        got = loaded.get(name)
+        if got is None or tuple(got.shape) != tuple(want.shape):
+            raise ExportError(f"packed export: tensor '{name}' did not survive the round trip; nothing was written")
+        if not want.is_floating_point():
+            ok = torch.equal(got, want)
+            diff = 0.0 if ok else float("inf")
+        else:
+            diff = float((got.double() - want.double()).abs().max()) if want.numel() else 0.0
+            lossy = float_dtype == "float16" and name not in specs
+            ok = diff <= (float(want.abs().max()) * 2 ** -10 + 6e-8 if lossy else 0.0)
+        if not ok:
+            raise ExportError(f"packed export: tensor '{name}' reads back with a difference of {diff:.3g} from the "
+                              "model's (fake-quantized) value; nothing was written. This is a qfair bug: please "
+                              "report it")
+        worst = max(worst, diff)
+    return worst

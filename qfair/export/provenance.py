@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..utils.errors import CheckpointError
 
@@ -37,8 +41,16 @@ def source_record(run_dir: Path | None, graph: Path) -> dict[str, Any]:
     return {"source_model": {"file": MODEL_FILE, "sha256": file_sha256(Path(run_dir) / MODEL_FILE)}}
 
 
-def export_report_path(graph: Path) -> Path:
-    """The ``<stem>.export.json`` report that ``qfair export`` writes beside a graph."""
+PACKED_SUFFIX = ".qpk"
+
+
+def export_report_path(graph: str | Path) -> Path:
+    """The report that ``qfair export`` writes beside its output: ``<stem>.export.json`` for a graph or
+    engine, ``<name>.export.json`` for a packed checkpoint (``model.qpk.export.json``), so that the
+    packed export of a run does not take the report of its ``model.onnx``."""
+    graph = Path(graph)
+    if graph.suffix.lower() == PACKED_SUFFIX:
+        return graph.with_name(graph.name + ".export.json")
     return graph.with_name(graph.stem + ".export.json")
 
 
@@ -51,8 +63,59 @@ def exports_in(folder: Path) -> list[Path]:
     found = {folder / n for n in DERIVED_FILES if (folder / n).is_file()}
     for report in folder.glob("*.export.json"):
         stem = report.name[: -len(".export.json")]
-        found |= {report, *(p for p in (folder / f"{stem}.onnx", folder / f"{stem}.engine") if p.is_file())}
+        described = [folder / stem] if stem.lower().endswith(PACKED_SUFFIX) else \
+            [folder / f"{stem}.onnx", folder / f"{stem}.engine"]
+        found |= {report, *(p for p in described if p.is_file())}
     return sorted(found)
+
+
+@contextmanager
+def _hold_interrupt() -> Iterator[Callable[[], None]]:
+    """Yields ``hold()``: from that call to the end of the block a Ctrl-C (SIGINT) is held back and handed
+    to the previous handler when the block ends (KeyboardInterrupt by default). Does nothing outside the
+    main thread or where SIGINT is ignored or not handled by Python."""
+    held: list[int] = []
+    old: list[Any] = []
+
+    def hold() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        current = signal.getsignal(signal.SIGINT)
+        if not callable(current):  # SIG_IGN / SIG_DFL / None: leave the process's choice alone
+            return
+        try:
+            old.append(signal.signal(signal.SIGINT, lambda sig, frame: held.append(sig)))
+        except ValueError:  # pragma: no cover - not the main interpreter
+            pass
+
+    try:
+        yield hold
+    finally:
+        if old:
+            signal.signal(signal.SIGINT, old[0])
+            if held:
+                old[0](held[0], None)  # the default handler raises KeyboardInterrupt here
+
+
+def write_with_report(path: str | Path, write: Callable[[Path], None],
+                      report: Callable[[int], dict[str, Any]]) -> Path:
+    """Write an export and its ``.export.json`` report as one step: ``write(tmp)`` writes the file to a
+    temporary path beside ``path``, ``report(nbytes)`` returns the report's contents.
+
+    Both are written completely before either replaces anything, and a Ctrl-C during the two renames is
+    held until both are done: after an error or Ctrl-C either both files are new or both are as before.
+    The old report is removed just before the renames, so even a hard kill between them leaves the new
+    file without a report (read as "not made by qfair"), never beside a report of another export."""
+    from ..utils.io import atomic_path, to_json
+
+    path, rep = Path(path), export_report_path(Path(path))
+    with _hold_interrupt() as hold:
+        with atomic_path(rep) as tmp_rep, atomic_path(path) as tmp:  # exits rename the file, then the report
+            write(tmp)
+            tmp_rep.write_text(to_json(report(tmp.stat().st_size)), encoding="utf-8")
+            hold()
+            Path(os.path.realpath(rep)).unlink(missing_ok=True)  # through a symlink, as atomic_path writes
+    return path
 
 
 def check_export_source(graph: str | Path) -> None:

@@ -66,8 +66,8 @@ def _check_tensorrt(ctx: ExportContext) -> None:
         raise ExportError(
             f"this model (recipe '{recipe}') cannot run exactly on TensorRT, which needs symmetric int8 with zero "
             f"point 0, per-tensor activations and per-output-channel weights; offending quantizers: "
-            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Re-quantize with --recipe deploy, or export "
-            "for ONNX Runtime (--target onnxruntime), which takes uint8 zero points")
+            f"{', '.join(bad[:5])}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}. Re-quantize with "
+            "--recipe deploy, or export for ONNX Runtime (--target onnxruntime), which takes uint8 zero points")
 
 
 def _build_tensorrt(proto: Any, ctx: ExportContext) -> dict[str, Any]:

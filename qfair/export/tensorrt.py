@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..utils.errors import ExportError, MissingDependencyError, require
-from ..utils.io import atomic_write_bytes
+from ..utils.io import atomic_write_bytes, output_file
 
 INPUT, OUTPUT = "input", "embedding"
 
@@ -42,12 +42,23 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, min_ba
                  fp16: bool = True) -> Path:
     """Parse ``onnx_path``, build an INT8 engine with a dynamic-batch optimisation profile, serialise it.
 
+    The profile covers batches ``min_batch..max_batch`` and is tuned for ``opt_batch`` (clamped into that
+    range, so ``max_batch=8`` alone is a valid request).
+
     ``timing_cache`` (default: ``<engine>.timing.cache``) is read if present and rewritten after the
     build, so rebuilding on the same GPU is fast. ``fp16`` lets layers left in float run in half.
     """
-    trt = _require_tensorrt()
+    if not 1 <= min_batch <= max_batch:
+        raise ExportError(f"TensorRT optimisation profile: need 1 <= min_batch <= max_batch, got min_batch "
+                          f"{min_batch}, max_batch {max_batch}")
+    opt_batch = min(max(opt_batch, min_batch), max_batch)  # TensorRT refuses a profile with opt outside [min, max]
     onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ExportError(f"ONNX graph not found: {onnx_path}; write it with `qfair export RUN --format onnx "
+                          "--target tensorrt`")
     out = Path(out) if out is not None else onnx_path.with_suffix(".engine")
+    output_file(out)  # a bad output path fails before the (minutes long) build
+    trt = _require_tensorrt()
     cache_path = Path(timing_cache) if timing_cache is not None else out.with_suffix(".timing.cache")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
