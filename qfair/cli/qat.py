@@ -13,7 +13,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
     p.add_argument("--out", metavar="DIR", required=True, help="run folder to write (or to resume)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoints/last.pt (ends with the weights of an uninterrupted run)")
+                   help="continue the run in OUT from OUT/checkpoints/last.pt, with the settings it was started "
+                   "with (ends with the weights of an uninterrupted run)")
 
 
 def interrupted(args: argparse.Namespace, argv: list[str]) -> str:
@@ -57,11 +58,14 @@ def run_training(args: argparse.Namespace, cfg_cls: type, api: Callable[..., Any
     """Shared body of ``qfair qat`` and ``qfair distill``: resolve the config, join torchrun if launched
     by it, train, and print the summary on the main rank only."""
     from ..config import load_config, overrides_from_args
-    from ..train.distributed import init_from_env
+    from ..train.distributed import init_from_env, shutdown
 
     cfg = load_config(cfg_cls, args.config, overrides_from_args(args, cfg_cls))
     info = init_from_env()
-    summary = api(cfg, args.out, resume=args.resume)
+    try:
+        summary = api(cfg, args.out, resume=args.resume)
+    finally:
+        shutdown()
     if info.main:
         report(summary, title)
     return 0

@@ -10,6 +10,7 @@ and call :func:`qfair.train.fit`. The run folder gets ``config.yaml``, ``metrics
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,11 @@ def train_config(cfg: Any) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def load_teacher(path: str | None, arch: str | None) -> nn.Module:
-    """Load the float teacher or raise CheckpointError (never fall back to a random network)."""
+def load_teacher(path: str | None, arch: str | None, *, what: str = "teacher", arch_flag: str = "--teacher-arch",
+                 origin: str = "") -> nn.Module:
+    """Load the float teacher (or another float model of the run: ``what``) or raise CheckpointError (never fall
+    back to a random network). ``arch_flag`` is the option that sets ``arch`` (named in the hints), ``origin``
+    says where the path came from when the user did not type it."""
     if not path:
         raise ConfigError("no teacher: pass --teacher CHECKPOINT (or --model for qat)")
     from ..models import load_model
@@ -39,11 +43,19 @@ def load_teacher(path: str | None, arch: str | None) -> nn.Module:
     try:
         teacher = load_model(path, arch)
     except QfairError as exc:
-        raise CheckpointError(f"teacher {path} could not be loaded, so training did not start: {exc}") from None
+        raise CheckpointError(f"{what} {path}{origin} could not be loaded, so training did not start: "
+                              f"{_arch_hint(str(exc), arch_flag)}") from None
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        raise CheckpointError(f"teacher {path} could not be loaded ({type(exc).__name__}: {exc}); "
-                              "training did not start. Check the file and --teacher-arch") from None
+        raise CheckpointError(f"{what} {path}{origin} could not be loaded ({type(exc).__name__}: {exc}); "
+                              f"training did not start. Check the file and {arch_flag}") from None
     return teacher.eval()
+
+
+def _arch_hint(msg: str, flag: str) -> str:
+    """load_model's hints name --arch; the option of this model may be another (--teacher-arch, --student-arch)."""
+    msg = re.sub(r"pass --arch (\S+) \(or arch='[^']*'\)", rf"pass {flag} \1", msg)
+    msg = msg.replace("pass --arch (arch= in Python; see", f"pass {flag} (see")
+    return msg.replace("check --arch", f"check {flag}")
 
 
 def _calib_batches(spec: str, n: int, seed: int, model: nn.Module) -> list[torch.Tensor]:
@@ -66,11 +78,13 @@ def _saved_step(path: Path) -> str:
     return "" if step is None else f"{'finished ' if ck.get('done') else ''}at step {int(step)}"
 
 
-def _check_resume(out: str | Path, cfg: Any, resume: bool) -> None:
-    """Checked before any heavy work: a fresh run never overwrites a run folder that holds checkpoints, a
-    resumed run needs a run to resume, and it must use the settings that run was started with."""
+def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None:
+    """Checked before any heavy work: a fresh run never overwrites a run folder that holds checkpoints or another
+    run's results, a resumed run needs a run to resume (of this command, with a readable checkpoint), and it must
+    use the settings that run was started with."""
     from ..config import config_to_dict
     from ..runs import RunDir
+    from .checkpoint import load_checkpoint
 
     out = Path(out)
     last = out / "checkpoints" / "last.pt"
@@ -78,16 +92,44 @@ def _check_resume(out: str | Path, cfg: Any, resume: bool) -> None:
         at = _saved_step(last)
         raise ConfigError(f"{out} holds a run{' ' + at if at else ''} ({last}); pass --resume to continue it, "
                           "or choose another --out (nothing was overwritten)")
-    if resume and not (out / "config.yaml").exists():
+    student = getattr(cfg, "student", None)
+    if student and out.exists() and Path(student).exists() and out.resolve() == Path(student).resolve():
+        raise ConfigError(f"--out {out} is the student's run folder (--student): the fine-tuned model would replace "
+                          "the model it starts from; choose another --out")
+    stored = RunDir.open(out).read_config() if (out / "config.yaml").exists() else {}
+    other = stored.get("command") if isinstance(stored, dict) else None
+    other = other if isinstance(other, str) and other and not other.startswith(command) else None
+    if not resume:
+        done = [n for n in ("model.pt", "quant.json", "train.json") if (out / n).exists()]
+        if other or done:
+            what = f"a `{other.split(' --')[0]}` run" if other else f"a finished run ({', '.join(done)})"
+            raise ConfigError(f"{out} holds {what}; `{command}` writes config.yaml, model.pt and quant.json there and "
+                              "would replace it: choose another --out (nothing was overwritten)")
+        return
+    if not (out / "config.yaml").exists():
         raise ConfigError(f"--resume: there is nothing to resume in {out} (no run was started there: "
                           f"{out / 'config.yaml'} does not exist); check --out, or drop --resume to start a new run")
-    if resume and (out / "config.yaml").exists():
-        stored = (RunDir.open(out).read_config() or {}).get("config")
-        now = config_to_dict(cfg)
-        if stored is not None and stored != now:
-            diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
-            raise ConfigError(f"--resume: the settings differ from the run in {out} (keys: {', '.join(diff)}); "
-                              "resume with the same settings or use a new --out")
+    if other:
+        raise ConfigError(f"--resume: {out} holds a `{other.split(' --')[0]}` run, not a `{command}` run; check --out "
+                          "and the command")
+    saved = stored.get("config") if isinstance(stored, dict) else None
+    now = config_to_dict(cfg)
+    if isinstance(saved, dict) and saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:5])
+        raise ConfigError(f"--resume: the settings differ from the run in {out} (keys: {', '.join(diff)}; "
+                          f"{shown}{'...' if len(diff) > 5 else ''}); resume with the same settings (the run's "
+                          f"config.yaml holds them) or use a new --out")
+    if last.exists():
+        load_checkpoint(last)  # a damaged checkpoint stops here, not after the models and data are loaded
+
+
+def _check_world(batch_size: int) -> None:
+    """Under torchrun every rank takes batch_size / world of each batch: refuse a split before any work."""
+    world = dist_info().world
+    if world > 1 and batch_size % world:
+        raise ConfigError(f"--batch-size {batch_size} cannot be split evenly over {world} processes; use a multiple "
+                          f"of {world} (it is the total batch over all processes)")
 
 
 def _prepare_run(out: str | Path, cfg: Any, command: str, resume: bool) -> Path:
@@ -132,6 +174,24 @@ def _as_config(cls: type, cfg: Any, what: str) -> Any:
                       f"got {type(cfg).__name__}")
 
 
+def _qat_teacher(cfg: QatConfig) -> tuple[str, str | None, str, str]:
+    """(path, arch, the option that sets arch, where the path came from) of the qat teacher. ``--arch`` is the
+    architecture of ``--model``: it applies to the teacher only when the teacher is ``--model``."""
+    from ..runs import RunDir
+
+    if cfg.teacher:
+        return cfg.teacher, cfg.teacher_arch, "--teacher-arch", ""
+    if cfg.model:
+        return cfg.model, cfg.teacher_arch or cfg.arch, "--teacher-arch" if cfg.teacher_arch else "--arch", ""
+    # the quantize (or qat) run of --student records the float model it started from
+    stored = (RunDir.open(cfg.student).read_config() or {}).get("config", {}) or {}
+    path = stored.get("teacher") or stored.get("model")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{cfg.student}/config.yaml does not name its float model; pass --teacher CHECKPOINT")
+    arch = cfg.teacher_arch or (stored.get("teacher_arch") if stored.get("teacher") else stored.get("arch"))
+    return path, arch, "--teacher-arch", f" (named in {Path(cfg.student) / 'config.yaml'}; --teacher overrides it)"
+
+
 def qat(cfg: QatConfig | Mapping[str, Any], out: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Quantization-aware KD fine-tuning of a quantized student toward its float teacher (``qfair qat``).
 
@@ -140,21 +200,17 @@ def qat(cfg: QatConfig | Mapping[str, Any], out: str | Path, *, resume: bool = F
     ``resume``); returns the summary written to ``out/train.json``. Load the result with
     ``qfair.load_quantized(out)``."""
     from ..quant import QuantConfig, load_quantized, quantize, save_quantized
-    from ..runs import RunDir
 
     cfg = _as_config(QatConfig, cfg, "qat")
-    _check_resume(out, cfg, resume)
-    teacher_path = cfg.teacher or cfg.model
-    if not teacher_path and cfg.student:  # the quantize run records the float model it started from
-        stored = (RunDir.open(cfg.student).read_config() or {}).get("config", {}) or {}
-        teacher_path = stored.get("model")
-        if not teacher_path:
-            raise ConfigError(f"{cfg.student}/config.yaml does not name its float model; pass --teacher CHECKPOINT")
-    teacher = load_teacher(teacher_path, cfg.teacher_arch or cfg.arch)
+    _check_resume(out, cfg, resume, "qfair qat")
+    _check_world(cfg.batch_size)
+    teacher_path, teacher_arch, arch_flag, origin = _qat_teacher(cfg)
+    teacher = load_teacher(teacher_path, teacher_arch, arch_flag=arch_flag, origin=origin)
     if cfg.student:
         student = load_quantized(cfg.student)
     else:
-        float_model = load_teacher(cfg.model, cfg.arch) if cfg.model != teacher_path else teacher  # prepare copies
+        float_model = (load_teacher(cfg.model, cfg.arch, what="model", arch_flag="--arch")
+                       if cfg.model != teacher_path else teacher)  # quantize() prepares a copy
         qcfg = QuantConfig(wbits=cfg.wbits, abits=cfg.abits, recipe=cfg.recipe, seed=cfg.seed)
         student = quantize(float_model, qcfg, _calib_batches(cfg.calib, cfg.calib_n, cfg.seed, float_model))
     check_pair(student, teacher)
@@ -177,21 +233,26 @@ def distill(cfg: DistillConfig | Mapping[str, Any], out: str | Path, *, resume: 
     ``cfg``: a :class:`DistillConfig` or a mapping of its keys. Writes the run folder ``out``: ``model.pt``
     (a float student: ``qfair.load_model(out / "model.pt", arch=cfg.student_arch)``; a quantized one also
     gets quant.json: ``qfair.load_quantized(out)``); returns the summary written to ``out/train.json``."""
-    from ..models import create_model, load_model
+    from ..models import create_model
     from ..quant import QuantConfig, quantize, save_quantized
     from ..utils.io import atomic_torch_save
 
     cfg = _as_config(DistillConfig, cfg, "distill")
-    _check_resume(out, cfg, resume)
+    _check_resume(out, cfg, resume, "qfair distill")
+    _check_world(cfg.batch_size)
     teacher = load_teacher(cfg.teacher, cfg.teacher_arch)
     t_dim = embedding_size(teacher)
     s_dim = cfg.embedding_size or t_dim
     torch.manual_seed(cfg.seed)
     if cfg.student_init:
-        student = load_model(cfg.student_init, cfg.student_arch)
+        student = load_teacher(cfg.student_init, cfg.student_arch, what="student_init", arch_flag="--student-arch")
     else:
         student = create_model(cfg.student_arch, **{**({"num_features": s_dim} if s_dim else {}), **cfg.student_kwargs})
     projection = None
+    if cfg.student_init and cfg.embedding_size and embedding_size(student) not in (None, cfg.embedding_size):
+        raise ConfigError(f"--student-init {cfg.student_init} embeds in {embedding_size(student)}-d, but "
+                          f"--embedding-size is {cfg.embedding_size}; set --embedding-size 0 (the checkpoint decides) "
+                          "or pass another checkpoint")
     s_dim = embedding_size(student)
     if cfg.projection:
         if s_dim is None or t_dim is None:

@@ -107,7 +107,8 @@ class IndexedSource:
         self.shuffle, self.hflip, self.drop_last, self.name = shuffle, hflip, drop_last, name
         self.group_names = list(group_names) if group_names is not None else None
         if drop_last and n < batch_size:
-            raise DataError(f"{name}: {n} images are fewer than one batch of {batch_size}; lower batch_size")
+            raise DataError(f"{name}: {n} images are fewer than one batch of {batch_size}; lower batch_size "
+                            "(--batch-size) or use more images (--data-n)")
 
     def __len__(self) -> int:
         return self.n

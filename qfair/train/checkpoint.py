@@ -22,6 +22,8 @@ from ..utils.io import atomic_torch_save, safe_torch_load
 
 FORMAT = "qfair-train-checkpoint"
 VERSION = 1
+# what to do when a run's last checkpoint cannot be used
+_RESTART = "Start the run again in a new --out folder (or delete its checkpoints/ folder to restart it from step 0)"
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,21 +78,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         doc = safe_torch_load(path)
     except QfairError as exc:
-        raise CheckpointError(f"cannot resume: {exc}") from None
+        raise CheckpointError(f"cannot resume: {str(exc).rstrip('.')}. {_RESTART}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a qfair training checkpoint (no '{FORMAT}' header)")
+        raise CheckpointError(f"{path}: not a qfair training checkpoint (no '{FORMAT}' header), so the run cannot "
+                              f"be resumed from it. {_RESTART}")
     if int(doc.get("version", 0)) > VERSION:
         raise CheckpointError(f"{path}: written by a newer qfair (checkpoint version {doc['version']}); upgrade")
     return doc
 
 
 def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Any) -> None:
-    """Strict ``load_state_dict`` whose error names the checkpoint and the keys that differ."""
-    missing, unexpected = _diff(module.state_dict(), state)
+    """Strict ``load_state_dict`` whose error names the checkpoint and the keys (or shapes) that differ."""
+    if state is None:
+        raise CheckpointError(f"{path}: the checkpoint holds no {what} state, but this run has a {what}; resume with "
+                              "the same model and config, or start a new --out folder")
+    have = module.state_dict()
+    missing, unexpected = _diff(have, state)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: the {what} state does not match this run (missing {missing[:5]}, unexpected {unexpected[:5]}); "
             "resume with the same model and config, or start a new --out folder")
+    shapes = [f"{k} {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} here" for k, v in have.items()
+              if isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor) and v.shape != state[k].shape]
+    if shapes:
+        raise CheckpointError(f"{path}: the {what} state does not match this run ({'; '.join(shapes[:3])}"
+                              f"{f'; {len(shapes)} tensors in all' if len(shapes) > 3 else ''}); resume with the same "
+                              "model and config, or start a new --out folder")
     module.load_state_dict(state)
 
 

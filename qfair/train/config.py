@@ -55,7 +55,8 @@ class TrainConfig:
     hflip: bool = cfg_field(True, help="random horizontal flip of training images")
     kd_loss: str = cfg_field("mse", choices=_kd_names, help="distance between unit embeddings")
     kd_weight: float = cfg_field(1.0, range=(0, None), help="lambda of the distillation term")
-    margin: str = cfg_field("none", choices=_head_names, help="margin head used when labels exist")
+    margin: str = cfg_field("none", choices=_head_names,
+                            help="margin head on identity labels (the data must have them); none = KD only")
     margin_weight: float = cfg_field(1.0, range=(0, None))
     margin_s: float | None = cfg_field(None, range=(0, None), help="head scale s (default per head)")
     margin_m: float | None = cfg_field(None, help="head margin m (default per head)")
@@ -76,8 +77,12 @@ class TrainConfig:
             raise ConfigError("schedule 'step' needs milestones (e.g. milestones: [8, 14, 20, 25])")
         if list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"milestones must be increasing, got {list(self.milestones)}")
-        if self.margin != "none" and self.margin_weight == 0 and self.kd_weight == 0:
-            raise ConfigError("kd_weight and margin_weight are both 0: nothing to train")
+        if self.kd_weight == 0 and (self.margin == "none" or self.margin_weight == 0):
+            raise ConfigError("kd_weight is 0 and there is no margin loss (margin none or margin_weight 0): nothing "
+                              "to train")
+        if self.fair_kd and self.kd_weight == 0:
+            raise ConfigError("fair_kd reweights the distillation term, and kd_weight is 0: raise kd_weight or drop "
+                              "fair_kd")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ class DataSettings:
 
     data: str = cfg_field("builtin", help="builtin | real:PATH | synthetic:PATH | synthetic (data-free) | "
                                           "builtin-synthetic")
-    data_n: int = cfg_field(2048, range=(1, None), help="images taken from the data source")
+    data_n: int = cfg_field(2048, range=(1, None), help="images taken from the data source (builtin: rounded up to "
+                                                           "whole identities of 8 images, at least 4 identities)")
     mix_data: str | None = cfg_field(None, help="second source mixed in (e.g. synthetic:PATH)")
     mix_ratio: float = cfg_field(0.7, range=(0, 1), help="fraction of each batch taken from `data` when mixing")
     bench: str | None = cfg_field(None, help="verification benchmark for periodic per-group evaluation "
@@ -101,7 +107,7 @@ class QatConfig(TrainConfig, DataSettings):
     model: str | None = cfg_field(None, help="float checkpoint: the teacher, and the student if no --student")
     arch: str | None = cfg_field(None, help="architecture of --model (guessed when omitted)")
     teacher: str | None = cfg_field(None, help="teacher checkpoint when it is not --model")
-    teacher_arch: str | None = cfg_field(None)
+    teacher_arch: str | None = cfg_field(None, help="architecture of --teacher (guessed when omitted)")
     wbits: int = cfg_field(6, range=(2, 8), help="weight bits when the student is built on the fly")
     abits: int = cfg_field(6, range=(2, 8), help="activation bits when the student is built on the fly")
     recipe: str = cfg_field("quantface", help="quantizer placement recipe when built on the fly")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..utils.errors import DataError
+from ..utils.errors import DataError, QfairError
 from .batches import IndexedSource, MixedSource
 
 
@@ -56,11 +56,19 @@ def load_train_images(spec: str, n: int, *, seed: int = 0, model: Any = None) ->
     except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on the data package
         raise DataError(f"training data '{spec}' needs qfair.data.calibration_batches ({exc})") from None
     images, labels = [], []
-    for b in calibration_batches(spec, n, 64, model=model, seed=seed, with_labels=True):
-        x, y = (b[0], b[1] if len(b) > 1 else None) if isinstance(b, (tuple, list)) else (b, None)
-        images.append(x if x.dtype == torch.uint8 else _from_float(x))
-        if y is not None:
-            labels.append(torch.as_tensor(y).long())
+    try:
+        for b in calibration_batches(spec, n, 64, model=model, seed=seed, with_labels=True):
+            x, y = (b[0], b[1] if len(b) > 1 else None) if isinstance(b, (tuple, list)) else (b, None)
+            images.append(x if x.dtype == torch.uint8 else _from_float(x))
+            if y is not None:
+                labels.append(torch.as_tensor(y).long())
+    except QfairError as exc:  # the readers speak of calibration: say which setting this is
+        msg = f"training data '{spec}' (--data / --mix-data): " + str(exc).replace("calibration source", "data source")
+        try:
+            err = type(exc)(msg)
+        except TypeError:  # an error class with other constructor arguments
+            err = DataError(msg)
+        raise err from None
     if not images:
         raise DataError(f"training data '{spec}' yielded no images")
     lab = torch.cat(labels)[:n] if labels and len(labels) == len(images) else None

@@ -45,8 +45,25 @@ def init_from_env(backend: str | None = None) -> DistInfo:
         use_cuda = torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
+        backend = backend or ("nccl" if use_cuda else "gloo")
+        try:
+            dist.init_process_group(backend)
+        except (ValueError, RuntimeError) as exc:  # env:// rendezvous: a variable missing, a port in use...
+            from ..utils.errors import ConfigError
+
+            need = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+            raise ConfigError(
+                f"WORLD_SIZE={world} asks for {world} processes, but joining the {backend} process group failed "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r})"
+                f"{'; not set: ' + ', '.join(need) if need else ''}. Launch with torchrun --nproc-per-node N -m "
+                "qfair ..., which sets them, or unset WORLD_SIZE for one process") from None
     return dist_info()
+
+
+def shutdown() -> None:
+    """Leave the process group joined by :func:`init_from_env` (no-op when none was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:

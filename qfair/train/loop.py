@@ -23,10 +23,12 @@ import torch
 from torch import nn
 
 from ..config import config_from_dict, config_to_dict
-from ..utils.errors import ConfigError, DataError
+from ..utils.errors import CheckpointError, ConfigError, DataError, QuantError
 from ..utils.io import to_json
 from . import ranges as R
 from .batches import as_source
+from .checks import (check_labels, check_same_settings, diverged, diverged_in_layer, labels_of_batches,
+                     single_pass)
 from .checkpoint import fork_rng, load_checkpoint, load_module_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .distributed import all_reduce_sum, barrier, dist_info, resolve_device
@@ -106,9 +108,17 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
         weighter = GroupKDWeighter(group_names, cfg.fair_gamma, cfg.fair_momentum, enabled=cfg.fair_kd)
     elif cfg.fair_kd:
         raise ConfigError("fair_kd needs group labels: use data with groups (e.g. builtin) or pass group_names")
+    parts = [source.first, source.second] if hasattr(source, "first") else [source]
+    if cfg.fair_kd and all(hasattr(p, "groups") and p.groups is None for p in parts):
+        # group names alone (e.g. builtin-synthetic) would leave every sample unweighted: plain KD, silently
+        raise ConfigError("fair_kd needs a group label per training image, and the training data has none (only "
+                          "group names); use data with groups (e.g. builtin), or drop fair_kd")
 
     # ---- optimizer: scales (LSQ) without weight decay and with their own lr multiplier
     batch_total = getattr(source, "batch_size", None) or cfg.batch_size
+    if info.active and batch_total % info.world:  # checked before any state is written, not at the first batch
+        raise ConfigError(f"batch_size {batch_total} cannot be split evenly over {info.world} processes; use a "
+                          f"multiple of {info.world} (it is the total batch over all processes)")
     lr0 = cfg.lr if cfg.lr is not None else scaled_lr(cfg.base_lr, batch_total, cfg.base_batch)
     scale_ids = {id(p) for p in lsq_params}
     main_params = [p for m in (student, projection, head) if m is not None for p in m.parameters()
@@ -119,7 +129,10 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
     opt = make_sgd(main_params, lr0, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     if lsq_params:
         opt.add_param_group({"params": lsq_params, "weight_decay": 0.0, "lr_mult": cfg.scale_lr_mult})
-    milestones = [round(m * (bpe if cfg.milestone_unit == "epoch" and bpe else 1)) for m in cfg.milestones]
+    if cfg.milestones and cfg.milestone_unit == "epoch" and not bpe:  # else epochs would silently count as steps
+        raise ConfigError("milestones are in epochs (milestone_unit: epoch), but the data has no known length, so "
+                          "epochs cannot be converted to steps; give the milestones in steps (milestone_unit: step)")
+    milestones = [round(m * (bpe if cfg.milestone_unit == "epoch" else 1)) for m in cfg.milestones]
     sched = dict(lr=lr0, total_steps=total, schedule=cfg.schedule, milestones=milestones, gamma=cfg.lr_gamma,
                  warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
     use_amp = cfg.amp and device.type == "cuda"
@@ -142,9 +155,13 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
         R.set_range_tracking(student, cfg.range_update_steps > 0)
     if resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
         ck = load_checkpoint(ckpt_dir / "last.pt")
+        check_same_settings(ck, cfg, ckpt_dir / "last.pt")
         for name, mod in (("student", student), ("projection", projection), ("head", head)):
             if mod is not None:
-                load_module_state(mod, ck[name], name, ckpt_dir / "last.pt")
+                load_module_state(mod, ck.get(name), name, ckpt_dir / "last.pt")
+            elif ck.get(name) is not None:
+                raise CheckpointError(f"{ckpt_dir / 'last.pt'}: the checkpoint holds a {name} state, but this run has "
+                                      f"no {name}; resume with the same model and config, or start a new --out folder")
         opt.load_state_dict(ck["optimizer"])
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
@@ -157,6 +174,8 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
         last_loss = float(ck.get("last_loss", math.nan))
         resumed_from = step
         log.truncate_after(step)
+    else:
+        log.reset()  # a fresh start: lines left by an earlier run that failed before its first checkpoint go
     if out is not None and info.main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -183,6 +202,8 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
             got_any = False
             for batch in source.epoch(epoch, pos, info.rank, info.world):
                 got_any = True
+                if head is not None:
+                    check_labels(batch, head, step)
                 tracking = quantized and step < cfg.range_update_steps
                 if quantized and step == cfg.range_update_steps:
                     R.set_range_tracking(student, False)
@@ -191,14 +212,22 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                 batch = batch.to(device)
                 t_emb = _teacher_embeddings(teacher, teacher_cache, batch, device, use_amp)
                 weights = None
+                if cfg.fair_kd and batch.groups is None:
+                    raise DataError(f"step {step + 1}: fair_kd needs group labels, and this batch has none; give "
+                                    "(images, labels, groups) batches, or drop fair_kd")
                 if weighter is not None and cfg.fair_kd and batch.groups is not None:
                     weights = weighter.sample_weights(batch.groups)
-                with R.synced_ranges(student, active=tracking and info.active), \
-                        torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    loss, kd, margin, per = model(batch.images, t_emb, batch.labels, weights)
+                try:
+                    with R.synced_ranges(student, active=tracking and info.active), \
+                            torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                        loss, kd, margin, per = model(batch.images, t_emb, batch.labels, weights)
+                except QuantError as exc:  # a tracking activation observer saw NaN / Inf: training diverged
+                    bad = diverged_in_layer(exc)
+                    if bad is None:
+                        raise
+                    raise DataError(diverged(step, bad)) from None
                 if not torch.isfinite(loss):
-                    raise DataError(f"loss became {float(loss)} at step {step}; lower the learning rate or check "
-                                    "the data (images normalised to [-1, 1]?)")
+                    raise DataError(diverged(step, f"the loss became {float(loss.detach())}"))
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -206,13 +235,16 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                 else:
                     loss.backward()
                 if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+                    norm = nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+                    if not torch.isfinite(norm) and scaler is None:  # (the AMP scaler skips such steps itself)
+                        raise DataError(diverged(step, f"the gradient norm became {float(norm)} (the weights were "
+                                                        "not updated with it)"))
                 if scaler is not None:
                     scaler.step(opt)
                     scaler.update()
                 else:
                     opt.step()
-                if weighter is not None and batch.groups is not None and t_emb is not None:
+                if weighter is not None and batch.groups is not None and t_emb is not None and cfg.kd_weight != 0:
                     weighter.update(per, batch.groups, reduce=all_reduce_sum if info.active else None)
                 step, pos = step + 1, pos + 1
                 if bpe and pos >= bpe:
@@ -240,7 +272,10 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                 if step >= total or (bpe and pos == 0):
                     break
             if not got_any:
-                raise DataError(f"the training data yielded no batch in epoch {epoch} (position {pos})")
+                once = epoch > 0 and single_pass(source)
+                raise DataError(f"the training data yielded no batch in epoch {epoch} (position {pos})" + (
+                    f" after {step} steps: it is an iterator, which can be read only once; pass a list of batches "
+                    "(or any re-iterable), or set steps to at most the number of batches" if once else ""))
             if not bpe:
                 epoch, pos = epoch + 1, 0
     finally:
@@ -258,13 +293,21 @@ def _make_head(cfg: TrainConfig, student: nn.Module, projection: nn.Module | Non
         raise ConfigError("cannot size the margin head: the student has no `embedding_size` attribute")
     parts = [source.first, source.second] if hasattr(source, "first") else [source]
     labels = [p.labels for p in parts if getattr(p, "labels", None) is not None]
-    if not labels and cfg.num_classes and not all(hasattr(p, "labels") for p in parts):
-        # an iterable of the user's batches: its labels come with the batches, sized by num_classes
-        return create_head(cfg.margin, dim, cfg.num_classes, s=cfg.margin_s, m=cfg.margin_m)
+    iterable = not all(hasattr(p, "labels") for p in parts)  # the user's batches: labels come with them
+    if not labels and iterable:
+        seen = labels_of_batches(getattr(source, "batches", None))
+        if seen is None:  # an iterator: its labels are known only while training (checked per batch)
+            if cfg.num_classes:
+                return create_head(cfg.margin, dim, cfg.num_classes, s=cfg.margin_s, m=cfg.margin_m)
+            raise ConfigError(f"margin '{cfg.margin}': the identity labels of an iterator of batches are not known "
+                              "before training, so the head cannot be sized from them; set num_classes, or pass a "
+                              "list of (images, labels) batches")
+        labels = seen
     if not labels:  # with num_classes set too: the margin loss would be skipped on every step, silently
         raise ConfigError(f"margin '{cfg.margin}' needs identity labels, and the training data has none (a flat "
                           "folder, data-free or synthetic images). Train on labelled data (real: a .rec or an "
-                          "<identity>/<image> folder; builtin), or set margin: none (--margin none) for KD only")
+                          "<identity>/<image> folder; builtin; (images, labels) batches), or set margin: none "
+                          "(--margin none) for KD only")
     needed = max(int(t.max()) for t in labels) + 1
     classes = cfg.num_classes or needed
     if classes < needed:

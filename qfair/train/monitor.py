@@ -31,11 +31,18 @@ class MetricsLog:
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if int(rec.get("step", 0)) <= step:
+                at = int(rec["step"])
+            except (json.JSONDecodeError, TypeError, KeyError, ValueError):
+                continue  # a line cut by a kill (or not a record of this log)
+            if at <= step:
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def reset(self) -> None:
+        """Start an empty log: a new run never appends to the lines of an earlier (failed) one in the folder."""
+        self.records.clear()
+        if self.path is not None and self.path.exists():
+            atomic_write_text(self.path, "")
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)

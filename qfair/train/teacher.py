@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..utils.digest import model_digest, tensor_digest
-from ..utils.errors import ConfigError, DataError
+from ..utils.errors import ConfigError, DataError, QfairError
 from ..utils.io import atomic_torch_save, safe_torch_load
 
 
@@ -67,6 +67,23 @@ def _ordered_images(source: Any, flip: bool, batch_size: int):
         offset += len(p)
 
 
+def _read_cache(path: Path, n: int, flips: bool) -> dict[str, Any] | None:
+    """A cache file's contents, or None (with a warning; it is then rebuilt) when it is damaged or does not fit."""
+    try:
+        doc = safe_torch_load(path)
+        ok = (isinstance(doc, dict) and isinstance(doc.get("plain"), torch.Tensor) and doc["plain"].dim() == 2
+              and len(doc["plain"]) == n and (not flips or isinstance(doc.get("flipped"), torch.Tensor)))
+    except QfairError as exc:
+        ok, doc = False, str(exc)
+    if ok:
+        return doc
+    import warnings
+
+    warnings.warn(f"teacher embedding cache {path} is damaged or does not fit the training data; computing it again",
+                  stacklevel=3)
+    return None
+
+
 class TeacherCache:
     """Unit teacher embeddings (N, D) (and (N, D) of flipped images) looked up by dataset index."""
 
@@ -84,8 +101,9 @@ class TeacherCache:
         key = f"{model_digest(teacher)}-{source_digest(source)}-{'f' if flips else 'n'}"
         path = Path(cache_dir) / f"teacher-{key}.pt" if cache_dir else None
         if path is not None and path.exists():
-            doc = safe_torch_load(path)
-            return cls(doc["plain"], doc.get("flipped"), key)
+            cached = _read_cache(path, len(source), flips)
+            if cached is not None:
+                return cls(cached["plain"], cached.get("flipped"), key)
         was = teacher.training
         teacher.eval()
         outs = []
