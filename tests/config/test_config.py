@@ -96,6 +96,18 @@ def test_all_shipped_configs_are_valid_yaml_mappings():
         assert isinstance(read_yaml(f), dict), f
 
 
+def test_configs_named_in_shipped_configs_and_readme_exist():
+    import re
+    from pathlib import Path
+
+    top = Path(__file__).resolve().parents[2]
+    texts = [*sorted((top / "configs").glob("*.yaml")), top / "README.md"]
+    named = {(t.name, m) for t in texts for m in re.findall(r"configs/[\w.-]+\.yaml", t.read_text())}
+    assert len(named) > 10
+    missing = sorted((where, m) for where, m in named if not (top / m).is_file())
+    assert not missing, f"usage lines name configs that do not exist: {missing}"
+
+
 def test_config_that_is_a_directory(tmp_path):
     import re
 
