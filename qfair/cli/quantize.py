@@ -122,7 +122,22 @@ def summary_table(qmodel, cosine: float | None):
     return table(title, ["layer type", "layers", "weights", "activations", "observer"], rows)
 
 
-def model_and_calibration(cfg: Any) -> tuple[Any, list]:
+def check_layer_patterns(model: Any, cfg: Any, config_file: str | None = None) -> None:
+    """``skip`` / ``layer_wbits`` / ``layer_abits`` must name layers of ``model``: checked before the calibration
+    images are made (data-free synthesis takes minutes), naming the config file the per-layer tables come from."""
+    from ..quant.recipes import check_patterns
+    from ..utils.errors import QuantError
+
+    try:
+        check_patterns(model, cfg.quant_config())
+    except QuantError as exc:
+        key = str(exc).partition(":")[0]
+        if config_file and key in ("layer_wbits", "layer_abits"):  # keys only a config file sets
+            raise QuantError(f"{config_file}: {exc}") from None
+        raise
+
+
+def model_and_calibration(cfg: Any, config_file: str | None = None) -> tuple[Any, list]:
     """The float model and its calibration batches for a run config (quantize, sensitivity)."""
     import torch
 
@@ -133,6 +148,7 @@ def model_and_calibration(cfg: Any) -> tuple[Any, list]:
         raise ConfigError("--out RUN_DIR is required")
     torch.manual_seed(cfg.seed)
     model = load_float_model(cfg.model, cfg.arch, cfg.allow_random)
+    check_layer_patterns(model, cfg, config_file)
     batches = calibration_batches(calibration_source(cfg.calib, cfg.calib_data), cfg.calib_size,
                                   cfg.calib_batch_size, model=model, seed=cfg.seed, skip_corrupt=cfg.skip_corrupt)
     return model, batches
@@ -151,6 +167,8 @@ def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
         return []
     folder = Path(out)
     run_files = [folder / n for n in RUN_FILES if (folder / n).is_file()]
+    if not run_files:
+        refuse_foreign_run(folder, ("qfair quantize", "qfair.save_quantized"))
     exports, results = exports_in(folder), evaluations_in(folder)
     derived = exports + results
     if (run_files or derived) and not overwrite:
@@ -162,6 +180,30 @@ def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
                           "new model with the old files. Pick another --out, or pass --overwrite to replace the "
                           f"run (model.pt, quant.json, config.yaml and report.md are rewritten{deletes})")
     return derived
+
+
+def written_by(folder: Path) -> str | None:
+    """The command that wrote ``folder/config.yaml`` (None: no such file, or it cannot be read)."""
+    from ..runs import RunDir
+
+    if not (folder / "config.yaml").is_file():
+        return None
+    try:
+        command = RunDir(folder).read_config().get("command")
+    except (OSError, AttributeError):  # damaged, or not a mapping: nothing to protect
+        return None
+    return str(command) if command else None
+
+
+def refuse_foreign_run(folder: Path, own: tuple[str, ...]) -> None:
+    """Refuse an --out folder whose config.yaml another command wrote: writing there would replace that
+    run's config.yaml and leave its results described by settings that did not make them."""
+    from ..utils.errors import ConfigError
+
+    command = written_by(folder)
+    if command is not None and not command.startswith(own):
+        raise ConfigError(f"--out {folder} holds a run of another command ({command!r}: its config.yaml describes "
+                          f"the files there); writing into it would replace that config.yaml. Pick another --out")
 
 
 def evaluations_in(folder: Path) -> list[Path]:
@@ -206,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = resolve(args, QuantizeRunConfig)
     stale = check_out_folder(cfg.out, getattr(args, "overwrite", False))
-    model, batches = model_and_calibration(cfg)
+    model, batches = model_and_calibration(cfg, getattr(args, "config", None))
     cfg = with_resolved_arch(cfg, model)
     source = calibration_source(cfg.calib, cfg.calib_data)
     probe: list[torch.Tensor] = []

@@ -39,6 +39,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_out_folder(out: str | None) -> None:
+    """Refuse an --out folder that holds another command's run (a quantized model, an evaluation...):
+    sensitivity.json and overrides.yaml would land beside it and its config.yaml would be replaced. An earlier
+    ``qfair sensitivity`` run there is replaced (every file it wrote is written again)."""
+    from pathlib import Path
+
+    from ..utils.errors import ConfigError
+    from .quantize import RUN_FILES, refuse_foreign_run
+
+    if not out or not Path(out).is_dir():
+        return
+    folder = Path(out)
+    held = [n for n in RUN_FILES if (folder / n).is_file()]
+    if held:
+        raise ConfigError(f"--out {folder} holds a quantized model ({', '.join(held)}); sensitivity would replace its "
+                          "config.yaml, which says how that model was made. Pick another --out (e.g. "
+                          f"{folder.name}-sensitivity)")
+    refuse_foreign_run(folder, ("qfair sensitivity",))
+
+
 def run(args: argparse.Namespace) -> int:
 
     from ..quant import sensitivity
@@ -48,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from .quantize import model_and_calibration, resolve
 
     cfg = resolve(args, SensitivityRunConfig)
-    model, batches = model_and_calibration(cfg)
+    check_out_folder(cfg.out)
+    model, batches = model_and_calibration(cfg, getattr(args, "config", None))
     eval_fn = None
     if cfg.bench:
         from ..data import open_benchmark
@@ -70,5 +91,6 @@ def run(args: argparse.Namespace) -> int:
     console().print(table(f"sensitivity (W{cfg.quant_config().wbits}A{cfg.quant_config().abits}, "
                           f"{cfg.recipe}; all quantized: drift {result['all']['drift']:.5f})",
                           [cfg.granularity, "drift", *[f"d acc {g}" for g in groups]], rows))
-    console().print(f"wrote {run_dir.path}/sensitivity.json and overrides.yaml (top {cfg.top} kept at 8 bits)")
+    kept = min(cfg.top, len(result["units"]))
+    console().print(f"wrote {run_dir.path}/sensitivity.json and overrides.yaml (top {kept} kept at 8 bits)")
     return 0

@@ -37,12 +37,15 @@ class QuantConfig:
     bits: int = cfg_field(8, help="bit width of weights and activations (2..8)", range=(2, 8))
     wbits: Optional[int] = cfg_field(None, help="weight bits (default: --bits)", range=(2, 8))
     abits: Optional[int] = cfg_field(None, help="activation bits (default: --bits)", range=(2, 8))
-    recipe: str = cfg_field("quantface", help="placement recipe", choices=_recipes)
-    observer: str = cfg_field("minmax", help="activation range observer", choices=_observers)
+    recipe: str = cfg_field("quantface", help="placement recipe: quantface (QuantFace) or deploy (TensorRT-style)",
+                         choices=_recipes)
+    observer: str = cfg_field("minmax", help="activation range observer: minmax, moving_average_minmax, "
+                              "percentile, mse or entropy", choices=_observers)
     weight_observer: str = cfg_field("minmax", help="weight range observer (minmax is recomputed every "
                                      "forward, the others are computed once)", choices=_observers)
-    percentile: float = cfg_field(99.99, help="percentile observer: kept percentile", range=(50.0, 100.0))
-    averaging_constant: float = cfg_field(0.01, help="moving_average_minmax observer: EMA constant",
+    percentile: float = cfg_field(99.99, help="percentile observer: kept percentile, in (50, 100]",
+                                  range=(50.0, 100.0))
+    averaging_constant: float = cfg_field(0.01, help="moving_average_minmax observer: EMA constant, in (0, 1]",
                                           range=(0.0, 1.0))
     weight_symmetric: Optional[bool] = cfg_field(None, help="symmetric weights (default: by recipe)")
     act_symmetric: Optional[bool] = cfg_field(None, help="symmetric activations (default: by recipe)")
@@ -75,6 +78,14 @@ class QuantConfig:
         for what, table in (("layer_wbits", self.layer_wbits), ("layer_abits", self.layer_abits)):
             for pattern, b in table.items():
                 _check_bits(f"{what}['{pattern}']", b)
+        # the field ranges are inclusive; these ends are not usable: the 50th percentile is the median (a zero-width
+        # range), and an EMA constant of 0 never moves from the first batch
+        if not self.percentile > 50.0:
+            raise ConfigError(f"percentile: got {self.percentile!r}, allowed range is (50, 100] (99.99 keeps all but "
+                              "the extreme 0.01 % on each side)")
+        if not self.averaging_constant > 0.0:
+            raise ConfigError(f"averaging_constant: got {self.averaging_constant!r}, allowed range is (0, 1] (0 would "
+                              "keep the first batch's range for ever)")
         for name in self.ptq:
             if name not in PTQ_METHODS:
                 raise ConfigError(f"ptq: unknown method '{name}', allowed: {', '.join(PTQ_METHODS)}")
@@ -89,7 +100,8 @@ class QuantizeRunConfig(QuantConfig):
                                     "when omitted")
     allow_random: bool = cfg_field(False, help="allow quantizing a randomly initialised registry model "
                                    "(tests and demos only)")
-    calib: str = cfg_field("synthetic", help="calibration source", choices=["real", "synthetic", "builtin",
+    calib: str = cfg_field("synthetic", help="calibration source: real, synthetic, builtin or builtin-synthetic",
+                           choices=["real", "synthetic", "builtin",
                                                                           "builtin-synthetic"])
     calib_data: Optional[str] = cfg_field(None, help="calibration image folder / file (real: required; "
                                           "synthetic: a generated folder, or none for data-free images)")

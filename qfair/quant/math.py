@@ -73,6 +73,8 @@ def compute_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int, sy
         zero_point = torch.zeros_like(scale)
     else:
         scale = (hi - lo) / float(qmax - qmin)
+        # hi - lo overflows float32 beyond 3.4e38 (a range of +-2e38 is finite, its width is not): divide first there
+        scale = torch.where(torch.isinf(scale), hi / float(qmax - qmin) - lo / float(qmax - qmin), scale)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # zero range: any scale is exact
     if not symmetric:
         zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)

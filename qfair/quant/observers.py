@@ -248,6 +248,11 @@ class EntropyObserver(_Histogram):
                              "for per-channel weights (weight_observer)")
         super().observe(x, minmax)
 
+    # smallest candidate threshold, in bins of |x| over [0, R] (R <= 2 max|x|): TensorRT starts at 128 of
+    # 2048 bins over [0, max|x|]; without a floor, a 2-bit grid (2 levels a side) would try 2-bin thresholds
+    # and, on a few hundred values, pick one that clips almost everything
+    min_bins = 64
+
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.bins // 2
         h = self.hist.numpy()
@@ -256,13 +261,22 @@ class EntropyObserver(_Histogram):
         if len(nz) == 0:
             return torch.tensor(0.0), torch.tensor(0.0)
         last = int(nz[-1]) + 1
-        nq = max((self.qmax - self.qmin + 1) // 2, 2)  # levels on one side of zero
-        if last <= nq:
+        # one-sided data on an unsigned grid uses every level on its side; signed grids split them
+        lo, _ = self.minmax.compute_range()
+        one_sided = not self.symmetric and float(lo) >= 0.0
+        nq = max((self.qmax - self.qmin + 1) // (1 if one_sided else 2), 2)  # levels on one side of zero
+        start = max(nq, self.min_bins)
+        if last <= start:
             t = last * self.R / half
             return torch.tensor(-t), torch.tensor(t)
-        step = max(1, (last - nq) // 256)  # at most ~256 candidates
+        # the first bin holds every exact zero (a ReLU / PReLU output's spike), which quantizes exactly at any
+        # threshold; smeared over a merged bin it would dominate the divergence and pull the threshold down
+        # (post-ReLU data clipped at ~40 % of its range). TensorRT's calibrator levels it the same way.
+        absh = absh.astype(np.float64)
+        absh[0] = absh[1]
+        step = max(1, (last - start) // 256)  # at most ~256 candidates
         best_kl, best_i = math.inf, last
-        for i in list(range(nq, last, step)) + [last]:
+        for i in list(range(start, last, step)) + [last]:
             p = absh[:i].astype(np.float64).copy()
             p[i - 1] += absh[i:].sum()
             chunks = np.array_split(absh[:i], nq)

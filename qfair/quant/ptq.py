@@ -61,6 +61,12 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of ``model``'s parameters (float32 when it has none)."""
+    p = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32
+
+
 def run_batches(model: nn.Module, batches: Iterable[Any], description: str = "", total: int | None = None) -> int:
     """Forward every batch under no_grad in eval mode; returns the number of images."""
     n, dev, was = 0, _device(model), model.training
@@ -91,16 +97,20 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], total: int | None = Non
 
 
 class _Recorder:
-    """Iterates a one-shot iterable and keeps the items, so PTQ improvements can reuse them."""
+    """Iterates a one-shot iterable of batches and yields their images in ``dtype`` (the model's: a float64 or
+    float16 batch would otherwise stop the first conv with a dtype mismatch); keeps them when ``keep``, so PTQ
+    improvements can reuse them."""
 
-    def __init__(self, items: Iterable[Any], keep: bool) -> None:
-        self.items, self.keep, self.kept = items, keep, []
+    def __init__(self, items: Iterable[Any], keep: bool, dtype: torch.dtype = torch.float32) -> None:
+        self.items, self.keep, self.kept, self.dtype = items, keep, [], dtype
 
     def __iter__(self) -> Iterator[Any]:
         for b in self.items:
+            x = as_images(b)
+            x = x if x.dtype == self.dtype else x.to(self.dtype)
             if self.keep:
-                self.kept.append(as_images(b))
-            yield b
+                self.kept.append(x)
+            yield x
 
 
 def quantize(model: nn.Module, cfg: QuantConfig | None = None, calib_batches: Iterable[Any] = (),
@@ -131,7 +141,7 @@ def quantize(model: nn.Module, cfg: QuantConfig | None = None, calib_batches: It
     if example_input is None:
         example_input = as_images(first)[:2].detach().cpu()
     qmodel = prepare(model, cfg, example_input.to(_device(model)))
-    rec = _Recorder(itertools.chain([first], it), keep=bool(cfg.ptq))
+    rec = _Recorder(itertools.chain([first], it), keep=bool(cfg.ptq), dtype=model_dtype(model))
     try:
         n = calibrate(qmodel, rec, total)
     except RuntimeError as exc:  # a shape the model cannot take (e.g. 64x64 images): say what it expects

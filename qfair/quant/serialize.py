@@ -83,9 +83,33 @@ def read_quant_json(run_dir: str | Path) -> dict[str, Any]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{p}: not valid JSON ({exc})") from None
-    if doc.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: unknown format {doc.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointError(f"{p}: unknown format {got!r}, expected {FORMAT!r}")
+    _check_layout(doc, p)
     return doc
+
+
+_QUANTIZER_KEYS = ("name", "dynamic", "calibrated", "mode")
+
+
+def _check_layout(doc: dict[str, Any], p: Path) -> None:
+    """The keys ``load_quantized`` reads, with their types: a hand-edited or cut file is named, not a KeyError."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{p}: {what}; the file was edited or is damaged: save or quantize the model again")
+
+    if not isinstance(doc.get("config"), dict):
+        raise bad("'config' (the QuantConfig the model was prepared with) is missing or not a mapping")
+    arch = doc.get("arch")
+    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)):
+        raise bad(f"'arch' must be a mapping with a 'name' (and 'kwargs'), got {arch!r:.80}")
+    quantizers = doc.get("quantizers")
+    if not isinstance(quantizers, list):
+        raise bad("'quantizers' (one entry per quantizer) is missing or not a list")
+    for i, d in enumerate(quantizers):
+        missing = [k for k in _QUANTIZER_KEYS if not isinstance(d, dict) or k not in d]
+        if missing:
+            raise bad(f"quantizers[{i}] lacks {', '.join(missing)}")
 
 
 def _check_keys(qmodel: nn.Module, sd: dict[str, Any], path: Path) -> None:
