@@ -113,6 +113,39 @@ def _mix(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, *
     return mix_calibration(path, n, batch_size, model=model, seed=seed, **kw)
 
 
+IMAGE_BYTES = 3 * 112 * 112 * 4  # one normalised float32 image (3, 112, 112)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages), None if unknown."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(n: int, available: int | None = None) -> None:
+    """DataError when ``n`` calibration images (kept as float tensors) would take more than half the memory
+    available: the alternative is the kernel killing the process without a word."""
+    available = available_memory() if available is None else available
+    need = n * IMAGE_BYTES
+    if available is not None and need > available // 2:
+        fit = max(1, available // 2 // IMAGE_BYTES)
+        raise DataError(f"calibration_batches: n={n} images (--calib-size; --data-n in training) would take "
+                        f"{need / 2**30:.1f} GiB as float tensors, more than half of the "
+                        f"{available / 2**30:.1f} GiB of memory available; calibrate on at most {fit} images here "
+                        "(activation ranges settle on a few thousand), or free memory")
+
+
 def calibration_batches(source: str, n: int, batch_size: int, model: Any = None, seed: int = 0, *,
                         num_workers: int = 0, skip_corrupt: bool = False, with_labels: bool = False,
                         **kw: Any) -> list:
@@ -128,6 +161,7 @@ def calibration_batches(source: str, n: int, batch_size: int, model: Any = None,
     for what, v in (("n", n), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise DataError(f"calibration_batches: {what} must be a whole number >= 1, got {v!r}")
+    check_fits_in_memory(int(n))
     kind, _, path = str(source).partition(":")
     fn = CALIB_SOURCES.get(kind)
     if path and kind in ("builtin", "builtin-synthetic"):

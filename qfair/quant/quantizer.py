@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..utils.errors import QuantError
+from ..utils.errors import NonFiniteError, QuantError
 from .fake_quant import fake_quant, grad_scale
 from .math import check_bits, compute_qparams, qrange, reduce_minmax
 from .observers import Observer, make_observer
@@ -114,8 +114,10 @@ class ActQuantizer(nn.Module):
             # the batch min / max, one pass: a NaN or Inf anywhere shows up in them
             batch_range = lo, hi = _batch_minmax(x, self.axis)
             if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
-                raise QuantError(f"NaN or Inf reached the {self.role} of layer '{self.layer}' during calibration; "
-                                 "check the calibration images (normalised to [-1, 1]?) and the checkpoint")
+                raise NonFiniteError(f"NaN or Inf reached the {self.role} of layer '{self.layer}' while its range was "
+                                     "recorded; in calibration, check the calibration images (normalised to [-1, 1]?) "
+                                     "and the checkpoint; in training, the run diverged (lower the learning rate)",
+                                     role=self.role, layer=self.layer)
             if isinstance(self.observer, Observer):  # hand them over (a wrapping proxy gets plain observe(x))
                 self.observer.observe(x, (lo.float(), hi.float()))
             else:

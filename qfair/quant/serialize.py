@@ -167,11 +167,19 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
     if model is None:
         arch = doc.get("arch")
         if not arch:
-            raise CheckpointError(f"{path}/quant.json names no architecture; pass the float model: "
-                                  "load_quantized(run_dir, model=...)")
+            raise CheckpointError(f"{path}/quant.json names no architecture (it was saved from a model qfair did "
+                                  "not build), so the run cannot be rebuilt from the folder alone; re-quantize a "
+                                  "model loaded with qfair.load_model / --model, or in Python pass the float "
+                                  "architecture: load_quantized(run_dir, model=...)")
         from ..models import create_model
+        from ..utils.errors import QfairError
 
-        model = create_model(arch["name"], **arch.get("kwargs", {}))
+        try:
+            model = create_model(arch["name"], **arch.get("kwargs", {}))
+        except (QfairError, TypeError) as exc:
+            raise CheckpointError(f"{path}/quant.json: cannot build its architecture {arch['name']!r} with "
+                                  f"{arch.get('kwargs', {})}: {exc}. Was it quantized with a newer or patched qfair? "
+                                  "Re-quantize with this version, or pass model= the float architecture") from None
     cfg = config_from_dict(QuantConfig, doc["config"], source=str(path / "quant.json"))
     qmodel = prepare(model, cfg)
     sd = safe_torch_load(path / "model.pt")

@@ -2,7 +2,6 @@
 and groups of the user's batches. Each raises (or words) an error that says what was wrong and what to do."""
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import config_to_dict
-from ..utils.errors import CheckpointError, DataError
+from ..utils.errors import CheckpointError, DataError, NonFiniteError
 from .config import TrainConfig
 
 
@@ -58,10 +57,10 @@ def check_labels(batch: Any, head: nn.Module, step: int) -> None:
 
 
 def diverged_in_layer(exc: Exception) -> str | None:
-    """"NaN or Inf reached the <role> of layer '<name>'" from a quantizer's error (worded for calibration), or None
-    when the error is about something else."""
-    where = re.search(r"NaN or Inf reached the (.+?) of layer '([^']*)'", str(exc))
-    return None if where is None else f"NaN or Inf reached the {where[1]} of layer '{where[2]}'"
+    """"NaN or Inf reached the <role> of layer '<name>'" for a quantizer's NonFiniteError, else None."""
+    if not isinstance(exc, NonFiniteError):
+        return None
+    return f"NaN or Inf reached the {exc.role} of layer '{exc.layer}'"
 
 
 def labels_of_batches(batches: Any) -> list[torch.Tensor] | None:

@@ -30,6 +30,15 @@ class QuantError(QfairError):
     """Quantization cannot proceed (bad bits, NaN during calibration, nothing to quantize...)."""
 
 
+class NonFiniteError(QuantError):
+    """NaN or Inf reached a quantizer that records ranges: ``role`` (input, output, ...) of ``layer``.
+    Calibration reports it as bad images or a bad checkpoint, training as divergence."""
+
+    def __init__(self, message: str, *, role: str, layer: str) -> None:
+        super().__init__(message)
+        self.role, self.layer = role, layer
+
+
 class ExportError(QfairError):
     """An export failed (parity check, missing runtime, bad target...)."""
 

@@ -107,3 +107,15 @@ def test_bad_arguments_name_the_argument(tmp_path):
     with pytest.raises(DataError, match=r"model must be a torch nn.Module, got PosixPath.*qfair.load_model"):
         calibration_batches("synthetic", n=4, batch_size=4, model=tmp_path / "r50.pth")
     assert len(calibration_batches("builtin", n=np.int64(4), batch_size=2)) == 2  # numpy integers are whole numbers
+
+
+def test_more_images_than_memory_is_a_clear_error_before_any_work():
+    from qfair.data.calibration import IMAGE_BYTES, check_fits_in_memory
+
+    check_fits_in_memory(100, available=400 * IMAGE_BYTES)  # a quarter of it: fine
+    check_fits_in_memory(100, available=None)  # unknown: no guess
+    with pytest.raises(DataError, match=r"n=300 images .*more than half.*at most 200 images"):
+        check_fits_in_memory(300, available=400 * IMAGE_BYTES)
+    # 10^9 images are ~150 TB: refused at once instead of the kernel killing the process minutes later
+    with pytest.raises(DataError, match="--calib-size"):
+        calibration_batches("builtin", 10**9, 64)

@@ -128,6 +128,9 @@ def test_config_refuses_unusable_range_ends(kw, key):
     (lambda d: d.__setitem__("quantizers", 5), "'quantizers'"),
     (lambda d: d["quantizers"][0].pop("dynamic"), "quantizers[0] lacks dynamic"),
     (lambda d: d.__setitem__("arch", "iresnet18"), "'arch'"),
+    (lambda d: d.__setitem__("arch", {"name": "nosuch", "kwargs": {}}), "cannot build its architecture 'nosuch'"),
+    (lambda d: d["arch"]["kwargs"].__setitem__("depth_typo", 3), "cannot build its architecture 'iresnet18'"),
+    (lambda d: d.__setitem__("arch", None), "names no architecture"),
 ])
 def test_damaged_quant_json_is_named(tiny_r18, images, tmp_path, edit, msg):
     q = quantize(tiny_r18, QuantConfig(bits=8, calib_batch_size=4), images[:4])

@@ -33,8 +33,12 @@ def test_nan_names_the_layer(tiny_r18, images):
     with pytest.raises(QuantError, match="'conv1'"):
         quantize(tiny_r18, QuantConfig(recipe="deploy"), [bad])
     bad[0, 0, 0, 0] = float("inf")
-    with pytest.raises(QuantError, match="NaN or Inf"):
+    with pytest.raises(QuantError, match="NaN or Inf.*calibration images") as err:
         quantize(tiny_r18, QuantConfig(recipe="quantface"), [bad])
+    from qfair.utils.errors import NonFiniteError
+
+    # the layer and role travel as attributes (training reports them as divergence), not only as text
+    assert isinstance(err.value, NonFiniteError) and err.value.layer == "prelu" and err.value.role == "output"
 
 
 def test_empty_calibration_set(tiny_r18):
