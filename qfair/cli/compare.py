@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("targets", nargs="+", help="run folders, checkpoints or .onnx files")
     p.add_argument("--reference", help="the reference model (default: the first float model, else the first)")
     p.add_argument("--inherit-threshold", action="store_true",
-                   help="evaluate every variant at the reference model's global threshold")
+                   help="evaluate every variant at the reference model's global threshold (the reference is "
+                        "--reference, else the first float model, else the first target)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -52,6 +53,7 @@ def check_distinct(targets: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval import compare
     from ..utils.errors import QfairError
+    from ._console import info
     from .evaluate import evaluate_target, finish, resolve
 
     targets = list(args.targets)
@@ -71,9 +73,17 @@ def run(args: argparse.Namespace) -> int:
         results[i] = evaluate_target(targets[i], benches, cfg, args, cache, name=names[i], threshold=threshold)
         if i == ref_idx and args.inherit_threshold:
             threshold = {r.benchmark: r.threshold["value"] for r in results[i]}
-    flat = [r for i in range(len(targets)) for r in results[i]]
     if ref_idx is None:  # default: the first float model, else the first target
         ref_idx = next((i for i in range(len(targets)) if not results[i][0].meta.get("quantized")), 0)
+        if args.inherit_threshold:  # the reference is known only now: move the others to its threshold
+            from ..eval.metrics import with_threshold
+
+            info(f"--inherit-threshold: evaluating every variant at the threshold of '{names[ref_idx]}'")
+            ref_t = {r.benchmark: r.threshold["value"] for r in results[ref_idx]}
+            for i in results:
+                if i != ref_idx:
+                    results[i] = [with_threshold(r, ref_t[r.benchmark]) for r in results[i]]
+    flat = [r for i in range(len(targets)) for r in results[i]]
     comparisons = compare(flat, reference=names[ref_idx], exact_below=cfg.exact_below,
                           null_draws=cfg.null_draws)
     return finish(args, cfg, flat, comparisons, "qfair compare")

@@ -20,11 +20,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="benchmark spec, repeatable: rfw:/data/RFW, lfw:/x/lfw.bin, csv:pairs.csv, builtin[:small] "
                         "(default: builtin)")
     p.add_argument("--arch", help="architecture of a float checkpoint (see `qfair models`)")
-    p.add_argument("--backend", help="embedding backend: torch or onnxruntime (default: from the target)")
+    p.add_argument("--backend", help="embedding backend: torch, onnxruntime or tensorrt (an .engine file) "
+                                     "(default: from the target)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--groups", nargs="+", help="evaluate only these groups (each must have pairs)")
-    p.add_argument("--cache-dir", help="embedding cache folder (default: $QFAIR_CACHE/embeddings or "
-                                       "~/.cache/qfair/embeddings)")
+    p.add_argument("--cache-dir", help="embedding cache folder (default: $QFAIR_CACHE/embeddings, else "
+                                       "$QFAIR_CACHE_DIR/embeddings, else ~/.cache/qfair/embeddings)")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="skip unreadable images (and their pairs) instead of stopping; the counts are reported")
     p.add_argument("--config", help="YAML file with the settings below (flags override it)")
@@ -103,10 +104,16 @@ def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list,
     from ._console import console, info
 
     if in_model_folder(args.out):  # the model's own run folder: keep its config.yaml and report.md
-        from ..config import config_to_dict
-        from ..runs import dump_yaml
+        import datetime as _dt
+        import sys
 
-        RunDir.open(args.out).write_text(IN_RUN_CONFIG, dump_yaml({"config": config_to_dict(cfg)}))
+        from ..config import config_to_dict
+        from ..runs import dump_yaml, package_versions
+
+        doc = {"command": " ".join(["qfair", *sys.argv[1:]]),  # what config.yaml records for other runs
+               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "seed": cfg.seed, "config": config_to_dict(cfg), "versions": package_versions()}
+        RunDir.open(args.out).write_text(IN_RUN_CONFIG, dump_yaml(doc))
         report_name = IN_RUN_REPORT
     else:
         RunDir.create(args.out, cfg, command="")

@@ -160,6 +160,8 @@ def _pick_reference(results: Sequence[EvalResult], reference: EvalResult | str |
     if isinstance(reference, EvalResult):
         return reference
     if isinstance(reference, int):
+        if not -len(results) <= reference < len(results):
+            raise DataError(f"reference index {reference} is out of range: there are {len(results)} results")
         return results[reference]
     if isinstance(reference, str):
         for r in results:
@@ -192,6 +194,11 @@ def compare(*results: EvalResult, reference: EvalResult | str | int | None = Non
     out = []
     for bench in dict.fromkeys(r.benchmark for r in results):
         group = [r for r in results if r.benchmark == bench]
+        names = [r.name for r in group]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # rows, marks and the reference are matched by name: a shared name mixes them up
+            raise DataError(f"benchmark '{bench}': several results are named {', '.join(map(repr, twice))}; give "
+                            f"each model its own name, e.g. evaluate(model, benchmark, name='w8a8-real')")
         ref = next((r for r in group if r.name == ref_name), None)
         if ref is None:
             raise DataError(f"benchmark '{bench}' has no result of the reference model '{ref_name}'")

@@ -27,7 +27,8 @@ class EvalConfig:
     null_draws: int = cfg_field(200, help="permutations of the group-blind null in comparisons: what change "
                                 "of the same size, blind to the group, does to each group and to STD/SER "
                                 "(0 = skip)", range=(0, 100000))
-    cache: bool = cfg_field(True, help="cache embeddings on disk ($QFAIR_CACHE or ~/.cache/qfair)")
+    cache: bool = cfg_field(True, help="cache embeddings on disk (--cache-dir, else $QFAIR_CACHE, $QFAIR_CACHE_DIR or "
+                             "~/.cache/qfair)")
     figures: bool = cfg_field(True, help="write PNG figures (needs matplotlib)")
 
     def __post_init__(self) -> None:

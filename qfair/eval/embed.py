@@ -31,18 +31,57 @@ def check_pairs(vset: Any) -> np.ndarray:
     return pairs.astype(np.int64)
 
 
+def _source_path(src: Any) -> Path | None:
+    """The file an image of a lazy store is read from (a path, or a tuple starting with one), else None."""
+    if isinstance(src, (tuple, list)) and src:
+        src = src[0]
+    if isinstance(src, (str, os.PathLike)) and not isinstance(src, bytes):
+        try:
+            return Path(src)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def benchmark_fingerprint(vset: Any) -> str:
-    """Identifies a verification set cheaply: name, pairs, labels, image count, and a sample of the
-    images' pixels (16 spread over the set), unless the set provides ``fingerprint()`` itself."""
+    """Identifies a verification set for the embedding cache: name, pairs, labels, image names, and the
+    images themselves, unless the set provides ``fingerprint()`` itself.
+
+    Images held in memory are hashed in full (about 1 s per GB; embedding them costs far more), so
+    editing any image (re-aligning a few faces, say) gives new embeddings. Lazily read images are
+    identified by their files' size and modification time (a stat each, no decoding) plus a sample of
+    16 decoded images spread over the set."""
     own = getattr(vset, "fingerprint", None)
     if callable(own):
         return str(own())
-    h = hashlib.sha256(f"{vset.name}|{len(vset.images)}".encode())
+    images = vset.images
+    h = hashlib.sha256(f"{vset.name}|{len(images)}".encode())
     h.update(np.ascontiguousarray(np.asarray(vset.pairs, dtype=np.int64)).tobytes())
     h.update(np.asarray(vset.issame, dtype=np.uint8).tobytes())
-    n = len(vset.images)
+    names = getattr(images, "names", None)
+    if names is not None:
+        h.update("\0".join(map(str, names)).encode())
+    pixels = getattr(images, "_images", None)  # qfair.data.ImageStore: one uint8 tensor in memory
+    if pixels is None and hasattr(images, "shape") and hasattr(images, "dtype"):
+        pixels = images  # a bare uint8 array / tensor (N, 3, H, W)
+    if pixels is not None:
+        arr = pixels.detach().cpu().contiguous().numpy() if hasattr(pixels, "detach") else np.asarray(pixels)
+        h.update(f"{arr.dtype}|{arr.shape}".encode())
+        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        return h.hexdigest()[:32]
+    sources = getattr(getattr(images, "_ds", None), "sources", None)  # qfair.data.LazyImageStore
+    for src in sources if sources is not None else []:
+        path = _source_path(src)
+        if path is None:
+            continue
+        try:
+            st = path.stat()
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"{path}|missing".encode())
+    n = len(images)
     for i in np.unique(np.linspace(0, n - 1, min(n, 16)).astype(int)) if n else []:
-        h.update(np.asarray(vset.images[int(i)]).tobytes())
+        h.update(np.asarray(images[int(i)]).tobytes())
     return h.hexdigest()[:32]
 
 

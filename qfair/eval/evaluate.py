@@ -45,10 +45,13 @@ def evaluate(target: Any, vset: Any, *, backend: str | None = None, arch: str | 
     full_meta = {**model_meta, **(meta or {}), "flip": flip}
     if bench_meta.get("synthetic"):
         full_meta["benchmark_note"] = "synthetic benchmark (built-in); real conclusions need RFW"
-    return evaluate_arrays(dist, vset.issame, vset.groups, pair_ids=getattr(vset, "pair_ids", None),
-                           folds=getattr(vset, "folds", None), name=display, benchmark=vset.name, meta=full_meta,
-                           mode=mode, n_folds=n_folds, target_fmr=target_fmr, threshold=threshold, alpha=alpha,
-                           ddof=ddof, n_bootstrap=n_bootstrap, seed=seed, groups_wanted=groups)
+    result = evaluate_arrays(dist, vset.issame, vset.groups, pair_ids=getattr(vset, "pair_ids", None),
+                             folds=getattr(vset, "folds", None), name=display, benchmark=vset.name, meta=full_meta,
+                             mode=mode, n_folds=n_folds, target_fmr=target_fmr, threshold=threshold, alpha=alpha,
+                             ddof=ddof, n_bootstrap=n_bootstrap, seed=seed, groups_wanted=groups)
+    if full_meta.get("target_note"):  # e.g. a quantized graph without its export report: bits unknown
+        result.notes.insert(0, str(full_meta["target_note"]))
+    return result
 
 
 evaluate_model = evaluate  # name used in the shared contract

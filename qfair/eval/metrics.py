@@ -94,6 +94,7 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
         raise DataError(f"{benchmark}: no pairs to evaluate")
     if len(issame) != n or len(groups) != n:
         raise DataError(f"{benchmark}: {n} distances, {len(issame)} labels, {len(groups)} group names")
+    folds_given = folds
     order, keep, folds = check_layout(issame, groups, folds, benchmark=benchmark, n_folds=n_folds,
                                       threshold=threshold, groups_wanted=groups_wanted)
     if not keep.all():  # evaluate only the wanted groups
@@ -150,6 +151,10 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
                  "ir": float(inequity_rate(fmr, fnmr, alpha)), "garbe": float(garbe(fmr, fnmr, alpha))}
     if not np.isfinite(rate_fair["ir"]):
         notes.append("IR undefined: a group has FMR or FNMR 0 at the global threshold (division by zero)")
+    if not np.isfinite(rate_fair["garbe"]) and np.isfinite(fmr).all() and np.isfinite(fnmr).all():
+        zero = " and ".join(k for k, v in (("FMR", fmr), ("FNMR", fnmr)) if len(v) > 1 and not v.any())
+        notes.append(f"GARBE undefined: {'every group has ' + zero + ' 0' if zero else 'a single group'} at the "
+                     f"global threshold (the Gini coefficient divides by the mean rate)")
 
     # 3. fairness of the accuracies
     accs = {gname: per_group[gname]["accuracy"] for gname in order}
@@ -178,13 +183,35 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
         rate_fair.update(fdr_ci=_ci(fdr(fmr_b, fnmr_b, alpha)), ir_ci=_ci(inequity_rate(fmr_b, fnmr_b, alpha)),
                          garbe_ci=_ci(garbe(fmr_b, fnmr_b, alpha)))
     settings = {"mode": mode, "n_folds": n_folds, "target_fmr": target_fmr, "alpha": alpha, "ddof": ddof,
-                "n_bootstrap": n_bootstrap, "seed": seed}
+                "n_bootstrap": n_bootstrap, "seed": seed,
+                # n_folds applies only to a benchmark without folds of its own (RFW and builtin have them)
+                "folds": f"{n_folds} contiguous per group" if folds_given is None else "the benchmark's own"}
     pairs = PairData(dist=dist, score=score, issame=issame, groups=groups,
                      pair_ids=None if pair_ids is None else np.asarray(pair_ids, dtype=str), folds=folds,
                      correct=correct)
     return EvalResult(name=name, benchmark=benchmark, groups=order, per_group=per_group, overall=overall,
                       fairness=summary, fairness_ci=fairness_ci, threshold=thr_info, rate_fairness=rate_fair,
                       bootstrap=boot, settings=settings, meta=dict(meta or {}), notes=notes, pairs=pairs)
+
+
+def with_threshold(result: EvalResult, threshold: float) -> EvalResult:
+    """``result`` evaluated again from its per-pair data at an inherited global ``threshold`` (cosine), with
+    the same settings, groups and folds; no embedding is recomputed. Notes that did not come from the
+    metrics (e.g. on the model file) are kept."""
+    p = result.pairs
+    if p is None:
+        raise DataError(f"'{result.name}': re-evaluating at another threshold needs the per-pair data "
+                        f"(EvalResult.pairs); results loaded from metrics.json do not have it")
+    s = result.settings
+    new = evaluate_arrays(p.dist, p.issame, p.groups, pair_ids=p.pair_ids, folds=p.folds, name=result.name,
+                          benchmark=result.benchmark, meta=result.meta, mode=s["mode"], n_folds=s["n_folds"],
+                          target_fmr=s["target_fmr"], threshold=threshold, alpha=s["alpha"], ddof=s["ddof"],
+                          n_bootstrap=s["n_bootstrap"], seed=s["seed"], groups_wanted=result.groups)
+    if "folds" in s:
+        new.settings["folds"] = s["folds"]  # the folds were passed back explicitly; keep how they were made
+    if result.meta.get("target_note"):
+        new.notes.insert(0, str(result.meta["target_note"]))
+    return new
 
 
 def _codes(groups: np.ndarray, order: list[str]) -> np.ndarray:

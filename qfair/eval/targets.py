@@ -65,11 +65,38 @@ def _export_quant(graph: Path) -> dict[str, Any]:
     int8 graph evaluated on its own is labelled with its bits, not as FP32; {} for a float or foreign graph."""
     from ..export.provenance import export_report_path
 
-    doc = _read_json(export_report_path(graph))
+    report = export_report_path(graph)
+    doc = _read_json(report)
+    if not doc:  # no report (a copied or foreign graph): look at the graph itself
+        ops = _quant_ops(graph)
+        if ops:
+            return {"graph_ops": ops,
+                    "note": f"{graph.name} has no export report ({report.name}) but contains quantization ops "
+                            f"({', '.join(ops)}): labelled 'quantized', bits and calibration unknown. Keep "
+                            f"the report beside the graph, or evaluate the run folder it was exported from"}
+        return {}
     if not doc.get("quantized") or doc.get("bits") is None:
         return {}
     return {"wbits": doc.get("wbits") or doc["bits"], "abits": doc.get("abits") or doc["bits"],
             "recipe": doc.get("recipe")}
+
+
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+             "ConvInteger", "MatMulInteger")
+
+
+def _quant_ops(graph: Path) -> list[str]:
+    """Quantization op types used in an ONNX graph (its subgraphs not searched); [] for a float graph or
+    when the ``onnx`` package is missing."""
+    try:
+        import onnx
+    except ImportError:
+        return []
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception:  # unreadable here; ONNX Runtime reports a broken file itself
+        return []
+    return sorted({n.op_type for n in model.graph.node if n.op_type in QUANT_OPS})
 
 
 def load_target(target: Any, arch: str | None = None, backend: str | None = None,
@@ -101,6 +128,7 @@ def load_target(target: Any, arch: str | None = None, backend: str | None = None
                                       f"export it first with `qfair export {path} --target onnxruntime`")
             check_export_source(onnx_file)  # a re-quantized run leaves a stale model.onnx behind
             be = make_backend(onnx_file, "onnxruntime")
+            quant = quant or _export_quant(onnx_file)  # no quant.json: the export report, else the graph
         elif backend not in (None, "torch", "pytorch"):
             be = make_backend(path, backend)
         elif qjson.is_file():
@@ -127,6 +155,9 @@ def load_target(target: Any, arch: str | None = None, backend: str | None = None
 
             be = make_backend(load_model(path, arch), "torch")
     meta = be.meta()
+    note = quant.pop("note", None) if isinstance(quant, dict) else None
     meta.update(table_meta({**quant, **(meta.get("quant") or {})}, config))
     meta["source"] = str(path)
+    if note:
+        meta["target_note"] = note
     return be, display, meta

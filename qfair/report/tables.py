@@ -89,9 +89,20 @@ def null_note(c: Any) -> str:
     beyond = [f"{g} {v['excess_error_pp']:+.2f} pp (Holm p {v['p_holm']:.2g})" for g, v in n["per_group"].items()
               if v.get("p_holm", 1.0) < 0.05]
     lo, hi = ser["interval"]
-    return (f"{c.other} vs {c.reference}: SER {fmt(ser['observed'])}; group-blind change of the same size gives "
-            f"{fmt(ser['expected'])} [{fmt(lo)}, {fmt(hi)}] (p {ser['p']:.2g}); groups beyond it: "
-            f"{', '.join(beyond) if beyond else 'none'}")
+    if not math.isfinite(ser["expected"]):  # SER infinite or undefined in the draws: no yardstick for it
+        what = (f"SER {fmt(ser['observed'])}; group-blind change of the same size gives no finite SER "
+                f"(a group without errors), so SER cannot be judged against it")
+    else:
+        what = (f"SER {fmt(ser['observed'])}; group-blind change of the same size gives {fmt(ser['expected'])} "
+                f"[{fmt(lo)}, {fmt(hi)}] (p {fmt_p(ser['p'])})")
+    return f"{c.other} vs {c.reference}: {what}; groups beyond it: {', '.join(beyond) if beyond else 'none'}"
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value with 2 significant digits; '-' when undefined (NaN)."""
+    if p is None or not math.isfinite(float(p)):
+        return "-"
+    return f"{float(p):.2g}"
 
 
 def to_markdown(t: Table) -> str:

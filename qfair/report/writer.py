@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..utils.io import atomic_write_json, atomic_write_text
-from .tables import MARK_LEGEND, build_tables, fmt, to_csv, to_latex, to_markdown
+from .tables import MARK_LEGEND, build_tables, fmt, fmt_p, to_csv, to_latex, to_markdown
 
 
 def _slug(s: str) -> str:
@@ -53,7 +53,7 @@ def _comparison_section(c: Any) -> list[str]:
            "FMR at ref. threshold % (ref -> other) |", "|:---|---:|---:|:---|---:|---:|---:|---:|---:|"]
     for g, p in c.per_group.items():
         dr = c.fmr_drift["per_group"][g]
-        out.append(f"| {g} | {p['b']} | {p['c']} | {p['method']} | {p['p_value']:.2g} | {p['p_holm']:.2g}"
+        out.append(f"| {g} | {p['b']} | {p['c']} | {p['method']} | {fmt_p(p['p_value'])} | {fmt_p(p['p_holm'])}"
                    f"{p['mark']} | {fmt(p['error_delta_pp'])} | {_ci(p.get('error_delta_ci')).strip()} | "
                    f"{fmt(dr['fmr_ref'] * 100, 3)} -> {fmt(dr['fmr_other'] * 100, 3)} |")
     out += ["", "Changes (other - reference) with paired bootstrap 95% intervals: " + ", ".join(
@@ -74,12 +74,12 @@ def _null_section(c: Any) -> list[str]:
            "| | reference | observed | expected under the null | 95% of draws | p | excess error (pp) |",
            "|:---|---:|---:|---:|---:|---:|---:|"]
     for g, v in n["per_group"].items():
-        p = f"{v['p']:.2g}" + (f" (Holm {v['p_holm']:.2g})" if "p_holm" in v else "")
+        p = fmt_p(v['p']) + (f" (Holm {fmt_p(v['p_holm'])})" if "p_holm" in v else "")
         out.append(f"| {g} | {fmt(v['reference'])} | {fmt(v['observed'])} | {fmt(v['expected'])} | "
                    f"{_ci(v['interval']).strip()} | {p} | {fmt(v['excess_error_pp'])} |")
     for k, v in n["metrics"].items():
         out.append(f"| {k.upper()} | {fmt(v['reference'])} | {fmt(v['observed'])} | {fmt(v['expected'])} | "
-                   f"{_ci(v['interval']).strip()} | {v['p']:.2g} | |")
+                   f"{_ci(v['interval']).strip()} | {fmt_p(v['p'])} | |")
     return out
 
 
@@ -135,6 +135,12 @@ def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Seque
         for c in comparisons:
             if c.benchmark == t.benchmark:
                 md += _comparison_section(c)
+    # figures of an earlier report in this folder (another benchmark, or figures now off) would be taken
+    # for this one's: remove the ones this call did not write
+    kept = {p.resolve() for p in written.values()}
+    for stale in reports_in(out, report_name):
+        if stale.parent.name == "figures" and stale.resolve() not in kept:
+            stale.unlink(missing_ok=True)
     written["report.md"] = atomic_write_text(out / report_name, "\n".join(md))
     written["metrics.json"] = atomic_write_json(out / "metrics.json", {
         "results": [r.to_dict() for r in results], "comparisons": [c.to_dict() for c in comparisons]})
