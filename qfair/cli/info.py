@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a registered architecture or a checkpoint",
-                       description="Show architecture, parameters, MACs at 112x112, embedding size and layer "
-                                   "counts of a registered model name (e.g. r50), a checkpoint file or a quantized run "
-                                   "folder.")
-    p.add_argument("model", help="registry name (see `qfair models`) or checkpoint path")
-    p.add_argument("--arch", default=None, help="architecture of the checkpoint (guessed from its keys if omitted)")
+                       description="Show architecture, parameters, multiply-accumulates (MACs of convolutions "
+                                   "and linear layers) for one 112x112 image, embedding size and layer counts of a "
+                                   "registered model name (e.g. r50), a checkpoint file or a quantized run folder.")
+    p.add_argument("model", help="registry name (see `qfair models`), checkpoint file (.pt/.pth/.safetensors) "
+                                  "or quantized run folder")
+    p.add_argument("--arch", default=None, help="architecture of a checkpoint file (guessed from its keys and "
+                                                "shapes if omitted)")
     p.set_defaults(func=run)
 
 
@@ -31,13 +34,23 @@ def run(args: argparse.Namespace) -> int:
     elif Path(source).exists():
         model = load_model(source, arch=args.arch)
     elif source in MODELS:
+        if args.arch:
+            raise QfairError(f"--arch describes a checkpoint file; '{source}' is a registered model name already "
+                             "(drop --arch)")
         model = create_model(source)
+    elif Path(source).suffix or "/" in source or os.sep in source:
+        raise QfairError(f"'{source}' is neither a file nor a registered model: no such file or folder "
+                         "(registered models: `qfair models`)")
     else:
-        raise QfairError(f"'{source}' is neither a file nor a registered model; "
-                         f"known models: {', '.join(MODELS.names())}")
+        try:
+            MODELS.canonical(source)  # raises with the closest registered name and the list
+        except QfairError as exc:
+            raise QfairError(f"'{source}' is neither a file nor a registered model: {exc}") from None
     s = summarize(model)
-    rows = [["architecture", s.arch], ["source", source], ["parameters", f"{s.params / 1e6:.2f} M ({s.params:,})"],
-            ["MACs at 112x112", f"{s.macs / 1e9:.3f} G"], ["embedding size", s.embedding_size],
+    kwargs = (getattr(model, "qfair_arch", None) or {}).get("kwargs") or {}
+    arch = s.arch + (f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
+    rows = [["architecture", arch], ["source", source], ["parameters", f"{s.params / 1e6:.2f} M ({s.params:,})"],
+            ["MACs at 112x112", f"{s.macs / 1e9:.3f} G ({s.macs:,})"], ["embedding size", s.embedding_size],
             ["depthwise convs", s.depthwise_convs]]
     if quant:
         rows.append(["quantized", f"{quant.get('recipe')} W{quant.get('wbits')}A{quant.get('abits')}, "

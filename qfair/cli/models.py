@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +19,17 @@ def run(args: argparse.Namespace) -> int:
     aliases: dict[str, list[str]] = {}
     for alias, name in MODELS.aliases().items():
         aliases.setdefault(name, []).append(alias)
-    rows = [[n, ", ".join(sorted(aliases.get(n, []))), (MODELS.get(n).__doc__ or "").strip().splitlines()[0]]
-            for n in MODELS.names()]
-    console().print(table("registered architectures", ["name", "aliases", "description"], rows))
+    rows = []
+    for n in sorted(MODELS.names(), key=_natural):
+        doc = inspect.cleandoc(MODELS.get(n).__doc__ or "").replace("``", "")
+        paras = [" ".join(p.split()) for p in doc.split("\n\n") if p.strip()]
+        args_ = next((p.removeprefix("Arguments: ") for p in paras if p.startswith("Arguments:")), "")
+        rows.append([n, ", ".join(sorted(aliases.get(n, []))), paras[0] if paras else "", args_])
+    console().print(table("registered architectures", ["name", "aliases", "description", "arguments (default)"],
+                          rows))
     return 0
+
+
+def _natural(name: str) -> list:
+    """iresnet18 before iresnet100: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]

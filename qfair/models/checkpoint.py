@@ -1,15 +1,20 @@
 """Safe checkpoint loading with errors that name keys and guess the architecture.
 
-Accepted layouts: a plain state dict, a ``module.``-prefixed one (DataParallel / DDP), or a dict
-holding the weights under ``state_dict`` / ``model`` / ``model_state_dict`` / ``backbone``. Loading
-uses ``torch.load(weights_only=True)`` so a checkpoint cannot run code. Loading is strict: a
-checkpoint that does not match is an error, never a silently random model (the reference QuantFace
-code swallowed a failed teacher load; README references [5]).
+Accepted layouts: a plain state dict, a ``module.``-prefixed one (DataParallel / DDP), a dict holding
+the weights under ``state_dict`` / ``state_dict_backbone`` (arcface_torch ``checkpoint_gpu_N.pt``) /
+``model`` / ``model_state_dict`` / ``backbone`` / ..., and safetensors files. Loading uses
+``torch.load(weights_only=True)`` so a checkpoint cannot run code; a refused file (a whole pickled
+model, TorchScript) gets the one-line conversion to a state dict. Loading is strict: a checkpoint that
+does not match is an error, never a silently random model (the reference QuantFace code swallowed a
+failed teacher load; FACTS.md section 5). The one exception is a training head saved beside the
+backbone (margin-loss class centres such as partial FC's ``weight``): it is not part of the backbone,
+so it is left out with a warning.
 """
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,17 +24,30 @@ from torch import nn
 from ..utils.errors import CheckpointError, QfairError
 from ..utils.io import safe_torch_load
 
-_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "backbone", "net", "weights")
+_NESTED_KEYS = ("state_dict", "state_dict_backbone", "model", "model_state_dict", "backbone", "net", "weights")
 _PREFIXES = ("module.", "backbone.", "model.", "_orig_mod.")
+# keys of a training head saved beside the backbone: margin-loss class centres (ArcFace/CosFace/partial FC
+# ``weight``, AdaFace ``kernel``) and the usual names of head modules; no backbone has such keys
+_HEAD_KEYS = ("weight", "kernel")
+_HEAD_PREFIXES = ("head.", "margin", "partial_fc.", "module_partial_fc.", "loss.", "classifier.", "metric_fc.",
+                  "softmax")
+
+
+def is_head_key(key: str) -> bool:
+    """Whether ``key`` belongs to a training head (margin loss, classifier), not to a backbone."""
+    return key in _HEAD_KEYS or key.startswith(_HEAD_PREFIXES)
 _QUANTIZER_KEY = re.compile(r"(^|\.)\w*_quantizer\.")
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Find the tensor mapping inside ``obj`` and strip wrapper prefixes."""
     if isinstance(obj, Mapping):
-        for key in _NESTED_KEYS:
+        for key in _NESTED_KEYS:  # the first candidate that holds tensors ('model' may be a config dict)
             if key in obj and isinstance(obj[key], Mapping):
-                return extract_state_dict(obj[key], source)
+                try:
+                    return extract_state_dict(obj[key], source)
+                except CheckpointError:
+                    continue
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors and len(tensors) >= len(obj) // 2:
             return strip_prefixes(tensors)
@@ -41,44 +59,82 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 
 
 def strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes (``module.``, ``backbone.``...) shared by every key; keys of a training head
+    saved beside the backbone (``backbone.* + head.weight``) do not stop the backbone's prefix going."""
     sd = dict(sd)
     changed = True
     while changed and sd:
         changed = False
+        body = [k for k in sd if not is_head_key(k)] or list(sd)
         for p in _PREFIXES:
-            if all(k.startswith(p) for k in sd):
-                sd = {k[len(p):]: v for k, v in sd.items()}
+            if all(k.startswith(p) for k in body):
+                sd = {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
                 changed = True
+                break
     return sd
 
 
+_FOLDER_NAMES = ("model.pt", "backbone.pth", "model.pth", "model.safetensors")
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt", ".bin", ".safetensors")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file safely and return its state dict."""
+    """Read a checkpoint file (torch.save or safetensors) safely and return its state dict."""
+    from ._formats import diagnose, diagnose_zip, looks_like_safetensors, read_safetensors
+
     path = Path(path)
     if path.is_dir():
-        for name in ("model.pt", "backbone.pth", "model.pth"):
-            if (path / name).exists():
+        for name in _FOLDER_NAMES:
+            if (path / name).is_file():
                 path = path / name
                 break
         else:
-            raise CheckpointError(f"{path} is a folder without model.pt / backbone.pth; pass the checkpoint file")
+            found = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+            shown = (f"; it holds {', '.join(found[:6])}{', ...' if len(found) > 6 else ''}: pass one of them"
+                     if found else "; it holds no .pt/.pth/.safetensors file: pass the checkpoint file")
+            raise CheckpointError(f"{path} is a folder without {' / '.join(_FOLDER_NAMES)}{shown}")
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file() and path.stat().st_size > 0 and looks_like_safetensors(path):
+        try:
+            return strip_prefixes(read_safetensors(path))
+        except (ValueError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); save or copy it again") from None
+    if (msg := diagnose_zip(path)) is not None:
+        raise CheckpointError(msg)
     try:
         obj = safe_torch_load(path)
     except QfairError as exc:
-        raise CheckpointError(str(exc)) from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+        better = diagnose(path) if head.startswith(b"PK") or head[:1] == b"\x80" else None
+        raise CheckpointError(better or str(exc)) from None
     return extract_state_dict(obj, str(path))
+
+
+def _stage_counts(keys: set[str], pattern: str, n: int) -> list[int]:
+    """Number of blocks per stage: one more than the largest index matched by ``pattern.format(stage)``."""
+    counts = []
+    for stage in range(n):
+        idx = {int(m.group(1)) for k in keys if (m := re.match(pattern.format(stage), k))}
+        counts.append(max(idx) + 1 if idx else 0)
+    return counts
+
+
+def iresnet_depths(sd: Mapping[str, torch.Tensor]) -> tuple[int, ...] | None:
+    """Blocks per stage of an arcface_torch iresnet state dict (None when the keys are not iresnet's)."""
+    keys = set(sd)
+    # prelu / features tell iresnet from a torchvision ResNet, which has conv1 and layer1..4 too
+    if not {"conv1.weight", "prelu.weight", "features.weight"} <= keys:
+        return None
+    depth = _stage_counts(keys, r"layer{}\.(\d+)\.", 5)[1:]
+    return tuple(depth) if all(depth) else None
 
 
 def guess_arch(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
     """Guess (registry name, kwargs) from key names and shapes; None if unrecognised."""
     keys = set(sd)
-    if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
-        depth = []
-        for stage in range(1, 5):
-            idx = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-            depth.append(max(idx) + 1 if idx else 0)
+    if (depth := iresnet_depths(sd)) is not None:
         from .iresnet import DEPTHS
 
         kwargs: dict[str, Any] = {}
@@ -88,18 +144,39 @@ def guess_arch(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | N
         if width != 64:
             kwargs["width"] = width
         for d, layers in DEPTHS.items():
-            if tuple(depth) == layers:
+            if depth == layers:
                 return f"iresnet{d}", kwargs
         return None
     if "output_layer.linear.weight" in keys:
         return "mobilefacenet", {"embedding_size": int(sd["output_layer.linear.weight"].shape[0])}
     if "features.layers.2.weight" in keys and "conv_sep.layers.0.weight" in keys:
         emb = int(sd["features.layers.2.weight"].shape[0])
-        c1 = int(sd["layers.0.layers.0.weight"].shape[0])
-        if c1 == 256:
+        scale = int(sd["layers.0.layers.0.weight"].shape[0]) // 64 if "layers.0.layers.0.weight" in keys else 2
+        # layers.1 is a plain ConvBlock when blocks[0] == 1, else a Residual; layers 3, 5, 7 are Residuals
+        first = 1 if "layers.1.layers.0.weight" in keys else _stage_counts(keys, r"layers\.1\.layers\.(\d+)\.", 1)[0]
+        rest = [_stage_counts(keys, rf"layers\.{i}\.layers\.(\d+)\.layers\.", 1)[0] for i in (3, 5, 7)]
+        blocks = (first, *rest)
+        if blocks == (2, 8, 12, 4) and scale == 4:
             return "mbf_large", {"num_features": emb}
-        return "mbf", {"num_features": emb, **({"scale": c1 // 64} if c1 != 128 else {})}
+        kwargs = {"num_features": emb}
+        if blocks != (1, 4, 6, 2):
+            kwargs["blocks"] = blocks
+        if scale != 2:
+            kwargs["scale"] = scale
+        return "mbf", kwargs
     return None
+
+
+def _unrecognised(sd: Mapping[str, torch.Tensor]) -> str:
+    """What is known about a state dict that ``guess_arch`` cannot name."""
+    depth = iresnet_depths(sd)
+    if depth is not None:
+        from .iresnet import DEPTHS
+
+        known = ", ".join(f"iresnet{d} {tuple(v)}" for d, v in DEPTHS.items())
+        return (f"its keys are those of an iresnet with blocks per stage {depth}, which no registered model has "
+                f"({known})")
+    return "its keys match no registered architecture"
 
 
 def _describe(arch: tuple[str, dict[str, Any]] | None) -> str:
@@ -161,7 +238,11 @@ def quantized_checkpoint_error(path: str | os.PathLike, keys: list[str]) -> Quan
     return QuantizedCheckpointError(f"{what}; {todo}", run_dir, has_json, source)
 
 
-def _mismatch_hint(sd: Mapping[str, torch.Tensor], guess: tuple[str, dict[str, Any]] | None, arch: str) -> str:
+_BN_STATS = (".running_mean", ".running_var")
+
+
+def _mismatch_hint(sd: Mapping[str, torch.Tensor], guess: tuple[str, dict[str, Any]] | None, arch: str,
+                   missing: list[str] | None = None) -> str:
     """What to do about a checkpoint that does not fit ``arch``; never suggests ``arch`` itself."""
     qkeys = quantizer_keys(sd)
     if qkeys:
@@ -170,6 +251,10 @@ def _mismatch_hint(sd: Mapping[str, torch.Tensor], guess: tuple[str, dict[str, A
     if guess is not None and guess[0] != arch:
         return (f"the checkpoint looks like {_describe(guess)}, not {arch}; "
                 f"pass --arch {guess[0]} (or arch='{guess[0]}').")
+    if missing and all(k.endswith(_BN_STATS) for k in missing):
+        return ("the checkpoint has no BatchNorm running statistics (running_mean / running_var): it was saved "
+                "from model.parameters() / named_parameters() or had its buffers removed, and without them the "
+                "embeddings are wrong. Save the trained model's model.state_dict() (it holds the buffers).")
     if guess is not None:
         return (f"the keys are those of {_describe(guess)} but the tensors above do not fit; check the "
                 "architecture options (embedding size, width) or that the file is not damaged.")
@@ -185,6 +270,8 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, 
                   for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     # BatchNorm's num_batches_tracked is bookkeeping that some exporters drop.
     missing_real = [k for k in missing if not k.endswith("num_batches_tracked")]
+    head = [k for k in unexpected if is_head_key(k)]
+    unexpected = [k for k in unexpected if not is_head_key(k)]
     if missing_real or unexpected or mismatched:
         guess = guess_arch(sd)
         lines = [f"{source} does not match architecture '{arch}':"]
@@ -193,8 +280,12 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, 
             if items:
                 shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
                 lines.append(f"  {label}: {shown}")
-        lines.append(f"  hint: {_mismatch_hint(sd, guess, arch)}")
+        lines.append(f"  hint: {_mismatch_hint(sd, guess, arch, missing_real)}")
         raise CheckpointError("\n".join(lines))
+    if head:
+        shown = ", ".join(f"{k} {tuple(sd[k].shape)}" for k in head[:3]) + (", ..." if len(head) > 3 else "")
+        warnings.warn(f"{source}: left out {len(head)} tensor(s) of a training head saved beside the backbone "
+                      f"({shown}); they are not part of the {arch} backbone", stacklevel=3)
     full = {k: sd.get(k, own[k]) for k in own}
     model.load_state_dict(full, strict=True)
 
@@ -216,7 +307,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) 
     guess = guess_arch(sd)
     if arch is None:
         if guess is None:
-            raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch "
+            raise CheckpointError(f"{path}: cannot tell the architecture: {_unrecognised(sd)}; pass --arch "
                                   "(arch= in Python; see `qfair models` / qfair.list_models())")
         arch, guessed_kw = guess
         kwargs = {**guessed_kw, **kwargs}
@@ -225,6 +316,20 @@ def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) 
         if guess is not None and guess[0] == arch:
             kwargs = {**guess[1], **kwargs}
     model = create_model(arch, **kwargs)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # fp16 / bf16 / fp64 -> fp32
     load_state_dict_strict(model, sd, source=str(path), arch=arch)
+    _check_finite(model, str(path))
     return model.eval()
+
+
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Refuse NaN / Inf weights or BatchNorm statistics: every embedding would be NaN, and every metric
+    computed from them meaningless."""
+    bad = [(k, int((~torch.isfinite(v)).sum()), v.numel()) for k, v in model.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(f"{k} ({n} of {total})" for k, n, total in bad[:4]) + (
+            f", ... ({len(bad)} tensors in all)" if len(bad) > 4 else "")
+        raise CheckpointError(f"{source}: NaN or Inf values in {shown}. The checkpoint is damaged, or was saved "
+                              "by a training run that diverged (check that run's loss); pass an earlier "
+                              "checkpoint of it.")

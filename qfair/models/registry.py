@@ -11,16 +11,29 @@ from ..utils.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
+# arcface_torch's get_model(name, fp16=..., ...) switches autocast on for training; it changes no weight,
+# so it is accepted (configs copied from arcface_torch work) and qfair computes in float32.
+
+def _positive(model: str, **values: Any) -> None:
+    """Refuse sizes < 1 with a message naming the argument (torch would fail later, or build an empty layer)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+
 def _iresnet(depth: int) -> Callable[..., nn.Module]:
-    def build(num_features: int = 512, dropout: float = 0.0, width: int = 64, **kw: Any) -> nn.Module:
+    def build(num_features: int = 512, dropout: float = 0.0, width: int = 64, fp16: bool = False,
+              **kw: Any) -> nn.Module:
         from .iresnet import DEPTHS, IResNet
 
         _no_extra(f"iresnet{depth}", kw)
+        _positive(f"iresnet{depth}", num_features=num_features, width=width)
         return IResNet(DEPTHS[depth], num_features=num_features, dropout=dropout, width=width)
 
     from .iresnet import DEPTHS
 
-    build.__doc__ = f"iresnet{depth} (arcface_torch), blocks per stage {list(DEPTHS[depth])}."
+    build.__doc__ = (f"iresnet{depth} (arcface_torch), blocks per stage {list(DEPTHS[depth])}.\n\n"
+                     "Arguments: num_features (512), width (64), dropout (0.0), fp16 (ignored: qfair runs float32).")
     return build
 
 
@@ -34,31 +47,44 @@ for _d in (18, 34, 50, 100, 200):
 
 
 @MODELS.register("mbf", aliases=("mobilefacenet_arcface",))
-def _mbf(num_features: int = 512, blocks: tuple[int, ...] = (1, 4, 6, 2), scale: int = 2, **kw: Any) -> nn.Module:
-    """arcface_torch MobileFaceNet (``get_mbf``)."""
+def _mbf(num_features: int = 512, blocks: tuple[int, ...] = (1, 4, 6, 2), scale: int = 2, fp16: bool = False,
+         **kw: Any) -> nn.Module:
+    """arcface_torch MobileFaceNet (``get_mbf``; keys layers.N, conv_sep, features).
+
+    Arguments: num_features (512), blocks ((1, 4, 6, 2)), scale (2: trunk width / 64), fp16 (ignored)."""
     from .mobilefacenet import MobileFaceNet
 
     _no_extra("mbf", kw)
-    return MobileFaceNet(num_features=num_features, blocks=tuple(blocks), scale=scale)
+    blocks = tuple(blocks)
+    if len(blocks) != 4:
+        raise ValueError(f"blocks must give 4 stage depths, got {blocks}")
+    _positive("mbf", num_features=num_features, scale=scale, **{f"blocks[{i}]": b for i, b in enumerate(blocks)})
+    return MobileFaceNet(num_features=num_features, blocks=blocks, scale=scale)
 
 
 @MODELS.register("mbf_large")
-def _mbf_large(num_features: int = 512, **kw: Any) -> nn.Module:
-    """arcface_torch ``get_mbf_large`` (blocks (2, 8, 12, 4), scale 4)."""
+def _mbf_large(num_features: int = 512, fp16: bool = False, **kw: Any) -> nn.Module:
+    """arcface_torch ``get_mbf_large`` (blocks (2, 8, 12, 4), scale 4).
+
+    Arguments: num_features (512), fp16 (ignored)."""
     from .mobilefacenet import MobileFaceNet
 
     _no_extra("mbf_large", kw)
+    _positive("mbf_large", num_features=num_features)
     return MobileFaceNet(num_features=num_features, blocks=(2, 8, 12, 4), scale=4)
 
 
 @MODELS.register("mobilefacenet", aliases=("mobilefacenet_qf", "quantface_mbf"))
 def _mobilefacenet_qf(embedding_size: int = 512, **kw: Any) -> nn.Module:
-    """QuantFace / distillation-study MobileFaceNet naming."""
+    """QuantFace / distillation-study MobileFaceNet (keys conv1, conv_23, ..., output_layer; not mbf's).
+
+    Arguments: embedding_size (512; also accepted as num_features)."""
     from .mobilefacenet import MobileFaceNetQF
 
     if "num_features" in kw:
         embedding_size = kw.pop("num_features")
     _no_extra("mobilefacenet", kw)
+    _positive("mobilefacenet", embedding_size=embedding_size)
     return MobileFaceNetQF(embedding_size=embedding_size)
 
 
