@@ -35,7 +35,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
-        if default is not None and not isinstance(default, (tuple, list)):
+        if default not in (None, "") and not isinstance(default, (tuple, list)):
             help_ = f"{help_} (default: {default})" if help_ else f"default: {default}"
         choices = f.metadata.get("choices")
         if callable(choices):

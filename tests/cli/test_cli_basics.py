@@ -23,7 +23,9 @@ def test_every_registered_command_has_help():
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"models", "info"} <= set(sub.choices)
     for name, p in sub.choices.items():
-        assert p.format_help(), name
+        text = " ".join(p.format_help().split())
+        assert text, name
+        assert "(default: )" not in text, f"{name} --help shows an empty default"
 
 
 def test_models_and_info(capsys):
