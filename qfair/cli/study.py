@@ -13,7 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "ONNX export), evaluate each per group and write one combined report. Rerunning "
                                    "the same command resumes: finished stages are read back, never recomputed (a "
                                    "finished stage whose settings changed is an error unless --recompute).")
-    p.add_argument("--config", required=True, help="study YAML (see configs/study_*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="study YAML (see configs/study_*.yaml); relative paths in it (checkpoints, data, bench, out) "
+                        "are read from the folder qfair runs in, not from the YAML file's folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, checkpoints, data paths and benchmarks, print the stages the study would "
+                        "run (in order, finished ones marked) and stop; nothing is written")
     p.add_argument("--recompute", action="store_true",
                    help="rebuild finished stages whose settings changed since they were made (and the stages "
                         "built from them), replacing their results; without it such a study stops with an error")
@@ -28,6 +33,16 @@ def run(args: argparse.Namespace) -> int:
     from .demo import print_study, term_as_interrupt
 
     cfg = load_config(StudyConfig, args.config, overrides_from_args(args, StudyConfig))
+    if args.dry_run:
+        from ..study.runner import describe_plan, preflight
+
+        preflight(cfg, source=args.config)
+        print(f"qfair study {cfg.name!r} -> {cfg.out} (dry run: nothing was run or written)")
+        print(f"benchmarks: {', '.join(cfg.bench)}")
+        for line in describe_plan(cfg):
+            print(line)
+        print("settings of finished stages are compared with the config when the study runs (see --recompute)")
+        return 0
     with term_as_interrupt():
         res = run_study(cfg, recompute=args.recompute, source=args.config)
     print_study(res)

@@ -209,8 +209,9 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, source: str | Non
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             full = f"{prefix}.{key}" if prefix else str(key)
+            article = "an" if cls.__name__[:1] in "AEIOU" else "a"
             raise ConfigError(
-                f"{_where(source, full)} is not a {cls.__name__} setting.{hint} Known keys: {', '.join(fields)}"
+                f"{_where(source, full)} is not {article} {cls.__name__} setting.{hint} Known keys: {', '.join(fields)}"
             )
     kwargs = {}
     for name, f in fields.items():

@@ -279,6 +279,36 @@ class _Study:
                         target_fmr=e.target_fmr, n_bootstrap=e.n_bootstrap, seed=self.cfg.seed, meta=meta)
 
 
+def preflight(cfg: StudyConfig, source: str | None = None) -> list[Any]:
+    """Check every checkpoint, data path and benchmark ``cfg`` reads, and open the benchmarks (errors name
+    ``source`` and the entry). Nothing is written."""
+    from ..data import open_benchmark
+
+    check_paths(cfg, source)
+    benches = []
+    for i, b in enumerate(cfg.bench):
+        try:
+            benches.append(open_benchmark(b))
+        except QfairError as exc:
+            raise type(exc)(f"{source + ': ' if source else ''}bench[{i}]: {exc}") from None
+    return benches
+
+
+def describe_plan(cfg: StudyConfig) -> list[str]:
+    """One line per stage, in the order :func:`run_study` runs them (``[i/N] id`` as the run prints it),
+    with what the stage is built from and whether ``cfg.out`` already holds it finished."""
+    root = RunDir(Path(cfg.out))
+    variants = plan(cfg)
+    lines = []
+    for i, v in enumerate(variants, 1):
+        what = {"float": "evaluate the float model", "ptq": f"quantize ({v.recipe} recipe)",
+                "kd": f"fine-tune {v.parent} with KD",
+                "onnx": f"export {v.parent} to ONNX ({cfg.export.target})"}[v.kind]
+        state = "finished" if v.kind != "float" and root.stage_done(v.id) else "to run"
+        lines.append(f"[{i}/{len(variants)}] {v.id:<34} {v.bits_label:<5} {v.calib_label:<26} {what}  ({state})")
+    return lines
+
+
 def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None, *, recompute: bool = False,
               source: str | None = None) -> StudyResult:
     """Run (or resume) every stage of ``cfg`` and write the combined report into ``cfg.out``.
@@ -287,18 +317,11 @@ def run_study(cfg: StudyConfig, say: Callable[[str], None] | None = None, *, rec
     ``source``, the study's YAML file, and the entry), and finished stages whose recorded settings differ
     from ``cfg``'s are an error -- or, with ``recompute=True``, are rebuilt with the stages built from them.
     """
-    from ..data import open_benchmark
     from ..utils.io import output_folder
 
     say = say or _say_default
     t0 = time.time()
-    check_paths(cfg, source)
-    benches = []
-    for i, b in enumerate(cfg.bench):
-        try:
-            benches.append(open_benchmark(b))
-        except QfairError as exc:
-            raise type(exc)(f"{source + ': ' if source else ''}bench[{i}]: {exc}") from None
+    benches = preflight(cfg, source)
     st = _Study(cfg, say)
     variants = plan(cfg)
     st.check_layout(variants)

@@ -193,3 +193,14 @@ def test_validate_fields_converts_as_loading_does():
     assert DistillConfig(teacher=Path("t.pt")).teacher == "t.pt"  # a Path where a str goes, as in YAML
     assert EvalConfig(target_fmr=1).target_fmr == 1.0 and isinstance(EvalConfig(target_fmr=1).target_fmr, float)
     assert EvalConfig() == load_config(EvalConfig, None, {})
+
+
+def test_unknown_key_error_uses_an_before_a_vowel():
+    from qfair.config import config_from_dict
+    from qfair.eval.config import EvalConfig
+    from qfair.quant import QuantConfig
+
+    with pytest.raises(ConfigError, match="is not an EvalConfig setting"):
+        config_from_dict(EvalConfig, {"nope": 1}, source="x.yaml")
+    with pytest.raises(ConfigError, match="is not a QuantConfig setting"):
+        config_from_dict(QuantConfig, {"nope": 1}, source="x.yaml")
