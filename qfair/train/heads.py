@@ -7,9 +7,10 @@ norms as an image-quality proxy (README references [6]: feeding unit vectors sil
 into CosFace).
 
 Formulas, with cos_j = <e/|e|, W_j/|W_j|> and theta_j = acos(cos_j), for the target class y:
-- ArcFace:        s * cos(theta_y + m)
+- ArcFace:        s * cos(theta_y + m), and s * (cos_y - m sin m) where theta_y > pi - m (the original
+                  ArcFace's rule; past it cos(theta_y + m) would rise as theta_y grows)
 - CosFace:        s * (cos_y - m)
-- ElasticArcFace: s * cos(theta_y + m_i), m_i ~ N(m, sigma) per sample
+- ElasticArcFace: as ArcFace with m_i ~ N(m, sigma) per sample
 - AdaFace:        s * (cos(clip(theta_y - m * z_i, eps, pi - eps)) - (m + m * z_i)), with
   z_i = clip(h * (|e_i| - mu) / (sigma + eps), -1, 1) and (mu, sigma) an EMA (t_alpha) of the batch
   mean and std of the (detached, clipped) norms. Non-target logits are s * cos_j for every head.
@@ -64,13 +65,23 @@ class MarginHead(nn.Module, abc.ABC):
         return f"embedding_size={d}, num_classes={c}, s={self.s}, m={self.m}"
 
 
+def additive_angular(cos_y: torch.Tensor, m: float | torch.Tensor) -> torch.Tensor:
+    """ArcFace's target logit cos(theta + m), (B,) -> (B,), as the original ArcFace (insightface
+    ``ArcMarginProduct``, easy_margin off): where theta + m would pass pi, cos(theta + m) would rise again
+    as theta grows (a worse sample would get a larger logit), so there ``cos theta - m sin(m)`` is used,
+    which keeps falling. ``m``: one margin or one per sample (B,)."""
+    m = torch.as_tensor(m, dtype=cos_y.dtype, device=cos_y.device)
+    past_pi = cos_y <= torch.cos(torch.pi - m)  # theta >= pi - m
+    return torch.where(past_pi, cos_y - torch.sin(m) * m, torch.cos(torch.acos(cos_y) + m))
+
+
 @HEADS.register("arcface")
 class ArcFace(MarginHead):
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5) -> None:
         super().__init__(embedding_size, num_classes, s, m)
 
     def target_logit(self, cos_y: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return torch.cos(torch.acos(cos_y) + self.m)
+        return additive_angular(cos_y, self.m)
 
 
 @HEADS.register("cosface")
@@ -98,7 +109,7 @@ class ElasticArcFace(MarginHead):
         else:
             margins = torch.full_like(cos_y, self.m)
         self.last_margins = margins
-        return torch.cos(torch.acos(cos_y) + margins)
+        return additive_angular(cos_y, margins)
 
 
 @HEADS.register("adaface")

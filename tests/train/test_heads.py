@@ -38,14 +38,33 @@ def _hand_logits(head, emb, labels, target_fn):
     return logits
 
 
+def _arc(c, m):
+    """The original ArcFace target (insightface ArcMarginProduct, easy_margin off)."""
+    return math.cos(math.acos(c) + m) if c > math.cos(math.pi - m) else c - math.sin(math.pi - m) * m
+
+
 def test_arcface_hand_formula():
     emb, labels = _setup()
     head = ArcFace(6, 5)
-    want = _hand_logits(head, emb, labels, lambda i, c: math.cos(math.acos(c) + 0.5))
+    want = _hand_logits(head, emb, labels, lambda i, c: _arc(c, 0.5))
     got = head.logits(emb, labels)
     assert head.s == 64.0 and head.m == 0.5
     assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-3)
     assert abs(float(head(emb, labels).detach()) - _ce(want, labels)) < 1e-3
+
+
+@pytest.mark.parametrize("cls", [ArcFace, ElasticArcFace])
+def test_arc_margin_target_falls_as_the_angle_grows_past_pi_minus_m(cls):
+    # a 2-D embedding at angle theta from class 0's centre: a worse angle must never give a larger logit
+    head = cls(2, 2).eval()
+    head.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    thetas = torch.linspace(0.05, math.pi - 0.01, 400, dtype=torch.float64)
+    emb = torch.stack([torch.cos(thetas), torch.sin(thetas)], 1).float()
+    target = head.logits(emb, torch.zeros(400, dtype=torch.long))[:, 0].detach().double() / head.s
+    assert bool((target[1:] <= target[:-1] + 1e-6).all())  # before: rose again past theta = pi - m
+    want = torch.tensor([_arc(math.cos(t), 0.5) for t in thetas.tolist()], dtype=torch.float64)
+    assert torch.allclose(target, want, atol=1e-4)
+    assert float(target[thetas > 2.7][0]) < -1.14  # about -1.144 at theta 2.7 (was -0.998)
 
 
 def test_cosface_hand_formula():
@@ -62,7 +81,7 @@ def test_elastic_arcface_uses_one_margin_per_sample_from_n_m_sigma():
     assert (head.s, head.m, head.sigma) == (64.0, 0.5, 0.05)
     got = head.logits(emb, labels)
     margins = head.last_margins.tolist()
-    want = _hand_logits(head, emb, labels, lambda i, c: math.cos(math.acos(c) + margins[i]))
+    want = _hand_logits(head, emb, labels, lambda i, c: _arc(c, margins[i]))
     assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-3)
     m = torch.tensor(margins)
     assert abs(float(m.mean()) - 0.5) < 0.03 and 0.02 < float(m.std()) < 0.08
