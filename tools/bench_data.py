@@ -15,12 +15,22 @@ Prints a table and writes JSON (``--json``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
 
 
 def _render_chunk(args: tuple[int, int]) -> int:
@@ -49,7 +59,7 @@ def bench_generator(n: int) -> dict:
     with ctx.Pool(2) as pool:
         pool.map(_render_chunk, [(16, 98), (16, 97)])  # warm up workers
         t = time.perf_counter()
-        done = sum(pool.map(_render_chunk, [(n // 4, s) for s in range(4)]))
+        done = sum(pool.map(_render_chunk, [(n // 4 + (s < n % 4), s) for s in range(4) if n // 4 + (s < n % 4)]))
         two = done / (time.perf_counter() - t)
     return {"generator_images_per_s_1proc": round(one, 1), "generator_images_per_s_2proc": round(two, 1),
             "generator_images": n}
@@ -127,27 +137,38 @@ def bench_synthesis(n: int, iters: int, batch_size: int) -> dict:
     dt = time.perf_counter() - t
     cpu = time.process_time() - cpu  # on a shared machine CPU time says more than wall time
     return {"synthesis_mbf_images": n, "synthesis_cpu_seconds": round(cpu, 1),
-            "synthesis_cpu_seconds_per_image": round(cpu / n, 3), "synthesis_iters": iters, "synthesis_batch_size": batch_size,
+            "synthesis_cpu_seconds_per_image": round(cpu / n, 3), "synthesis_iters": iters,
+            "synthesis_batch_size": batch_size,
             "synthesis_seconds": round(dt, 1), "synthesis_seconds_per_image": round(dt / n, 3),
             "synthesis_threads": torch.get_num_threads(),
             "synthesis_bn_loss_first_to_last": [round(sum(x[0] for x in log) / len(log), 4),
                                                 round(sum(x[1] for x in log) / len(log), 4)]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=["recordio", "generator", "synthesis"],
                     default=["recordio", "generator", "synthesis"])
-    ap.add_argument("--rec-n", type=int, default=4000, help="images in the benchmark .rec")
-    ap.add_argument("--gen-n", type=int, default=2048, help="images rendered by the built-in generator")
-    ap.add_argument("--synth-n", type=int, default=512, help="images synthesised from mbf BatchNorm statistics")
-    ap.add_argument("--synth-iters", type=int, default=30)
-    ap.add_argument("--synth-batch", type=int, default=32)
+    ap.add_argument("--rec-n", type=_positive, default=4000, help="images in the benchmark .rec")
+    ap.add_argument("--gen-n", type=_positive, default=2048, help="images rendered by the built-in generator")
+    ap.add_argument("--synth-n", type=_positive, default=512, help="images synthesised from mbf BatchNorm statistics")
+    ap.add_argument("--synth-iters", type=_positive, default=30)
+    ap.add_argument("--synth-batch", type=_positive, default=32)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from qfair.export.bench import bench_context
+    from qfair.utils.errors import QfairError
+    from qfair.utils.io import atomic_write_json, output_file
 
+    if args.json:  # a bad --json path fails now, not after minutes of timing
+        try:
+            output_file(args.json, mkdir=True)
+        except (QfairError, OSError) as exc:
+            ap.error(f"--json {args.json}: {exc}")
+    ctx = bench_context()
     out: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
-                 "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+                 "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                 "settings": vars(args), "context": ctx}
     if "recordio" in args.only:
         out.update(bench_recordio(args.rec_n))
     if "generator" in args.only:
@@ -157,9 +178,12 @@ def main() -> None:
     out["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     width = max(len(k) for k in out)
     for k, v in out.items():
-        print(f"{k:<{width}}  {v}")
+        if k not in ("settings", "context"):
+            print(f"{k:<{width}}  {v}")
+    print(f"torch {ctx['versions'].get('torch')}, {ctx['usable_cpus']} usable CPUs, OMP_NUM_THREADS "
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_json(args.json, out, mkdir=True)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
+def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
+    if path is None:
+        return
+    from qfair.utils.errors import QfairError
+    from qfair.utils.io import output_file
+
+    try:
+        output_file(path, mkdir=True)
+    except (QfairError, OSError) as exc:
+        ap.error(f"{flag} {path}: {exc}")
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -107,7 +132,9 @@ def _sessions(paths: dict[str, Path], threads: int):
 
 
 def _time_round_robin(sessions: dict, batch: int, warmup: int, repeats: int) -> dict[str, float]:
-    x = {"input": (torch.rand(batch, 3, 112, 112) * 2 - 1).numpy()}
+    from qfair.export.bench import bench_inputs
+
+    x = {"input": bench_inputs(batch).numpy()}  # seeded: the same input for every session and every run
     for s in sessions.values():
         for _ in range(warmup):
             s.run(None, x)
@@ -153,7 +180,9 @@ def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: i
     shipped = json.loads(paths["qfair_shipped"].with_name(paths["qfair_shipped"].stem + ".export.json").read_text())
     paths["ort_quantize_static"] = _ort_static(paths["ort_fp32"], work / f"{arch}_ort_static.onnx", calib)
     sessions = _sessions(paths, threads)
-    res = {"arch": arch, "bits": bits, "threads": threads, "quantize_s": t_quant, "export_s": t_export,
+    res = {"arch": arch, "bits": bits, "threads": threads, "torch_threads": torch.get_num_threads(),
+           "onnxruntime_intra_op_threads": {k: s.get_session_options().intra_op_num_threads
+                                            for k, s in sessions.items()}, "quantize_s": t_quant, "export_s": t_export,
            "sizes_bytes": {k: p.stat().st_size for k, p in paths.items()},
            "size_breakdown": {k: _size_breakdown(paths[k]) for k in ("ort_fp32", "qfair_int8", "ort_quantize_static")},
            "parity": {k: report["parity"][k] for k in ("cosine_mean", "cosine_min", "evaluated_cosine_mean",
@@ -179,17 +208,25 @@ def bench_arch(arch: str, bits: int, threads: int, batches: list[int], warmup: i
     return res
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=["iresnet50", "mbf"])
     ap.add_argument("--bits", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--threads", type=_positive, default=1, help="torch and ONNX Runtime (intra-op) threads")
+    ap.add_argument("--batches", type=_positive, nargs="+", default=[1, 16])
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=_positive, default=7)
     ap.add_argument("--out", default=None, help="JSON file for the results")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if len(set(args.batches)) != len(args.batches):
+        ap.error(f"--batches: each batch size once, got {args.batches}")
+    if args.warmup < 0:
+        ap.error(f"--warmup: expected a whole number >= 0, got {args.warmup}")
+    _check_out(ap, "--out", args.out)
+    from qfair.export.bench import bench_context
+
     torch.set_num_threads(args.threads)
+    context = bench_context()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
@@ -220,7 +257,8 @@ def main() -> None:
     if args.out:
         from qfair.utils.io import atomic_write_json
 
-        atomic_write_json(args.out, {"results": results}, mkdir=True)
+        context["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        atomic_write_json(args.out, {"settings": vars(args), "context": context, "results": results}, mkdir=True)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,47 @@
 """Speed of the quantization core (ratios from one run; never asserted in tests).
 
-    OMP_NUM_THREADS=2 python tools/bench_quant.py [--archs iresnet18 mbf] [--batch 32] [--steps 3]
+    OMP_NUM_THREADS=2 python tools/bench_quant.py [--archs iresnet18 mbf] [--batch 32] [--steps 3] [--json F]
 
 1. Training step (forward + backward + SGD) of the fake-quant model / the float model, batch 32:
    QuantFace W8A8 after its ranges froze (weights still re-quantized from min/max every step), and
    while activation ranges are still tracked (the first 300 QAT steps). Goal: <= 1.3x.
-2. Calibration over ``--calib-images`` images with each observer / one float forward pass over them.
+2. Calibration over ``--calib-images`` images with each observer / one float forward pass over them
+   (median of ``--calib-repeats`` runs, after one untimed float pass and one untimed calibration).
 
 ``--archs`` or ``--calib-archs`` with no names skips that part.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
+def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
+    if path is None:
+        return
+    from qfair.utils.errors import QfairError
+    from qfair.utils.io import output_file
+
+    try:
+        output_file(path, mkdir=True)
+    except (QfairError, OSError) as exc:
+        ap.error(f"{flag} {path}: {exc}")
 
 
 def _time(fn, steps: int, warmup: int = 1) -> float:
@@ -72,21 +98,29 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor)
     return step
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="*", default=["iresnet18", "mbf"])
     ap.add_argument("--calib-archs", nargs="*", default=["mbf", "iresnet18"])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--calib-images", type=int, default=256)
-    args = ap.parse_args()
+    ap.add_argument("--batch", type=_positive, default=32)
+    ap.add_argument("--steps", type=_positive, default=3, help="timed training steps per variant (median)")
+    ap.add_argument("--calib-images", type=_positive, default=256)
+    ap.add_argument("--calib-repeats", type=_positive, default=1, help="timed calibrations per observer (median)")
+    ap.add_argument("--json", default=None, help="also write the figures and their context to this JSON file")
+    args = ap.parse_args(argv)
+    _check_out(ap, "--json", args.json)
+    from qfair.export.bench import bench_context
+
+    context = bench_context()
+    results: dict = {"train_step": [], "calibration": []}
 
     from qfair.models import create_model
     from qfair.quant import QuantConfig, iter_quantizers, quantize
 
     torch.manual_seed(0)
     x = torch.rand(args.batch, 3, 112, 112) * 2 - 1
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"{context['usable_cpus']} usable CPUs, load average {context['load_average']}")
     print("\n| model | float step (s) | fake-quant step, frozen (s) | ratio | tracking ranges (s) | ratio |")
     print("|---|---|---|---|---|---|")
     for arch in args.archs:
@@ -101,6 +135,9 @@ def main() -> None:
             [train_step_fn(model, x, target), train_step_fn(q, x, target), train_step_fn(qt, x, target)], args.steps)
         print(f"| {arch} | {t_float:.3f} | {t_q:.3f} | {t_q / t_float:.2f}x | {t_track:.3f} | "
               f"{t_track / t_float:.2f}x |", flush=True)
+        results["train_step"].append({"arch": arch, "float_s": t_float, "fake_quant_frozen_s": t_q,
+                                      "tracking_ranges_s": t_track, "frozen_vs_float": t_q / t_float,
+                                      "tracking_vs_float": t_track / t_float})
 
     print(f"\n| model | observer | calibration over {args.calib_images} images (s) | / float forward |")
     print("|---|---|---|---|")
@@ -113,13 +150,23 @@ def main() -> None:
                 for b in imgs:
                     model(b)
 
-        t_float = _time(float_pass, 1, warmup=1)
+        t_float = _time(float_pass, args.calib_repeats, warmup=1)
         print(f"| {arch} | (float forward) | {t_float:.2f} | 1.00x |", flush=True)
+        quantize(model, QuantConfig(bits=8, recipe="quantface"), imgs[:1])  # warm-up: first-call costs
         for obs in ("minmax", "moving_average_minmax", "percentile", "mse", "entropy"):
-            t = time.perf_counter()
-            quantize(model, QuantConfig(bits=8, recipe="quantface", observer=obs), imgs)
-            dt = time.perf_counter() - t
+            def calibrate(model: torch.nn.Module = model, obs: str = obs) -> None:
+                quantize(model, QuantConfig(bits=8, recipe="quantface", observer=obs), imgs)
+
+            dt = _time(calibrate, args.calib_repeats, warmup=0)
             print(f"| {arch} | {obs} | {dt:.2f} | {dt / t_float:.2f}x |", flush=True)
+            results["calibration"].append({"arch": arch, "observer": obs, "seconds": dt,
+                                           "float_forward_s": t_float, "vs_float_forward": dt / t_float})
+    if args.json:
+        from qfair.utils.io import atomic_write_json
+
+        context["torch_threads"] = torch.get_num_threads()
+        context["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        atomic_write_json(args.json, {"settings": vars(args), "context": context, **results}, mkdir=True)
 
 
 if __name__ == "__main__":

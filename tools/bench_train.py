@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 
@@ -29,6 +30,30 @@ import numpy as np
 import torch
 
 from qfair.utils.io import atomic_write_json
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
+def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
+    if path is None:
+        return
+    from qfair.utils.errors import QfairError
+    from qfair.utils.io import output_file
+
+    try:
+        output_file(path, mkdir=True)
+    except (QfairError, OSError) as exc:
+        ap.error(f"{flag} {path}: {exc}")
 
 
 def bench_variant(arch: str, variant: str, batch: int, steps: int, warmup: int, bits: int) -> dict:
@@ -342,12 +367,12 @@ def aggregate(paths: list[str]) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["mbf", "iresnet18"])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=_positive, default=32)
+    p.add_argument("--steps", type=_positive, default=5, help="timed steps per variant (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--bits", type=int, default=6)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -368,7 +393,10 @@ def main() -> None:
     p.add_argument("--schedule", default="constant", help="lr schedule: constant, cosine or step")
     p.add_argument("--seed", type=int, default=0, help="acceptance: seed of calibration, KD data and training")
     p.add_argument("--aggregate", nargs="+", metavar="JSON", help="pool acceptance runs that differ in --seed")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.warmup < 0:
+        p.error(f"argument --warmup: expected a whole number >= 0, got {args.warmup}")
+    _check_out(p, "--out", args.out)  # a bad --out fails now, not after a long run
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.aggregate:
@@ -384,6 +412,9 @@ def main() -> None:
         if args.out:
             atomic_write_json(args.out, res, mkdir=True)
         return
+    from qfair.export.bench import bench_context
+
+    context = bench_context()
     rows = []
     for arch in args.archs:
         base = None
@@ -394,7 +425,10 @@ def main() -> None:
             rows.append(r)
             print(f"{arch:10s} {variant:10s} step {r['step_s'] * 1000:8.1f} ms  {r['images_per_s']:7.1f} img/s  "
                   f"x{r['relative_to_float']:.2f} of float", flush=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "bits": args.bits}
+    context["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "bits": args.bits, "batch": args.batch,
+            "steps": args.steps, "warmup": args.warmup, "timing": "variants one after another, median of the steps",
+            "context": context}
     if args.out:
         atomic_write_json(args.out, {"meta": meta, "results": rows}, mkdir=True)
 

@@ -23,6 +23,41 @@ import time
 import torch
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
+def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
+    if path is None:
+        return
+    from qfair.utils.errors import QfairError
+    from qfair.utils.io import output_file
+
+    try:
+        output_file(path, mkdir=True)
+    except (QfairError, OSError) as exc:
+        ap.error(f"{flag} {path}: {exc}")
+
+
+def _wa_pair(text: str) -> tuple[int, int]:
+    """argparse type of --bits: "W/A" with both in 2..8."""
+    try:
+        w, a = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected W/A bit widths such as 6/6 or 4/8, got {text!r}") from None
+    if not (2 <= w <= 8 and 2 <= a <= 8):
+        raise argparse.ArgumentTypeError(f"bit widths must be 2..8, got {text!r}")
+    return w, a
+
+
 def float_model(arch: str, ckpt: str | None, width: int | None, calib: list[torch.Tensor]) -> torch.nn.Module:
     from qfair.models import create_model, load_model
 
@@ -58,7 +93,7 @@ def verification_accuracy(model: torch.nn.Module, vset) -> float:
     return kfold_accuracy(emb[pairs[:, 0]], emb[pairs[:, 1]], vset.issame)[0]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="mbf")
     ap.add_argument("--model", default=None)
@@ -66,9 +101,10 @@ def main() -> None:
     ap.add_argument("--table", default="both", choices=["observers", "ptq", "both"])
     ap.add_argument("--recipe", default="quantface")
     ap.add_argument("--observer", default="minmax", help="activation observer of the ptq table")
-    ap.add_argument("--calib-size", type=int, default=128)
-    ap.add_argument("--eval-size", type=int, default=64)
-    ap.add_argument("--bits", nargs="+", default=["6/6", "4/4", "4/8", "3/8"], help="W/A pairs of the ptq table")
+    ap.add_argument("--calib-size", type=_positive, default=128)
+    ap.add_argument("--eval-size", type=_positive, default=64)
+    ap.add_argument("--bits", nargs="+", type=_wa_pair, default=[(6, 6), (4, 4), (4, 8), (3, 8)],
+                    help="W/A pairs of the ptq table (default: 6/6 4/4 4/8 3/8)")
     ap.add_argument("--methods", nargs="+", default=["none", "bias_correction", "bn_reestimate", "adaround", "brecq"],
                     help="ptq table rows; 'a+b' applies a then b; 'brecq:iters=0,act_lr=0' (or adaround:...) "
                     "runs the reconstruction with those ReconSettings (component ablations)")
@@ -77,7 +113,8 @@ def main() -> None:
     ap.add_argument("--verify", default=None, help="also report verification accuracy on this benchmark "
                     "(e.g. builtin)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    _check_out(ap, "--json", args.json)
 
     from qfair.data import calibration_batches
     from qfair.quant import QuantConfig, quantize
@@ -104,7 +141,7 @@ def main() -> None:
             vset = open_benchmark(args.verify)
             out["float"] = {"acc": verification_accuracy(model, vset)}
             print(f"float model: verification accuracy {out['float']['acc']:.2f} % on {vset.name}")
-        pairs = [tuple(int(b) for b in wa.split("/")) for wa in args.bits]
+        pairs = list(args.bits)
         heads = [f"W{w}A{a}" for w, a in pairs]
         cell = "cos / acc % / s (cpu s)" if vset is not None else "cos / s (cpu s)"
         print(f"\n{args.arch} {args.recipe}, activation observer {args.observer}, calibration {args.calib_size} "
@@ -140,9 +177,10 @@ def main() -> None:
             out[f"ptq/{method}"] = row
             print(f"| {method} | " + " | ".join(cells) + " |", flush=True)
     if args.json:
-        from pathlib import Path
+        from qfair.export.bench import bench_context
+        from qfair.utils.io import atomic_write_json
 
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": out}, indent=2))
+        atomic_write_json(args.json, {"args": vars(args), "context": bench_context(), "results": out}, mkdir=True)
 
 
 if __name__ == "__main__":

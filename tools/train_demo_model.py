@@ -41,11 +41,18 @@ def main() -> None:
     from qfair.data.builtin import make_train, make_verification
     from qfair.models import create_model
     from qfair.train.heads import create_head
-    from qfair.utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+    from qfair.utils.errors import QfairError
+    from qfair.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, output_file, safe_torch_load
+
+    try:  # a bad --out fails now, not after the training
+        output_file(args.out, mkdir=True)
+    except (QfairError, OSError) as exc:
+        ap.error(f"--out {args.out}: {exc}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    kw = {"embedding_size": args.embedding_size} if args.arch == "mobilefacenet" else {"num_features": args.embedding_size}
+    kw = ({"embedding_size": args.embedding_size} if args.arch == "mobilefacenet"
+          else {"num_features": args.embedding_size})
     if args.width:
         kw["width"] = args.width
     model = create_model(args.arch, **kw)
@@ -92,7 +99,7 @@ def main() -> None:
         if (step + 1) % 50 == 0 or step + 1 == args.steps:
             atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
                                "step": step + 1}, ckpt_path)
-            (work / "log.json").write_text(json.dumps(log))
+            atomic_write_text(work / "log.json", json.dumps(log))  # read back by --resume
 
     model.eval()
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
@@ -102,7 +109,8 @@ def main() -> None:
 
     m = load_model(args.out, arch=args.arch).eval()
     vset = make_verification(seed=args.seed + 1000)
-    record = {"arch": args.arch, "model_kwargs": kw, "args": vars(args), "train_images_seen": args.steps * args.batch_size,
+    record = {"arch": args.arch, "model_kwargs": kw, "args": vars(args),
+              "train_images_seen": args.steps * args.batch_size, "threads": torch.get_num_threads(),
               "final_loss": log[-1]["loss"] if log else None, "wall_seconds_last_session": round(time.time() - t0, 1),
               "torch": torch.__version__, "synthetic": True}
     try:

@@ -213,7 +213,12 @@ def evaluations_in(folder: Path) -> list[Path]:
     from .evaluate import IN_RUN_CONFIG, IN_RUN_REPORT
 
     extra = [folder / n for n in (IN_RUN_CONFIG, BENCH_FILE) if (folder / n).is_file()]
+    if (folder / OLD_BENCH_DIR).is_dir():  # graphs older versions of `qfair bench` left in the run
+        extra.append(folder / OLD_BENCH_DIR)
     return sorted({*reports_in(folder, IN_RUN_REPORT), *extra})
+
+
+OLD_BENCH_DIR = "bench"
 
 
 def _short(folder: Path, paths: list[Path]) -> list[str]:
@@ -224,8 +229,13 @@ def remove_stale(paths: list[Path]) -> None:
     """Delete the old run's derived files (--overwrite), saying which."""
     from ._console import info
 
+    import shutil
+
     for p in paths:
-        p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
     if paths:
         info(f"--overwrite: deleted {', '.join(str(p) for p in paths)} (made from the previous model.pt)")
 

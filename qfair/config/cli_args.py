@@ -35,7 +35,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
-        if default not in (None, "") and not isinstance(default, (tuple, list)):
+        if isinstance(default, (tuple, list)):  # as typed on the command line: --batches 1 16 64
+            default = " ".join(map(str, default)) if default else None
+        if default not in (None, ""):
             help_ = f"{help_} (default: {default})" if help_ else f"default: {default}"
         choices = f.metadata.get("choices")
         if callable(choices):

@@ -16,6 +16,8 @@ def test_existing_run_is_refused_then_replaced_with_overwrite(ckpt, tmp_path, ca
     for name in ("model.onnx", "model.export.json", "model.qpk"):  # what `qfair export` leaves there
         (out / name).write_text("old export")
     (out / "notes.txt").write_text("mine")
+    (out / "bench").mkdir()  # graphs older versions of `qfair bench` left in the run
+    (out / "bench" / "fp32.onnx").write_text("old graph")
     capsys.readouterr()
     assert main(["quantize", "--model", str(ckpt), "--bits", "8", *FAST, "--out", str(out)]) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -24,7 +26,7 @@ def test_existing_run_is_refused_then_replaced_with_overwrite(ckpt, tmp_path, ca
 
     assert main(["quantize", "--model", str(ckpt), "--bits", "8", *FAST, "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "quant.json").read_text())["wbits"] == 8
-    assert not any((out / n).exists() for n in ("model.onnx", "model.export.json", "model.qpk"))
+    assert not any((out / n).exists() for n in ("model.onnx", "model.export.json", "model.qpk", "bench"))
     assert (out / "notes.txt").read_text() == "mine"  # not a derived artefact: kept
     assert "deleted" in capsys.readouterr().out  # the deletion is reported
 
