@@ -16,12 +16,13 @@ distance per pair kind, common to all groups, plus one shift per group) is fitte
 and kept; the residuals are exchangeable across groups under the null, so each draw shuffles them
 among pairs of the same kind and a similar reference distance (deciles), whatever their group, adds
 trend and shuffled residuals to the reference distances and re-runs the per-group k-fold protocol
-with the reference's folds and threshold search. Shuffling the raw changes instead would turn the accuracy-neutral trend into
-noise and make every group look better than its null (demo MobileFaceNet W6A6, real calibration,
-seed 0: the observed AVG lies 0.36 points above the null mean with raw changes shuffled, 0.21 with
-the trend kept but not the group shifts, 0.01 with both kept). The draws give the per-group accuracies and AVG / STD / SER
-expected from group-blind change of that size alone, with a 95% interval and a two-sided
-permutation p-value for the observed values (Holm-corrected across groups).
+with the reference's folds and threshold search. Shuffling the raw changes instead would turn the
+accuracy-neutral trend into noise and make every group look better than its null (demo MobileFaceNet
+W6A6, real calibration, seed 0: the observed AVG lies 0.36 points above the null mean with raw changes
+shuffled, 0.21 with the trend kept but not the group shifts, 0.01 with both kept). The draws give the
+per-group accuracies and AVG / STD / SER expected from group-blind change of that size alone, with a
+95% interval and a two-sided permutation p-value (k + 1) / (n + 1) for the observed values
+(Holm-corrected across groups).
 
 Pure numpy; the result is plain JSON-able data.
 """
@@ -75,7 +76,9 @@ def _trend_and_blocks(base: np.ndarray, change: np.ndarray, issame: np.ndarray, 
 
 
 def _p_two_sided(draws: np.ndarray, observed: float) -> float:
-    """Permutation p-value of ``observed`` against ``draws`` (finite draws only), centred on their mean."""
+    """Two-sided permutation p-value of ``observed`` against ``draws`` (finite draws only), centred on their
+    mean: (k + 1) / (n + 1) with k the draws at least as far from the centre, so the smallest possible p is
+    1 / (n_draws + 1) (Phipson & Smyth 2010: a permutation p-value is never 0)."""
     d = draws[np.isfinite(draws)]
     if not np.isfinite(observed) or d.size == 0:
         return float("nan")
@@ -91,9 +94,9 @@ def group_blind_null(ref: EvalResult, other: EvalResult, *, n_draws: int = 200, 
 
     Returns ``{"n_draws", "seed", "mean_abs_score_change", "per_group": {g: {...}}, "metrics": {k: {...}}}``;
     each entry has ``reference``, ``observed`` (the other model), ``expected`` (mean over draws),
-    ``interval`` (2.5 / 97.5 percentiles of the draws) and ``p`` (two-sided permutation p-value; per
-    group also ``p_holm`` and ``excess_error_pp`` = expected - observed accuracy, > 0 when the group lost
-    more than group-blind change explains).
+    ``interval`` (2.5 / 97.5 percentiles of the draws) and ``p`` (two-sided permutation p-value
+    (k + 1) / (n + 1), at least 1 / (n_draws + 1); per group also ``p_holm`` and ``excess_error_pp`` =
+    expected - observed accuracy, > 0 when the group lost more than group-blind change explains).
     """
     if n_draws < 1:
         raise DataError(f"the group-blind null needs at least 1 draw, got n_draws={n_draws}")

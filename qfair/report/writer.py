@@ -70,7 +70,8 @@ def _null_section(c: Any) -> list[str]:
     n = c.null
     out = [f"Group-blind null ({n['n_draws']} permutations of the residual per-pair changes, mean |score change| "
            f"{n['mean_abs_score_change']:.4f}): what {c.reference} would score if each pair had changed by as "
-           f"much as in {c.other}, whatever its group.", "",
+           f"much as in {c.other}, whatever its group. p is two-sided, (k + 1) / (n + 1) over the draws, so "
+           f"never below {1 / (n['n_draws'] + 1):.4f}.", "",
            "| | reference | observed | expected under the null | 95% of draws | p | excess error (pp) |",
            "|:---|---:|---:|---:|---:|---:|---:|"]
     for g, v in n["per_group"].items():

@@ -10,9 +10,11 @@ carry their statistics through a checkpoint (a resume during the tracking phase 
 the same running min/max).
 
 Distributed: under DDP each rank sees a different shard. :class:`synced_ranges` wraps every tracking
-observer so that it observes the GLOBAL batch's min and max (an all_reduce MIN/MAX) instead of its
-shard's -- for min/max observers this is exactly what one process with the whole batch observes.
-The reference code instead kept rank 0's ranges (torch's DDP broadcasts buffers from rank 0).
+observer so that it observes what one process with the GLOBAL batch would: min/max observers (minmax,
+ema) get the global min and max (an all_reduce MIN/MAX, two numbers per channel); histogram observers
+(percentile, mse, entropy), whose range depends on every value, get the whole global batch (an
+all_gather of the shards, during the tracking steps only). The reference code instead kept rank 0's
+ranges (torch's DDP broadcasts buffers from rank 0).
 """
 from __future__ import annotations
 
@@ -136,8 +138,25 @@ def _extremes_tensor(lo: torch.Tensor, hi: torch.Tensor, axis: int | None) -> to
     return pair.t().reshape([2] + [1] * (axis - 1) + [lo.numel()])
 
 
+def _gather_batches(x: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """The shards of every rank concatenated along the batch dimension (B_total, ...); shards may differ
+    in batch size (the last batch of an epoch)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)
+    most = int(max(int(s) for s in sizes))
+    padded = torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))]) if x.shape[0] < most else x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous(), group=group)
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
 class _GlobalObserver:
-    """Observer proxy: all_reduce the shard's min/max, then feed the wrapped observer the global ones."""
+    """Observer proxy: feed the wrapped observer what one process with the global batch would see (the
+    global min/max for min/max observers, the gathered batch for histogram observers)."""
 
     def __init__(self, inner: Any, group: Any = None) -> None:
         self.inner, self.group = inner, group
@@ -146,7 +165,11 @@ class _GlobalObserver:
         import torch.distributed as dist
 
         from ..quant.math import reduce_minmax
+        from ..quant.observers import MinMaxObserver
 
+        if not isinstance(self.inner, MinMaxObserver):  # percentile / mse / entropy: every value counts
+            self.inner.observe(_gather_batches(x.detach(), self.group))
+            return
         lo, hi = reduce_minmax(x.float(), self.inner.axis)
         both = torch.stack([-lo, hi])
         dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)

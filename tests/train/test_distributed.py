@@ -60,3 +60,51 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     key = "act.output_quantizer.scale"
     assert torch.allclose(r0[key], ref[key], rtol=1e-6)
     assert float(r0["__loss"]) == pytest.approx(res.loss, rel=1e-4)
+
+
+def _observer_worker(rank, world, port, out, observer):
+    import torch.distributed as dist
+
+    from qfair.quant.quantizer import ActQuantizer
+    from qfair.train.ranges import synced_ranges
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        m = torch.nn.Sequential(ActQuantizer(bits=8, symmetric=False, observer=observer,
+                                             observer_options=_OPTIONS.get(observer)))
+        m[0].track()
+        for b in _observer_batches():
+            shard = b[:5] if rank == 0 else b[5:]  # uneven shards, as the last batch of an epoch
+            with synced_ranges(m, active=True):
+                m(shard)
+        torch.save({"scale": m[0].scale.clone(), "zp": m[0].zero_point.clone()}, f"{out}/obs{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+_OPTIONS = {"percentile": {"percentile": 99.0}}  # the default 99.99 is the max on so few values
+
+
+def _observer_batches():
+    g = torch.Generator().manual_seed(0)
+    # heavy-tailed activations: a percentile range differs clearly from the min/max one
+    return [torch.randn(9, 4, 6, 6, generator=g) ** 3 for _ in range(3)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("observer", ["percentile", "mse", "minmax"])
+def test_two_ranks_observe_the_global_batch_for_every_observer(tmp_path, observer):
+    from qfair.quant.quantizer import ActQuantizer
+
+    mp.spawn(_observer_worker, args=(2, _free_port(), str(tmp_path), observer), nprocs=2, join=True)
+    one = ActQuantizer(bits=8, symmetric=False, observer=observer, observer_options=_OPTIONS.get(observer))
+    one.track()
+    for b in _observer_batches():
+        one(b)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"obs{rank}.pt", weights_only=True)
+        # before: histogram observers saw only [global min, global max] and ended with the min/max range
+        assert torch.allclose(got["scale"], one.scale, rtol=1e-6), (observer, got["scale"], one.scale)
+        assert torch.equal(got["zp"], one.zero_point)
