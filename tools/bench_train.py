@@ -6,7 +6,10 @@ whose activation ranges still update, the first N steps), ``qat`` (ranges frozen
 
     OMP_NUM_THREADS=2 python tools/bench_train.py --archs mbf iresnet18 --batch 32 --steps 5
 
-Prints a table and writes JSON (``--out``). Ratios come from one run on a shared machine: indicative.
+The variants are timed in turns: after an untimed warm-up of every variant, each round times one step of
+every variant, the order rotating between rounds, so a change of machine load hits all variants alike; the
+median per variant and the ratios of those medians are reported. Prints a table and writes JSON (``--out``).
+Ratios come from one run on a shared machine: indicative.
 
 Acceptance experiment (issue 7): float model vs 6-bit PTQ vs 6-bit PTQ + KD fine-tuning, per group on
 the built-in benchmark (``qfair.train.kd_finetune`` with the reference lr rule 0.1 x batch / 512)::
@@ -21,10 +24,12 @@ standard error over seeds and an exact sign test.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -56,7 +61,15 @@ def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None
         ap.error(f"{flag} {path}: {exc}")
 
 
-def bench_variant(arch: str, variant: str, batch: int, steps: int, warmup: int, bits: int) -> dict:
+VARIANTS = ("float", "qat-track", "qat")  # timed in turns; ratios are taken against "float"
+
+
+def build_steps(arch: str, batch: int, bits: int) -> dict[str, Callable[[torch.Tensor], None]]:
+    """{variant: one training step on images (batch, 3, 112, 112)}, each on its own student and optimizer.
+
+    All variants distil from one shared float teacher and start from its weights (as KD fine-tuning of
+    a quantized model does); the QAT students are calibrated on the first 8 of the timing inputs."""
+    from qfair.export.bench import bench_inputs
     from qfair.models import create_model
     from qfair.quant import QuantConfig, quantize
     from qfair.train import ranges as R
@@ -65,29 +78,70 @@ def bench_variant(arch: str, variant: str, batch: int, steps: int, warmup: int, 
 
     torch.manual_seed(0)
     teacher = create_model(arch).eval().requires_grad_(False)
-    student = create_model(arch)
-    x = torch.randn(batch, 3, 112, 112).clamp(-1, 1)
-    if variant != "float":
-        student = quantize(student, QuantConfig(bits=bits), [x[:8]])
-        R.set_range_tracking(student, variant == "qat-track")
-    step = DistillStep(student).train()
-    opt = make_sgd(student.parameters(), 0.01)
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            t_emb = teacher(x)
-        loss = step(x, t_emb, None, None)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2]
-    return {"arch": arch, "variant": variant, "batch": batch, "step_s": med, "images_per_s": batch / med,
-            "steps": steps, "min_s": times[0], "max_s": times[-1]}
+    calib = [bench_inputs(batch)[:8]]
+
+    def make(variant: str) -> Callable[[torch.Tensor], None]:
+        student = copy.deepcopy(teacher).requires_grad_(True)
+        if variant != "float":
+            student = quantize(student, QuantConfig(bits=bits), calib)
+            R.set_range_tracking(student, variant == "qat-track")
+        step = DistillStep(student).train()
+        opt = make_sgd(student.parameters(), 0.01)
+
+        def run(x: torch.Tensor) -> None:  # the step of qfair.train.fit
+            with torch.no_grad():
+                t_emb = teacher(x)
+            loss = step(x, t_emb, None, None)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+            opt.step()
+
+        return run
+
+    return {v: make(v) for v in VARIANTS}
+
+
+def time_variants(steps: dict[str, Callable[[torch.Tensor], None]], batch: int, rounds: int, warmup: int,
+                  clock: Callable[[], float] | None = None) -> dict[str, list[float]]:
+    """{variant: seconds of each of its ``rounds`` timed steps}, timed in turns.
+
+    ``qfair.export.bench.time_runtimes`` runs the schedule: ``warmup`` untimed steps of every variant,
+    then ``rounds`` rounds of one step per variant, the order rotating every round, so a change of load
+    on a shared machine hits every variant alike. Each step records its own time (``clock``, default
+    ``time.perf_counter``) so that the spread (min / max) comes with the median."""
+    from qfair.export.bench import time_runtimes
+
+    clock = clock or time.perf_counter
+    seen: dict[str, list[float]] = {k: [] for k in steps}
+
+    def timed(name: str) -> Callable[[torch.Tensor], None]:
+        def run(x: torch.Tensor) -> None:
+            t = clock()
+            steps[name](x)
+            seen[name].append(clock() - t)
+        return run
+
+    time_runtimes({k: timed(k) for k in steps}, [batch], warmup, rounds)
+    out = {k: v[warmup:] for k, v in seen.items()}  # drop the warm-up steps
+    assert all(len(v) == rounds for v in out.values()), {k: len(v) for k, v in seen.items()}
+    return out
+
+
+def bench_arch(arch: str, batch: int, steps: int, warmup: int, bits: int,
+               clock: Callable[[], float] | None = None) -> list[dict]:
+    """One row per variant of ``arch``: median step time, images/s and the ratio to the float step."""
+    times = time_variants(build_steps(arch, batch, bits), batch, steps, warmup, clock)
+    rows = []
+    for variant in VARIANTS:
+        t = sorted(times[variant])
+        med = float(np.median(t))
+        rows.append({"arch": arch, "variant": variant, "batch": batch, "step_s": med, "images_per_s": batch / med,
+                     "steps": steps, "min_s": t[0], "max_s": t[-1], "times_s": times[variant]})
+    base = rows[0]["step_s"]  # VARIANTS[0] is "float"
+    for r in rows:
+        r["relative_to_float"] = r["step_s"] / base
+    return rows
 
 
 def _calibration(kind: str, model, seed: int, n: int = 256) -> list:
@@ -371,8 +425,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["mbf", "iresnet18"])
     p.add_argument("--batch", type=_positive, default=32)
-    p.add_argument("--steps", type=_positive, default=5, help="timed steps per variant (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--steps", type=_positive, default=5,
+                   help="timed rounds; each round times one step of every variant, in rotating order (the median "
+                        "per variant is reported)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps of every variant before the timed rounds, at least 1: the first steps of a "
+                        "model are slow (memory allocation, one-time set-up), and without a warm-up they inflate "
+                        "the float step so much that QAT steps come out faster than float")
     p.add_argument("--bits", type=int, default=6)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -396,6 +455,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error(f"argument --warmup: expected a whole number >= 0, got {args.warmup}")
+    if args.warmup == 0 and not (args.aggregate or args.acceptance):  # the speed mode needs a warm-up
+        p.error("argument --warmup: the speed mode needs at least 1 warm-up step per variant (without it the "
+                "first, slow steps make QAT look faster than float); got 0")
     _check_out(p, "--out", args.out)  # a bad --out fails now, not after a long run
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -416,18 +478,19 @@ def main(argv: list[str] | None = None) -> None:
 
     context = bench_context()
     rows = []
-    for arch in args.archs:
-        base = None
-        for variant in ("float", "qat-track", "qat"):
-            r = bench_variant(arch, variant, args.batch, args.steps, args.warmup, args.bits)
-            base = base or r["step_s"]
-            r["relative_to_float"] = r["step_s"] / base
+    for arch in args.archs:  # variants of one arch are timed in turns; ratios are within one arch
+        for r in bench_arch(arch, args.batch, args.steps, args.warmup, args.bits):
             rows.append(r)
-            print(f"{arch:10s} {variant:10s} step {r['step_s'] * 1000:8.1f} ms  {r['images_per_s']:7.1f} img/s  "
-                  f"x{r['relative_to_float']:.2f} of float", flush=True)
+            print(f"{arch:10s} {r['variant']:10s} step {r['step_s'] * 1000:8.1f} ms  {r['images_per_s']:7.1f} img/s  "
+                  f"x{r['relative_to_float']:.2f} of float  (min {r['min_s'] * 1000:.1f}, max "
+                  f"{r['max_s'] * 1000:.1f} ms)", flush=True)
     context["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "bits": args.bits, "batch": args.batch,
-            "steps": args.steps, "warmup": args.warmup, "timing": "variants one after another, median of the steps",
+            "steps": args.steps, "warmup": args.warmup, "timing": "round-robin",
+            "timing_detail": f"untimed warm-up of every variant ({args.warmup} steps each), then {args.steps} "
+                             "rounds of one timed step per variant in rotating order; median per variant, ratios "
+                             "from the medians",
+            "variants": list(VARIANTS),
             "context": context}
     if args.out:
         atomic_write_json(args.out, {"meta": meta, "results": rows}, mkdir=True)
