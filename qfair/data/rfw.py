@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..utils.errors import DataError
-from .verification import LazyImageStore, VerificationSet, finish_validated, path_exists
+from .verification import LazyImageStore, VerificationSet, finish_validated, make_folds, path_exists
 
 RACES = ("African", "Asian", "Caucasian", "Indian")
 
@@ -124,11 +124,12 @@ def read_rfw(root: str | Path, *, races: tuple[str, ...] | None = None, skip_cor
                                 f"(use --skip-corrupt to skip such pairs)")
             pair = []
             for k in keys:
-                if k not in index:
-                    index[k] = len(sources)
+                key = f"{race}/{k}"  # identity names are unique in RFW, but not in every benchmark in its layout
+                if key not in index:
+                    index[key] = len(sources)
                     sources.append((str(test / "data" / race / k), lmks.get(k), str(lfile)))
                     names.append(str(test / "data" / race / k))
-                pair.append(index[k])
+                pair.append(index[key])
             pairs.append(pair)
             issame.append(same)
             groups.append(race)
@@ -137,6 +138,6 @@ def read_rfw(root: str | Path, *, races: tuple[str, ...] | None = None, skip_cor
         if race_pairs == 0:
             raise DataError(f"{pfile}: no usable pairs")
     vset = VerificationSet(name="rfw", images=LazyImageStore(sources, names, _load_rfw_image), pairs=pairs,
-                           issame=issame, groups=groups, pair_ids=ids, folds=None,
+                           issame=issame, groups=groups, pair_ids=ids, folds=make_folds(np.asarray(groups)),
                            meta={"source": str(root), "format": "rfw", "skipped_pairs": skipped_pairs})
     return finish_validated(vset, skip_corrupt) if validate else vset

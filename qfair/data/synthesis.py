@@ -184,11 +184,15 @@ def foreign_images(out: str | Path, prefix: str = "synth") -> list[Path]:
 def _cache_key(model: torch.nn.Module, n: int, seed: int, s: SynthSettings) -> str:
     import hashlib
 
+    import torch
+
     h = hashlib.sha256(f"{type(model).__name__}|{n}|{seed}|{s}".encode())
-    for bn in _bn_layers(model):
-        for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):
-            if t is not None:
-                h.update(t.detach().float().cpu().numpy().tobytes())
+    # every tensor, not only the BatchNorm ones: synthesis back-propagates through all the layers, so two
+    # models with the same BN statistics (a fine-tune with BN frozen) synthesise different images
+    for name, t in model.state_dict().items():
+        if torch.is_tensor(t):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:32]
 
 

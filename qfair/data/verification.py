@@ -187,14 +187,20 @@ def path_exists(path: Path) -> bool:
 
 
 def make_folds(groups: np.ndarray, n_folds: int = 10) -> np.ndarray:
-    """Fold index per pair: within each group, pairs in file order split into ``n_folds`` contiguous,
-    (near-)equal folds (6000 pairs -> index // 600, as in LFW/RFW)."""
+    """Fold index per pair: within each group, pairs in file order split into ``n_folds`` contiguous folds,
+    the first ``n % n_folds`` one pair longer (sklearn ``KFold(shuffle=False)``, the reference code's rule,
+    as ``qfair.eval.verification.contiguous_folds``; 6000 pairs -> index // 600, as in LFW/RFW)."""
     groups = np.asarray(groups)
     folds = np.zeros(len(groups), dtype=np.int64)
     for g in dict.fromkeys(groups.tolist()):
         pos = np.flatnonzero(groups == g)
-        folds[pos] = np.arange(len(pos)) * n_folds // max(len(pos), 1)
+        sizes = np.full(n_folds, len(pos) // n_folds)
+        sizes[: len(pos) % n_folds] += 1
+        folds[pos] = np.repeat(np.arange(n_folds), sizes)
     return folds
+
+
+DEFAULT_FOLDS = "default_folds"  # meta key: the reader defined no folds; evaluation's n_folds applies
 
 
 @dataclass
@@ -225,7 +231,10 @@ class VerificationSet:
             self.pair_ids = np.asarray(self.pair_ids, dtype=str).reshape(-1, 2)
             if len(self.pair_ids) != n:
                 raise DataError(f"{self.name}: pair_ids has {len(self.pair_ids)} rows for {n} pairs")
-        self.folds = make_folds(self.groups) if self.folds is None else np.asarray(self.folds, dtype=np.int64)
+        if self.folds is None:  # the format defines none: 10 per group, replaced by evaluation's n_folds
+            self.folds = make_folds(self.groups)
+            self.meta[DEFAULT_FOLDS] = True
+        self.folds = np.asarray(self.folds, dtype=np.int64)
         if len(self.folds) != n:
             raise DataError(f"{self.name}: folds has {len(self.folds)} entries for {n} pairs")
 

@@ -31,16 +31,21 @@ def check_pairs(vset: Any) -> np.ndarray:
     return pairs.astype(np.int64)
 
 
-def _source_path(src: Any) -> Path | None:
-    """The file an image of a lazy store is read from (a path, or a tuple starting with one), else None."""
-    if isinstance(src, (tuple, list)) and src:
-        src = src[0]
-    if isinstance(src, (str, os.PathLike)) and not isinstance(src, bytes):
+def _hash_source_part(h: Any, part: Any) -> None:
+    """Add one part of a lazy image source to the fingerprint: a file by its path, size and mtime (no
+    decoding), an array by its bytes, anything else by its repr."""
+    if isinstance(part, (str, os.PathLike)):
+        path = Path(part)
         try:
-            return Path(src)
-        except (TypeError, ValueError):
-            return None
-    return None
+            st = path.stat()
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except (OSError, ValueError):
+            h.update(f"{path}|missing".encode())
+    elif isinstance(part, np.ndarray):
+        h.update(f"{part.dtype}|{part.shape}".encode())
+        h.update(np.ascontiguousarray(part).tobytes())
+    else:
+        h.update(repr(part).encode())
 
 
 def benchmark_fingerprint(vset: Any) -> str:
@@ -71,14 +76,10 @@ def benchmark_fingerprint(vset: Any) -> str:
         return h.hexdigest()[:32]
     sources = getattr(getattr(images, "_ds", None), "sources", None)  # qfair.data.LazyImageStore
     for src in sources if sources is not None else []:
-        path = _source_path(src)
-        if path is None:
-            continue
-        try:
-            st = path.stat()
-            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(f"{path}|missing".encode())
+        # every part of a source: RFW's are (image path, its landmarks, the landmark file), and new
+        # landmarks re-align the face as surely as new pixels
+        for part in src if isinstance(src, (tuple, list)) else (src,):
+            _hash_source_part(h, part)
     n = len(images)
     for i in np.unique(np.linspace(0, n - 1, min(n, 16)).astype(int)) if n else []:
         h.update(np.asarray(images[int(i)]).tobytes())

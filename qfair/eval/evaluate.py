@@ -35,8 +35,10 @@ def evaluate(target: Any, vset: Any, *, backend: str | None = None, arch: str | 
                         f"such as 'builtin:small' or 'rfw:/data/RFW', got {type(vset).__name__}")
     be, display, model_meta = load_target(target, arch=arch, backend=backend, name=name)
     pairs = check_pairs(vset)
+    # the benchmark's own folds (RFW, builtin), else n_folds contiguous folds per group
+    own_folds = None if (getattr(vset, "meta", None) or {}).get("default_folds") else getattr(vset, "folds", None)
     # a benchmark that cannot be evaluated fails here, not after every image was embedded
-    check_layout(vset.issame, vset.groups, getattr(vset, "folds", None), benchmark=vset.name, n_folds=n_folds,
+    check_layout(vset.issame, vset.groups, own_folds, benchmark=vset.name, n_folds=n_folds,
                  threshold=threshold, groups_wanted=groups)
     emb = embed(be, vset, flip=flip, batch_size=batch_size, cache_dir=cache_dir)
     # float32 unit embeddings, squared L2 as the reference code computes it (README references [3])
@@ -46,7 +48,7 @@ def evaluate(target: Any, vset: Any, *, backend: str | None = None, arch: str | 
     if bench_meta.get("synthetic"):
         full_meta["benchmark_note"] = "synthetic benchmark (built-in); real conclusions need RFW"
     result = evaluate_arrays(dist, vset.issame, vset.groups, pair_ids=getattr(vset, "pair_ids", None),
-                             folds=getattr(vset, "folds", None), name=display, benchmark=vset.name, meta=full_meta,
+                             folds=own_folds, name=display, benchmark=vset.name, meta=full_meta,
                              mode=mode, n_folds=n_folds, target_fmr=target_fmr, threshold=threshold, alpha=alpha,
                              ddof=ddof, n_bootstrap=n_bootstrap, seed=seed, groups_wanted=groups)
     if full_meta.get("target_note"):  # e.g. a quantized graph without its export report: bits unknown

@@ -4,7 +4,10 @@ None of the reference systems has this (issue 7). Per group g the weighter keeps
 of the per-sample distillation loss (EMA with ``momentum``; the first observation initialises it).
 Group weights are ``w_g = (L_g / mean_h L_h) ** gamma``, renormalised so that their mean over the
 groups seen so far is 1; gamma = 0 gives plain (unweighted) distillation. A sample's weight is the
-weight of its group, or ``sum_g p_ig w_g`` for soft labels (a group classifier's probabilities).
+weight of its group, or ``sum_g p_ig w_g`` for soft labels (a group classifier's probabilities), and
+the batch's sample weights are then scaled to mean 1 (over all ranks under DDP): fairness weighting
+moves KD strength between groups without changing the total, so on imbalanced data (a majority group
+that drifts little) it does not also lower the KD weight and the learning rate it acts with.
 
 Group labels arrive per sample as (B,) int64 (-1 = unknown: weight 1, not counted) or (B, G) float
 probabilities. Under DDP the per-group sums are all-reduced before the update so every rank keeps
@@ -65,16 +68,23 @@ class GroupKDWeighter:
             return torch.ones(self.num_groups)
         return group_weights(self.running, self.seen, self.gamma)
 
-    def sample_weights(self, groups: torch.Tensor) -> torch.Tensor:
-        """(B,) int or (B, G) soft groups -> (B,) weights from the state BEFORE this batch's update."""
+    def sample_weights(self, groups: torch.Tensor, reduce=None) -> torch.Tensor:
+        """(B,) int or (B, G) soft groups -> (B,) weights from the state BEFORE this batch's update, with
+        mean 1 over the batch (``reduce`` all-reduces (sum) the batch's total and size across ranks)."""
         w = self.weights().to(groups.device)
         if groups.dim() == 2:
-            return groups.float() @ w
-        g = groups.long()
-        out = torch.ones(g.shape, device=g.device)
-        ok = (g >= 0) & (g < self.num_groups)
-        out[ok] = w[g[ok]]
-        return out
+            out = groups.float() @ w
+        else:
+            g = groups.long()
+            out = torch.ones(g.shape, device=g.device)
+            ok = (g >= 0) & (g < self.num_groups)
+            out[ok] = w[g[ok]]
+        if not self.enabled:
+            return out
+        total = torch.stack([out.sum(), torch.tensor(float(out.numel()), device=out.device)])
+        if reduce is not None:
+            reduce(total)
+        return out * (total[1] / total[0]) if float(total[0]) > 0 else out
 
     def update(self, per_sample: torch.Tensor, groups: torch.Tensor, reduce=None) -> None:
         """Fold a batch's per-sample KD losses into the running means; ``reduce`` all-reduces (sum)."""

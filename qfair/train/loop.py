@@ -216,7 +216,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                     raise DataError(f"step {step + 1}: fair_kd needs group labels, and this batch has none; give "
                                     "(images, labels, groups) batches, or drop fair_kd")
                 if weighter is not None and cfg.fair_kd and batch.groups is not None:
-                    weights = weighter.sample_weights(batch.groups)
+                    weights = weighter.sample_weights(batch.groups, reduce=all_reduce_sum if info.active else None)
                 try:
                     with R.synced_ranges(student, active=tracking and info.active), \
                             torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):

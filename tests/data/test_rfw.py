@@ -12,15 +12,16 @@ def _face(seed, size=112):
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
-def make_rfw(root, races=("African", "Asian"), unaligned=False):
-    """Tiny RFW tree: per race 2 identities x 3 images, 2 genuine + 2 impostor pairs."""
+def make_rfw(root, races=("African", "Asian"), unaligned=False, shared_names=False):
+    """Tiny RFW tree: per race 2 identities x 3 images, 2 genuine + 2 impostor pairs (``shared_names``:
+    the same identity names in every race, which real RFW never has but other benchmarks may)."""
     truth = {}
     for r_i, race in enumerate(races):
         txt = root / "test" / "txts" / race
         txt.mkdir(parents=True)
         lmk_lines = []
         for k in range(2):
-            ident = f"m.{race[:2]}{k}"
+            ident = f"id{k}" if shared_names else f"m.{race[:2]}{k}"
             d = root / "test" / "data" / race / ident
             d.mkdir(parents=True)
             for n in range(1, 4):
@@ -32,7 +33,7 @@ def make_rfw(root, races=("African", "Asian"), unaligned=False):
                 pts = ARCFACE_TEMPLATE * 1.5 + 10
                 lmk_lines.append(f"./test/data/{race}/{ident}/{ident}_{n:04d}.jpg\t{k}\t" +
                                  " ".join(f"{v:.4f}" for v in pts.reshape(-1)))
-        a, b = f"m.{race[:2]}0", f"m.{race[:2]}1"
+        a, b = ("id0", "id1") if shared_names else (f"m.{race[:2]}0", f"m.{race[:2]}1")
         (txt / f"{race}_pairs.txt").write_text(f"{a}\t1\t2\n{b}\t2\t3\n{a}\t1\t{b}\t1\n{a}\t3\t{b}\t2\n")
         (txt / f"{race}_lmk.txt").write_text("\n".join(lmk_lines) + "\n")
     return truth
@@ -87,3 +88,12 @@ def test_corrupt_image_named(tmp_path):
 def test_not_rfw(tmp_path):
     with pytest.raises(DataError, match="not an RFW folder"):
         read_rfw(tmp_path)
+
+
+def test_same_identity_names_in_two_races_read_their_own_images(tmp_path):
+    truth = make_rfw(tmp_path, shared_names=True)
+    vs = read_rfw(tmp_path)
+    assert len(vs.images) == 12  # before: 6, the Asian pairs silently read the African images
+    asian = int(np.flatnonzero(vs.groups == "Asian")[0])
+    got = vs.images[vs.pairs[asian, 0]]
+    assert torch.equal(got, torch.from_numpy(truth["Asian/id0_1"]).permute(2, 0, 1))

@@ -68,3 +68,17 @@ def test_seeded_and_written(tmp_path):
 
     batches = calibration_batches(f"synthetic:{tmp_path / 'out'}", 5, 5)  # the sheet is not an image of the set
     assert batches[0].shape[0] == 5
+
+
+def test_cache_key_covers_every_weight_not_only_batchnorm():
+    from qfair.data.synthesis import _cache_key
+
+    a = _model()
+    b = _model()
+    b.load_state_dict(a.state_dict())
+    s = SynthSettings(iters=2, batch_size=3)
+    assert _cache_key(a, 4, 0, s) == _cache_key(b, 4, 0, s)
+    conv = next(m for m in b.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.weight.mul_(1.5)  # same BN statistics, other images: before, the same cache entry
+    assert _cache_key(a, 4, 0, s) != _cache_key(b, 4, 0, s)

@@ -16,6 +16,26 @@ def test_make_folds_contiguous_per_group():
     f = make_folds(groups)
     assert np.array_equal(f[:6000], np.arange(6000) // 600)
     assert np.array_equal(f[6000:], np.arange(20) // 2)
+    # uneven counts: the first n % 10 folds one longer, as the evaluator's contiguous_folds (sklearn KFold)
+    from qfair.eval.verification import contiguous_folds
+
+    for n in (65, 6005, 13):
+        assert np.array_equal(make_folds(np.array(["g"] * n)), contiguous_folds(n, 10))  # 65: was 7,6,7,6,...
+
+
+def test_n_folds_applies_to_benchmarks_without_their_own_folds():
+    from qfair.eval import evaluate
+
+    rng = np.random.default_rng(0)
+    n = 40
+    pairs = np.stack([np.arange(n) % 6, (np.arange(n) + 1) % 6], 1)
+    plain = VerificationSet("plain", _store(6), pairs, rng.random(n) < 0.5, np.array(["all"] * n))
+    own = VerificationSet("own", _store(6), pairs, plain.issame, plain.groups, folds=np.arange(n) % 4)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 112 * 112, 8))
+    five = evaluate(model, plain, n_folds=5, n_bootstrap=0)
+    assert len(np.unique(five.pairs.folds)) == 5 and five.settings["folds"] == "5 contiguous per group"  # was 10
+    mine = evaluate(model, own, n_folds=5, n_bootstrap=0)
+    assert np.array_equal(mine.pairs.folds, own.folds) and mine.settings["folds"] == "the benchmark's own"
 
 
 def test_image_store_batches_cover_all_once():
@@ -49,7 +69,7 @@ def test_lazy_validate_skip_counts():
 def test_verification_set_checks_and_select():
     vs = VerificationSet("t", _store(6), pairs=[[0, 1], [2, 3], [4, 5], [0, 5]], issame=[1, 0, 1, 0],
                          groups=["a", "a", "b", "b"], pair_ids=[["x", "x"], ["y", "z"], ["u", "u"], ["x", "v"]])
-    assert vs.group_names() == ["a", "b"] and vs.folds.tolist() == [0, 5, 0, 5]
+    assert vs.group_names() == ["a", "b"] and vs.folds.tolist() == [0, 1, 0, 1]
     sub = vs.group("b")
     assert len(sub.images) == 3 and sub.pairs.tolist() == [[1, 2], [0, 2]]
     assert torch.equal(sub.images[1], vs.images[4]) and torch.equal(sub.images[0], vs.images[0])

@@ -174,3 +174,23 @@ def test_a_benchmark_that_cannot_be_evaluated_fails_before_embedding(tiny_net, m
     vs.issame = np.ones_like(vs.issame)
     with pytest.raises(DataError, match="no impostor pairs"):
         evaluate(tiny_net, vs, n_bootstrap=0)
+
+
+def test_fingerprint_of_a_lazy_set_covers_every_part_of_each_source(tmp_path):
+    from types import SimpleNamespace
+
+    from qfair.eval.embed import benchmark_fingerprint
+
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"x")
+
+    def vset(shift):  # 40 RFW-like sources (image path, landmarks, landmark file); 16 are sampled and decoded
+        lmks = [np.full((5, 2), 50.0) for _ in range(40)]
+        lmks[7] = lmks[7] + shift  # one re-aligned face, not among the decoded samples
+        ds = SimpleNamespace(sources=[(str(img), m, str(img)) for m in lmks])
+        images = type("Store", (), {"__len__": lambda self: 40, "__getitem__": lambda self, i: np.zeros(3),
+                                    "_ds": ds})()
+        return SimpleNamespace(name="rfw", images=images, pairs=np.array([[0, 1]]), issame=np.array([True]))
+
+    assert benchmark_fingerprint(vset(0.0)) == benchmark_fingerprint(vset(0.0))
+    assert benchmark_fingerprint(vset(0.0)) != benchmark_fingerprint(vset(12.0))  # before: equal (stale cache)

@@ -48,6 +48,23 @@ def test_weighter_ema_upweights_the_drifting_group_and_logs_per_group():
     assert disabled.log_dict()["kd_group"] == {"A": 1.0, "B": 5.0}  # still logged
 
 
+def test_sample_weights_have_mean_one_over_an_imbalanced_batch():
+    w = GroupKDWeighter(["A", "B", "C", "D"], gamma=1.0)
+    w.update(torch.tensor([1.0, 2.2, 3.0, 8.0]), torch.tensor([0, 1, 2, 3]))  # running losses 1, 2.2, 3, 8
+    gw = w.weights()
+    batch = torch.tensor([0] * 15 + [1] * 5 + [2] * 3 + [3] * 2)  # 60 / 20 / 12 / 8 %
+    sw = w.sample_weights(batch)
+    # before: mean 0.575 (group weights have mean 1 over groups), so fair KD also cut the KD weight by 43 %
+    assert abs(float(sw.mean()) - 1.0) < 1e-6
+    assert abs(float(sw[batch == 3][0] / sw[batch == 0][0]) - float(gw[3] / gw[0])) < 1e-6  # ratios kept
+
+    # under DDP the mean is over the global batch: a rank scales by the all-reduced total and size
+    def global_total(t):  # what all_reduce_sum returns when the other rank holds batch[10:]
+        return t.copy_(torch.tensor([float(gw[batch].sum()), float(len(batch))]))
+
+    assert torch.allclose(w.sample_weights(batch[:10], reduce=global_total), sw[:10])
+
+
 def test_weighter_state_round_trip():
     w = GroupKDWeighter(["A", "B", "C"])
     w.update(torch.tensor([1.0, 2.0]), torch.tensor([0, 2]))
