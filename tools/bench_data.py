@@ -21,16 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
+from qfair.config.cli_args import check_output_arg, positive_int
 
 
 def _render_chunk(args: tuple[int, int]) -> int:
@@ -149,22 +140,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=["recordio", "generator", "synthesis"],
                     default=["recordio", "generator", "synthesis"])
-    ap.add_argument("--rec-n", type=_positive, default=4000, help="images in the benchmark .rec")
-    ap.add_argument("--gen-n", type=_positive, default=2048, help="images rendered by the built-in generator")
-    ap.add_argument("--synth-n", type=_positive, default=512, help="images synthesised from mbf BatchNorm statistics")
-    ap.add_argument("--synth-iters", type=_positive, default=30)
-    ap.add_argument("--synth-batch", type=_positive, default=32)
+    ap.add_argument("--rec-n", type=positive_int, default=4000, help="images in the benchmark .rec")
+    ap.add_argument("--gen-n", type=positive_int, default=2048, help="images rendered by the built-in generator")
+    ap.add_argument("--synth-n", type=positive_int, default=512,
+                    help="images synthesised from mbf BatchNorm statistics")
+    ap.add_argument("--synth-iters", type=positive_int, default=30)
+    ap.add_argument("--synth-batch", type=positive_int, default=32)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     from qfair.export.bench import bench_context
-    from qfair.utils.errors import QfairError
-    from qfair.utils.io import atomic_write_json, output_file
+    from qfair.utils.io import atomic_write_json
 
-    if args.json:  # a bad --json path fails now, not after minutes of timing
-        try:
-            output_file(args.json, mkdir=True)
-        except (QfairError, OSError) as exc:
-            ap.error(f"--json {args.json}: {exc}")
+    check_output_arg(ap, "--json", args.json)  # a bad --json path fails now, not after minutes of timing
     ctx = bench_context()
     out: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
                  "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,

@@ -10,29 +10,7 @@ import argparse
 import os
 import time
 
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
-
-
-def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
-    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
-    if path is None:
-        return
-    from qfair.utils.errors import QfairError
-    from qfair.utils.io import output_file
-
-    try:
-        output_file(path, mkdir=True)
-    except (QfairError, OSError) as exc:
-        ap.error(f"{flag} {path}: {exc}")
+from qfair.config.cli_args import check_output_arg, positive_int
 
 
 def make_data(seed: int = 0, per_group: int = 6000, n_ids: int = 3000):
@@ -54,13 +32,13 @@ def make_data(seed: int = 0, per_group: int = 6000, n_ids: int = 3000):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=_positive, default=5)
-    ap.add_argument("--resamples", type=_positive, default=1000)
-    ap.add_argument("--threads", type=_positive, default=2,
+    ap.add_argument("--repeats", type=positive_int, default=5)
+    ap.add_argument("--resamples", type=positive_int, default=1000)
+    ap.add_argument("--threads", type=positive_int, default=2,
                     help="OMP/OpenBLAS/MKL threads (set before numpy loads) and torch threads")
     ap.add_argument("--json", default=None, help="also write the figures and their context to this JSON file")
     args = ap.parse_args(argv)
-    _check_out(ap, "--json", args.json)
+    check_output_arg(ap, "--json", args.json)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     import numpy as np

@@ -29,29 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
-
-
-def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
-    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
-    if path is None:
-        return
-    from qfair.utils.errors import QfairError
-    from qfair.utils.io import output_file
-
-    try:
-        output_file(path, mkdir=True)
-    except (QfairError, OSError) as exc:
-        ap.error(f"{flag} {path}: {exc}")
+from qfair.config.cli_args import check_output_arg, positive_int
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -212,17 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=["iresnet50", "mbf"])
     ap.add_argument("--bits", type=int, default=8)
-    ap.add_argument("--threads", type=_positive, default=1, help="torch and ONNX Runtime (intra-op) threads")
-    ap.add_argument("--batches", type=_positive, nargs="+", default=[1, 16])
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch and ONNX Runtime (intra-op) threads")
+    ap.add_argument("--batches", type=positive_int, nargs="+", default=[1, 16])
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=_positive, default=7)
+    ap.add_argument("--repeats", type=positive_int, default=7)
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args(argv)
     if len(set(args.batches)) != len(args.batches):
         ap.error(f"--batches: each batch size once, got {args.batches}")
     if args.warmup < 0:
         ap.error(f"--warmup: expected a whole number >= 0, got {args.warmup}")
-    _check_out(ap, "--out", args.out)
+    check_output_arg(ap, "--out", args.out)
     from qfair.export.bench import bench_context
 
     torch.set_num_threads(args.threads)

@@ -19,29 +19,7 @@ import time
 
 import torch
 
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
-
-
-def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
-    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
-    if path is None:
-        return
-    from qfair.utils.errors import QfairError
-    from qfair.utils.io import output_file
-
-    try:
-        output_file(path, mkdir=True)
-    except (QfairError, OSError) as exc:
-        ap.error(f"{flag} {path}: {exc}")
+from qfair.config.cli_args import check_output_arg, positive_int
 
 
 def _time(fn, steps: int, warmup: int = 1) -> float:
@@ -102,13 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="*", default=["iresnet18", "mbf"])
     ap.add_argument("--calib-archs", nargs="*", default=["mbf", "iresnet18"])
-    ap.add_argument("--batch", type=_positive, default=32)
-    ap.add_argument("--steps", type=_positive, default=3, help="timed training steps per variant (median)")
-    ap.add_argument("--calib-images", type=_positive, default=256)
-    ap.add_argument("--calib-repeats", type=_positive, default=1, help="timed calibrations per observer (median)")
+    ap.add_argument("--batch", type=positive_int, default=32)
+    ap.add_argument("--steps", type=positive_int, default=3, help="timed training steps per variant (median)")
+    ap.add_argument("--calib-images", type=positive_int, default=256)
+    ap.add_argument("--calib-repeats", type=positive_int, default=1, help="timed calibrations per observer (median)")
     ap.add_argument("--json", default=None, help="also write the figures and their context to this JSON file")
     args = ap.parse_args(argv)
-    _check_out(ap, "--json", args.json)
+    check_output_arg(ap, "--json", args.json)
     from qfair.export.bench import bench_context
 
     context = bench_context()

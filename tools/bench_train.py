@@ -34,32 +34,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from qfair.config.cli_args import check_output_arg, positive_int
 from qfair.utils.io import atomic_write_json
-
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
-
-
-def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
-    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
-    if path is None:
-        return
-    from qfair.utils.errors import QfairError
-    from qfair.utils.io import output_file
-
-    try:
-        output_file(path, mkdir=True)
-    except (QfairError, OSError) as exc:
-        ap.error(f"{flag} {path}: {exc}")
-
 
 VARIANTS = ("float", "qat-track", "qat")  # timed in turns; ratios are taken against "float"
 
@@ -424,8 +400,8 @@ def aggregate(paths: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["mbf", "iresnet18"])
-    p.add_argument("--batch", type=_positive, default=32)
-    p.add_argument("--steps", type=_positive, default=5,
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--steps", type=positive_int, default=5,
                    help="timed rounds; each round times one step of every variant, in rotating order (the median "
                         "per variant is reported)")
     p.add_argument("--warmup", type=int, default=2,
@@ -458,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.warmup == 0 and not (args.aggregate or args.acceptance):  # the speed mode needs a warm-up
         p.error("argument --warmup: the speed mode needs at least 1 warm-up step per variant (without it the "
                 "first, slow steps make QAT look faster than float); got 0")
-    _check_out(p, "--out", args.out)  # a bad --out fails now, not after a long run
+    check_output_arg(p, "--out", args.out)  # a bad --out fails now, not after a long run
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.aggregate:

@@ -22,29 +22,7 @@ import time
 
 import torch
 
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (the flag is named by argparse in the error)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
-
-
-def _check_out(ap: argparse.ArgumentParser, flag: str, path: str | None) -> None:
-    """Fail at once, naming the flag, when the output file cannot be written (not after the timings)."""
-    if path is None:
-        return
-    from qfair.utils.errors import QfairError
-    from qfair.utils.io import output_file
-
-    try:
-        output_file(path, mkdir=True)
-    except (QfairError, OSError) as exc:
-        ap.error(f"{flag} {path}: {exc}")
+from qfair.config.cli_args import check_output_arg, positive_int
 
 
 def _wa_pair(text: str) -> tuple[int, int]:
@@ -101,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--table", default="both", choices=["observers", "ptq", "both"])
     ap.add_argument("--recipe", default="quantface")
     ap.add_argument("--observer", default="minmax", help="activation observer of the ptq table")
-    ap.add_argument("--calib-size", type=_positive, default=128)
-    ap.add_argument("--eval-size", type=_positive, default=64)
+    ap.add_argument("--calib-size", type=positive_int, default=128)
+    ap.add_argument("--eval-size", type=positive_int, default=64)
     ap.add_argument("--bits", nargs="+", type=_wa_pair, default=[(6, 6), (4, 4), (4, 8), (3, 8)],
                     help="W/A pairs of the ptq table (default: 6/6 4/4 4/8 3/8)")
     ap.add_argument("--methods", nargs="+", default=["none", "bias_correction", "bn_reestimate", "adaround", "brecq"],
@@ -114,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                     "(e.g. builtin)")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
-    _check_out(ap, "--json", args.json)
+    check_output_arg(ap, "--json", args.json)
 
     from qfair.data import calibration_batches
     from qfair.quant import QuantConfig, quantize

@@ -72,3 +72,28 @@ def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
             value = getattr(args, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1 (argparse names the flag in the error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
+def check_output_arg(parser: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Exit through ``parser.error`` naming ``flag`` when ``path`` cannot be written, before a long run
+    (benchmark scripts in tools/)."""
+    if path is None:
+        return
+    from ..utils.errors import QfairError
+    from ..utils.io import output_file
+
+    try:
+        output_file(path, mkdir=True)
+    except (QfairError, OSError) as exc:
+        parser.error(f"{flag} {path}: {exc}")

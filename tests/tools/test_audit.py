@@ -3,10 +3,8 @@
 No test here times anything: the clock is replaced by a counter where timing logic is checked."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +13,11 @@ from qfair.export import bench as B
 from qfair.export.config import BenchConfig
 from qfair.utils.errors import MissingDependencyError, QfairError
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from .conftest import load_tool
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"audit_{name}", TOOLS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(name, f"audit_{name}")
 
 
 class _Clock:

@@ -1,21 +1,12 @@
 """tools/bench_train.py --aggregate: pooling KD acceptance runs over seeds (hand-computed references)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_train.py"
-
-
-@pytest.fixture(scope="module")
-def bench_train():
-    spec = importlib.util.spec_from_file_location("bench_train_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+# the `bench_train` fixture (tools/bench_train.py as a module) is in conftest.py
 
 
 def _run(seed: int, ptq: tuple, kd: tuple, disc: tuple[int, int], **settings) -> dict:

@@ -3,21 +3,11 @@
 Fake steps and a fake clock only: these tests check the schedule and the arithmetic, never real speed."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_train.py"
-
-
-@pytest.fixture(scope="module")
-def bench_train():
-    spec = importlib.util.spec_from_file_location("bench_train_speed_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+# the `bench_train` fixture (tools/bench_train.py as a module) is in conftest.py
 
 
 class FakeClock:
