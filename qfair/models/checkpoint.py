@@ -242,15 +242,16 @@ _BN_STATS = (".running_mean", ".running_var")
 
 
 def _mismatch_hint(sd: Mapping[str, torch.Tensor], guess: tuple[str, dict[str, Any]] | None, arch: str,
-                   missing: list[str] | None = None) -> str:
-    """What to do about a checkpoint that does not fit ``arch``; never suggests ``arch`` itself."""
+                   missing: list[str] | None = None, arch_flag: str = "--arch") -> str:
+    """What to do about a checkpoint that does not fit ``arch``; never suggests ``arch`` itself.
+    ``arch_flag``: the command-line option that sets ``arch`` (``--teacher-arch`` for a qat teacher)."""
     qkeys = quantizer_keys(sd)
     if qkeys:
         return (f"the checkpoint is an already-quantized qfair model ({qkeys[0]}, ...): load its run folder "
                 "(model.pt with quant.json; qfair.quant.load_quantized), or pass the float checkpoint.")
     if guess is not None and guess[0] != arch:
         return (f"the checkpoint looks like {_describe(guess)}, not {arch}; "
-                f"pass --arch {guess[0]} (or arch='{guess[0]}').")
+                f"pass {arch_flag} {guess[0]} (or arch='{guess[0]}').")
     if missing and all(k.endswith(_BN_STATS) for k in missing):
         return ("the checkpoint has no BatchNorm running statistics (running_mean / running_var): it was saved "
                 "from model.parameters() / named_parameters() or had its buffers removed, and without them the "
@@ -258,10 +259,11 @@ def _mismatch_hint(sd: Mapping[str, torch.Tensor], guess: tuple[str, dict[str, A
     if guess is not None:
         return (f"the keys are those of {_describe(guess)} but the tensors above do not fit; check the "
                 "architecture options (embedding size, width) or that the file is not damaged.")
-    return "check --arch against `qfair models`, or that this is a face backbone checkpoint."
+    return f"check {arch_flag} against `qfair models`, or that this is a face backbone checkpoint."
 
 
-def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str, arch: str) -> None:
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str, arch: str,
+                           arch_flag: str = "--arch") -> None:
     """Load with strict key and shape matching; on mismatch name the keys and guess the real arch."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -280,7 +282,7 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, 
             if items:
                 shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
                 lines.append(f"  {label}: {shown}")
-        lines.append(f"  hint: {_mismatch_hint(sd, guess, arch, missing_real)}")
+        lines.append(f"  hint: {_mismatch_hint(sd, guess, arch, missing_real, arch_flag)}")
         raise CheckpointError("\n".join(lines))
     if head:
         shown = ", ".join(f"{k} {tuple(sd[k].shape)}" for k in head[:3]) + (", ..." if len(head) > 3 else "")
@@ -290,11 +292,13 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, 
     model.load_state_dict(full, strict=True)
 
 
-def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) -> nn.Module:
+def load_model(path: str | os.PathLike, arch: str | None = None, *, arch_flag: str = "--arch",
+               **kwargs: Any) -> nn.Module:
     """Load a float face backbone from a checkpoint (safely, strictly) in eval mode.
 
     ``arch`` defaults to a guess from the key names and shapes; embedding size and width are read
-    from the checkpoint unless given in ``kwargs``.
+    from the checkpoint unless given in ``kwargs``. ``arch_flag``: the command-line option that sets
+    ``arch``, named in the hints (``--teacher-arch`` for a teacher, ...).
     """
     from .registry import MODELS, create_model
 
@@ -307,7 +311,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) 
     guess = guess_arch(sd)
     if arch is None:
         if guess is None:
-            raise CheckpointError(f"{path}: cannot tell the architecture: {_unrecognised(sd)}; pass --arch "
+            raise CheckpointError(f"{path}: cannot tell the architecture: {_unrecognised(sd)}; pass {arch_flag} "
                                   "(arch= in Python; see `qfair models` / qfair.list_models())")
         arch, guessed_kw = guess
         kwargs = {**guessed_kw, **kwargs}
@@ -317,7 +321,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) 
             kwargs = {**guess[1], **kwargs}
     model = create_model(arch, **kwargs)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # fp16 / bf16 / fp64 -> fp32
-    load_state_dict_strict(model, sd, source=str(path), arch=arch)
+    load_state_dict_strict(model, sd, source=str(path), arch=arch, arch_flag=arch_flag)
     _check_finite(model, str(path))
     return model.eval()
 

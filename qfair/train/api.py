@@ -10,7 +10,6 @@ and call :func:`qfair.train.fit`. The run folder gets ``config.yaml``, ``metrics
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,21 +40,14 @@ def load_teacher(path: str | None, arch: str | None, *, what: str = "teacher", a
     from ..models import load_model
 
     try:
-        teacher = load_model(path, arch)
+        teacher = load_model(path, arch, arch_flag=arch_flag)
     except QfairError as exc:
-        raise CheckpointError(f"{what} {path}{origin} could not be loaded, so training did not start: "
-                              f"{_arch_hint(str(exc), arch_flag)}") from None
+        raise CheckpointError(f"{what} {path}{origin} could not be loaded, so training did not start: {exc}") \
+            from None
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         raise CheckpointError(f"{what} {path}{origin} could not be loaded ({type(exc).__name__}: {exc}); "
                               f"training did not start. Check the file and {arch_flag}") from None
     return teacher.eval()
-
-
-def _arch_hint(msg: str, flag: str) -> str:
-    """load_model's hints name --arch; the option of this model may be another (--teacher-arch, --student-arch)."""
-    msg = re.sub(r"pass --arch (\S+) \(or arch='[^']*'\)", rf"pass {flag} \1", msg)
-    msg = msg.replace("pass --arch (arch= in Python; see", f"pass {flag} (see")
-    return msg.replace("check --arch", f"check {flag}")
 
 
 def _calib_batches(spec: str, n: int, seed: int, model: nn.Module) -> list[torch.Tensor]:
