@@ -49,7 +49,8 @@ def check_layout(issame: np.ndarray, groups: np.ndarray, folds: np.ndarray | Non
     issame, groups = issame[keep], groups[keep]
     codes = _codes(groups, order)
     sizes = np.bincount(codes, minlength=len(order))
-    if folds is None:  # n_folds contiguous folds per group: a group needs at least n_folds pairs
+    own_folds = folds is not None
+    if not own_folds:  # n_folds contiguous folds per group: a group needs at least n_folds pairs
         small = [(gname, int(sizes[g]), f"fewer than the {n_folds} folds")
                  for g, gname in enumerate(order) if sizes[g] < max(2, n_folds)]
     else:
@@ -59,8 +60,10 @@ def check_layout(issame: np.ndarray, groups: np.ndarray, folds: np.ndarray | Non
     if small:
         what = "; ".join(f"group '{g}' has {n} pair(s), {why}" for g, n, why in small)
         others = [g for g in order if g not in {s[0] for s in small}]
+        fewer = min(n for _, n, _ in small)
+        folds_hint = "" if own_folds or fewer < 2 else f", or use at most {fewer} folds (--n-folds {fewer})"
         hint = (f" Leave {'it' if len(small) == 1 else 'them'} out with --groups {' '.join(others)} (Python: "
-                f"groups=[...]), or add pairs." if others else " Add pairs, or use fewer folds (--n-folds).")
+                f"groups=[...]){folds_hint}, or add pairs." if others else f" Add pairs{folds_hint}.")
         raise DataError(f"{benchmark}: {what}; k-fold verification needs pairs in at least 2 folds, and "
                         f"as many pairs as folds when the benchmark does not define its folds.{hint}")
     if folds is None:

@@ -20,10 +20,13 @@ def test_corrupt_image_named_then_skipped_and_counted(tmp_path, capsys):
     (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
     torch.save(create_model("iresnet18", width=8, num_features=32).state_dict(), tmp_path / "m.pt")
     common = [str(tmp_path / "m.pt"), "--bench", f"csv:{tmp_path / 'pairs.csv'}", "--no-figures",
-              "--n-bootstrap", "10", "--no-cache"]
+              "--n-bootstrap", "10", "--no-cache", "--n-folds", "3"]  # 3 pairs per group once img7 is skipped
     assert main(["evaluate", *common, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "img7.png" in err and "--skip-corrupt" in err
+    # 10 folds (the default) cannot split group B's 3 remaining pairs: the error says how many can
+    assert main(["evaluate", *common[:-2], "--out", str(tmp_path / "c"), "--skip-corrupt"]) == 2
+    assert "--n-folds 3" in " ".join(capsys.readouterr().err.split())
     assert main(["evaluate", *common, "--out", str(tmp_path / "b"), "--skip-corrupt"]) == 0
     out = capsys.readouterr().out
     assert "skipped 1 corrupt images and 3 pairs" in out
