@@ -81,8 +81,11 @@ def _export_quant(graph: Path) -> dict[str, Any]:
             "recipe": doc.get("recipe")}
 
 
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-             "ConvInteger", "MatMulInteger")
+def _quant_op_types() -> tuple[str, ...]:
+    """Q/DQ (what qfair exports) plus the integer ops other quantizers write."""
+    from ..export.graph import QDQ_OPS
+
+    return (*QDQ_OPS, "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 
 
 def _quant_ops(graph: Path) -> list[str]:
@@ -96,7 +99,8 @@ def _quant_ops(graph: Path) -> list[str]:
         model = onnx.load(str(graph), load_external_data=False)
     except Exception:  # unreadable here; ONNX Runtime reports a broken file itself
         return []
-    return sorted({n.op_type for n in model.graph.node if n.op_type in QUANT_OPS})
+    ops = _quant_op_types()
+    return sorted({n.op_type for n in model.graph.node if n.op_type in ops})
 
 
 def load_target(target: Any, arch: str | None = None, backend: str | None = None,
