@@ -80,6 +80,7 @@ def _observer_worker(rank, world, port, out, observer):
             with synced_ranges(m, active=True):
                 m(shard)
         torch.save({"scale": m[0].scale.clone(), "zp": m[0].zero_point.clone()}, f"{out}/obs{rank}.pt")
+        dist.barrier()  # neither rank tears gloo down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
