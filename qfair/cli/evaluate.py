@@ -1,12 +1,13 @@
 """``qfair evaluate TARGET --bench SPEC ... --out DIR``: per-group verification accuracy, fairness
-measures with intervals, tables and figures for one model (run folder, checkpoint or .onnx)."""
+measures with intervals, tables and figures for one model (run folder, checkpoint, .qpk or .onnx)."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
 DESCRIPTION = """Evaluate one model group by group. TARGET is a run folder of `qfair quantize` (model.pt +
-quant.json), a folder or file with a float checkpoint (give --arch if it cannot be guessed), or a
+quant.json), a folder or file with a float checkpoint (give --arch if it cannot be guessed), a packed
+model.qpk of `qfair export --format packed` (rebuilt from what it records, run with torch), or a
 model.onnx (ONNX Runtime). Writes report.md, metrics.json, results.csv, tables.tex and figures/ (into a
 model's own run folder: eval_report.md and eval_config.yaml, keeping the run's report.md and config.yaml)."""
 
@@ -35,7 +36,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("evaluate", help="per-group accuracy and fairness of one model",
                               description=DESCRIPTION)
-    p.add_argument("target", help="run folder, checkpoint file or .onnx file")
+    p.add_argument("target", help="run folder, checkpoint file, packed .qpk file or .onnx file")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -84,7 +85,7 @@ def evaluate_target(target: Any, benches: list, cfg: Any, args: argparse.Namespa
 # Names used when --out is a model's run folder, whose config.yaml and report.md are the model's own.
 IN_RUN_CONFIG = "eval_config.yaml"
 IN_RUN_REPORT = "eval_report.md"
-MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".engine")
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".engine", ".qpk")
 
 
 def in_model_folder(out: str) -> bool:

@@ -10,9 +10,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a registered architecture or a checkpoint",
                        description="Show architecture, parameters, multiply-accumulates (MACs of convolutions "
                                    "and linear layers) for one 112x112 image, embedding size and layer counts of a "
-                                   "registered model name (e.g. r50), a checkpoint file or a quantized run folder.")
-    p.add_argument("model", help="registry name (see `qfair models`), checkpoint file (.pt/.pth/.safetensors) "
-                                  "or quantized run folder")
+                                   "registered model name (e.g. r50), a checkpoint file, a quantized run folder or a "
+                                   "packed .qpk file (qfair export --format packed).")
+    p.add_argument("model", help="registry name (see `qfair models`), checkpoint file (.pt/.pth/.safetensors), "
+                                  "quantized run folder or packed .qpk file")
     p.add_argument("--arch", default=None, help="architecture of a checkpoint file (guessed from its keys and "
                                                 "shapes if omitted)")
     p.set_defaults(func=run)
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_quantized(source)
         quant = dict(getattr(model, "qfair_quant", None) or {})
     elif Path(source).exists():
-        model = load_model(source, arch=args.arch)
+        model = load_model(source, arch=args.arch)  # a packed .qpk loads as the quantized model it holds
+        quant = dict(getattr(model, "qfair_quant", None) or {})
     elif source in MODELS:
         if args.arch:
             raise QfairError(f"--arch describes a checkpoint file; '{source}' is a registered model name already "

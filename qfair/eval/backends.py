@@ -63,14 +63,19 @@ class Backend(abc.ABC):
 
 @BACKENDS.register("torch", aliases=("pytorch",))
 class TorchBackend(Backend):
-    """A torch ``nn.Module`` (float or fake-quant): eval mode and ``no_grad`` during a pass, training
-    flags restored afterwards; batches are moved to the model's device."""
+    """A torch ``nn.Module`` (float or fake-quant) or the path of a packed ``.qpk`` checkpoint (loaded as
+    the quantized model it holds): eval mode and ``no_grad`` during a pass, training flags restored
+    afterwards; batches are moved to the model's device."""
 
     name = "torch"
 
     def __init__(self, model: Any, device: str | None = None) -> None:
         import torch
 
+        if isinstance(model, (str, Path)):
+            from ..export.packed import is_packed_file, load_packed_model
+
+            model = load_packed_model(model) if is_packed_file(model) else model
         if not isinstance(model, torch.nn.Module):
             raise QfairError(f"the torch backend needs an nn.Module, got {type(model).__name__}")
         self.model = model
@@ -80,6 +85,8 @@ class TorchBackend(Backend):
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
+        if isinstance(obj, (str, Path)):
+            return str(obj).lower().endswith(".qpk")  # a packed checkpoint of `qfair export --format packed`
         torch = sys.modules.get("torch")
         return torch is not None and isinstance(obj, torch.nn.Module)
 
@@ -186,7 +193,8 @@ class OnnxRuntimeBackend(Backend):
                 "providers": list(self.session.get_providers())}
 
 
-_ACCEPTS = {"torch": "it takes a torch nn.Module", "onnxruntime": "it takes the path of an .onnx file",
+_ACCEPTS = {"torch": "it takes a torch nn.Module or the path of a packed .qpk checkpoint",
+            "onnxruntime": "it takes the path of an .onnx file",
             "tensorrt": "it takes the path of a TensorRT .engine file"}
 
 
@@ -220,4 +228,4 @@ def make_backend(obj: Any, name: str | None = None, **options: Any) -> Backend:
         if cls.accepts(obj):
             return cls(obj, **options)
     raise QfairError(f"no embedding backend accepts a {type(obj).__name__} ({obj!r:.80}); pass a torch "
-                     f"nn.Module, an .onnx path, or name a backend ({', '.join(BACKENDS.names())})")
+                     f"nn.Module, a .qpk or .onnx path, or name a backend ({', '.join(BACKENDS.names())})")

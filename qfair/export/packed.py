@@ -9,6 +9,10 @@ File layout (no pickle, nothing that can run code)::
 The header lists every tensor: name, dtype, shape, byte offset and length, and for packed weights the
 bits, axis, integer range and the names of their scale / zero-point tensors. Loading dequantizes the
 codes with ``(q - zp) * s``, which is bit for bit the fake-quantized weight the model evaluated.
+
+``export_packed`` also records the run's quant.json (architecture, QuantConfig, quantizer modes; meta
+``quant_json``), so :func:`load_packed_model` rebuilds the quantized model from the file alone: what
+``qfair evaluate`` / ``qfair info`` / ``qfair.load_model`` do with a ``.qpk``.
 """
 from __future__ import annotations
 
@@ -220,14 +224,135 @@ def load_packed(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 def load_packed_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load a packed checkpoint into a prepared quantized model; weight quantizers become static so
     they keep the stored scales (re-deriving a range from already-rounded weights could differ)."""
-    from ..quant import iter_quantizers
-
     state, _ = load_packed(path)
     model.load_state_dict(state)
+    _static_weights(model)
+    return model
+
+
+def _static_weights(model: torch.nn.Module) -> None:
+    from ..quant import iter_quantizers
+
     for _, q in iter_quantizers(model):
         if getattr(q, "role", "") == "weight" and hasattr(q, "make_static"):
             q.make_static()
-    return model
+
+
+REBUILD_KEY = "quant_json"  # meta: the run's quant.json, less the scales the tensors hold
+
+
+def is_packed_file(path: str | Path) -> bool:
+    """Whether ``path`` is named ``*.qpk`` or starts with the packed checkpoint's magic bytes."""
+    from .provenance import PACKED_SUFFIX
+
+    if Path(path).suffix.lower() == PACKED_SUFFIX:
+        return not Path(path).is_dir()
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def rebuild_record(model: torch.nn.Module, run_dir: Path | None) -> dict[str, Any] | None:
+    """What :func:`load_packed_model` rebuilds the model from: the run's quant.json (architecture,
+    QuantConfig, quantizer modes) without per-quantizer scales; None when ``model`` carries no quant metadata."""
+    import tempfile
+
+    from ..quant.serialize import read_quant_json, save_quantized
+
+    if run_dir is not None and (Path(run_dir) / "quant.json").is_file():
+        doc = read_quant_json(run_dir)
+    elif getattr(model, "qfair_quant", None) is None:
+        return None
+    else:  # a model object: the quant.json save_quantized would write for it
+        with tempfile.TemporaryDirectory(prefix="qfair-qpk-") as tmp:
+            doc = read_quant_json(save_quantized(model, tmp))
+    slim = [{k: v for k, v in q.items() if k not in ("scale", "zero_point", "observer_options")}
+            for q in doc["quantizers"]]
+    return {**doc, "quantizers": slim}
+
+
+def _recorded_doc(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The quant.json recorded in the file, else (files from before it was recorded) the one of the run
+    folder it lies in or was exported from, if it describes the same quantization."""
+    from ..quant.serialize import read_quant_json
+
+    doc = meta.get(REBUILD_KEY)
+    if isinstance(doc, dict):
+        return doc
+    source = meta.get("source")
+    folders = [path.parent, *([Path(source)] if isinstance(source, str) and source else [])]
+    for folder in folders:
+        if (folder / "quant.json").is_file():
+            doc = read_quant_json(folder)
+            recorded = (meta.get("qfair_quant") or {}).get("config")
+            if recorded is not None and doc.get("config") != recorded:
+                raise CheckpointError(f"{path} does not record its architecture and quantizers, and "
+                                      f"{folder / 'quant.json'} describes another quantization (its config differs "
+                                      "from the file's): the run was quantized again after the export. Export the "
+                                      "run again: qfair export RUN_DIR --format packed")
+            return doc
+    where = " or ".join(str(f) for f in dict.fromkeys(folders))
+    raise CheckpointError(f"{path} does not record its architecture and quantizers (it was written by an older "
+                          f"qfair, or by save_packed), and there is no quant.json in {where} to rebuild the model "
+                          "from. Put the file back in the run folder it was exported from, or export the run again "
+                          "with this qfair: qfair export RUN_DIR --format packed")
+
+
+def load_packed_model(path: str | Path, model: torch.nn.Module | None = None, *,
+                      arch: str | None = None) -> torch.nn.Module:
+    """The quantized model a packed checkpoint holds, in eval mode, computing what the run's model.pt
+    computes: rebuilt by ``qfair.load_quantized`` from the quant.json recorded in the file (architecture,
+    QuantConfig, quantizer modes), with the file's tensors; weight ranges stay the stored ones.
+
+    ``model`` / ``arch``: the float architecture, for a file exported from a model qfair did not build."""
+    from .provenance import check_export_source
+
+    path = Path(path)
+    state, meta = load_packed(path)
+    doc = _recorded_doc(path, meta)
+    check_export_source(path)  # a .qpk beside a re-quantized model.pt is stale
+    recorded = doc["arch"].get("name") if isinstance(doc.get("arch"), dict) else None
+    if model is None and arch is not None:
+        model = _float_arch(path, recorded, arch)
+    if model is None and recorded is None:
+        raise CheckpointError(f"{path} does not record its architecture (it was exported from a model qfair did not "
+                              "build): name it with --arch NAME (arch= in Python), or in Python pass the float "
+                              "model it was quantized from: load_packed_model(path, model=...)")
+    qmodel = _rebuild(path, doc, state, model)
+    _static_weights(qmodel)
+    return qmodel
+
+
+def _float_arch(path: Path, recorded: str | None, arch: str) -> torch.nn.Module | None:
+    """The float model to rebuild on for ``--arch``: None when the file records that architecture itself."""
+    from ..models.registry import MODELS, create_model
+
+    if recorded is None:
+        return create_model(arch)
+    if MODELS.canonical(arch) != MODELS.canonical(recorded):
+        raise CheckpointError(f"{path} holds a quantized {recorded}, not {arch}: drop --arch (the file records its "
+                              "architecture)")
+    return None
+
+
+def _rebuild(path: Path, doc: dict[str, Any], state: dict[str, Tensor],
+             model: torch.nn.Module | None) -> torch.nn.Module:
+    """``qfair.load_quantized`` on a temporary run folder holding ``doc`` and ``state``; its errors name ``path``."""
+    import tempfile
+
+    from ..quant import load_quantized
+
+    with tempfile.TemporaryDirectory(prefix="qfair-qpk-") as tmp:
+        (Path(tmp) / "quant.json").write_text(json.dumps(doc), encoding="utf-8")
+        torch.save(state, Path(tmp) / "model.pt")
+        try:
+            return load_quantized(tmp, model=model)
+        except CheckpointError as exc:
+            msg = str(exc).replace(f"{tmp}/quant.json", "its quant.json").replace(f"{tmp}/model.pt", "its state dict")
+            raise CheckpointError(f"{path}: cannot rebuild the quantized model it holds: {msg.replace(tmp, str(path))}."
+                                  " Export the run again: qfair export RUN_DIR --format packed") from None
 
 
 def export_packed(source: torch.nn.Module | str | Path, out: str | Path | None = None, *,
@@ -237,7 +362,8 @@ def export_packed(source: torch.nn.Module | str | Path, out: str | Path | None =
     ``out`` defaults to ``RUN_DIR/model.qpk``. The file is read back before it replaces anything: every
     packed weight must equal the fake-quantized weight the model computes with and every other tensor
     the model's own (float16 storage: within half precision), else ExportError and nothing is written.
-    The report records the bits, the recipe and the SHA-256 of the run's model.pt, as the ONNX export's does.
+    The report records the bits, the recipe and the SHA-256 of the run's model.pt, as the ONNX export's does;
+    the file records the run's quant.json, for :func:`load_packed_model`.
     """
     from ..utils.io import output_file
     from .api import load_for_export, model_bits
@@ -263,8 +389,8 @@ def export_packed(source: torch.nn.Module | str | Path, out: str | Path | None =
     specs = weight_specs_from_model(frozen)
     state = frozen.state_dict()
     meta = getattr(model, "qfair_quant", None) or {}
-    data = pack_state_dict(state, specs, {"source": str(run_dir or out), "qfair_quant": meta},
-                           float_dtype=float_dtype)
+    record = {"source": str(run_dir or out), "qfair_quant": meta, REBUILD_KEY: rebuild_record(model, run_dir)}
+    data = pack_state_dict(state, specs, record, float_dtype=float_dtype)
     worst = _verify_packed(data, frozen, state, specs, float_dtype)
 
     def report(nbytes: int) -> dict[str, Any]:

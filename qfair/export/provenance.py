@@ -136,9 +136,11 @@ def check_export_source(graph: str | Path) -> None:
     if not model.is_file():
         return
     now = file_sha256(model)
+    packed = graph.suffix.lower() == ".qpk"
+    what, again = ("packed model", "--format packed") if packed else ("graph", "with its --target")
     if now != src["sha256"]:
         raise CheckpointError(
             f"{graph.name} was exported from a different {model.name} ({report.name} records sha256 "
             f"{src['sha256'][:12]}..., {model} is now {now[:12]}...): the run was re-quantized after the export, "
-            f"so the graph would be evaluated under the new run's label; run `qfair export {graph.parent}` again "
-            f"(with its --target) or evaluate the run with --backend torch")
+            f"so the {what} would be evaluated under the new run's label; run `qfair export {graph.parent}` again "
+            f"({again}) or evaluate the run itself with --backend torch")

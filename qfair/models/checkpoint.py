@@ -298,13 +298,18 @@ def load_model(path: str | os.PathLike, arch: str | None = None, *, arch_flag: s
 
     ``arch`` defaults to a guess from the key names and shapes; embedding size and width are read
     from the checkpoint unless given in ``kwargs``. ``arch_flag``: the command-line option that sets
-    ``arch``, named in the hints (``--teacher-arch`` for a teacher, ...).
+    ``arch``, named in the hints (``--teacher-arch`` for a teacher, ...). A packed low-bit checkpoint
+    (``.qpk``, ``qfair export --format packed``) records its quantization and loads as the quantized model
+    it holds (``qfair.export.packed.load_packed_model``).
     """
+    from ..export.packed import is_packed_file, load_packed_model
     from .registry import MODELS, create_model
 
     if not isinstance(path, (str, os.PathLike)):
         hint = " (already a model: pass it on as it is)" if isinstance(path, nn.Module) else ""
         raise CheckpointError(f"load_model needs a checkpoint path, got {type(path).__name__}{hint}")
+    if is_packed_file(path):
+        return load_packed_model(path, arch=arch)
     sd = read_checkpoint(path)
     if qkeys := quantizer_keys(sd):
         raise quantized_checkpoint_error(path, qkeys)
