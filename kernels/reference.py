@@ -79,7 +79,8 @@ def fake_quant_backward_ref(grad: Tensor, x: Tensor, scale: Tensor, zero_point: 
     dims = [d for d in range(x.dim()) if per_tensor or d != axis]
     gs = (g * ds).sum(dim=dims) if dims else g * ds
     gzp = (g * dzp).sum(dim=dims) if dims else g * dzp
-    return (g * inside).to(grad.dtype), gs.reshape(-1), gzp.reshape(-1)
+    # where, not g * inside: a NaN / Inf gradient at a clipped element is dropped (0), as the Triton kernel does
+    return torch.where(inside, g, torch.zeros_like(g)).to(grad.dtype), gs.reshape(-1), gzp.reshape(-1)
 
 
 def pack_bits_ref(codes: Tensor, bits: int) -> Tensor:

@@ -105,6 +105,7 @@ class MixedSource:
         self.source_of = np.array([k for k, _ in self.items], dtype=np.int64)
         if num_labels is None:
             num_labels = [_num_labels(s) for s in self.sources]
+        self.num_labels = [int(n) for n in num_labels]
         self.offsets = np.concatenate([[0], np.cumsum(num_labels)[:-1]]).astype(np.int64)
         self.counts = counts
 
@@ -114,15 +115,28 @@ class MixedSource:
     def __getitem__(self, i: int) -> tuple[Any, int]:
         k, j = self.items[i]
         img, label = self.sources[k][j]
-        return img, (int(label) + int(self.offsets[k]) if label is not None and int(label) >= 0 else -1)
+        if label is None or int(label) < 0:
+            return img, -1
+        if int(label) >= self.num_labels[k] and k < len(self.sources) - 1:  # it would share the next source's ids
+            raise DataError(f"source {k} ({type(self.sources[k]).__name__}) gave label {int(label)}, but "
+                            f"{self.num_labels[k]} labels were counted for it, so its identities would merge with "
+                            f"source {k + 1}'s; pass num_labels= (the identity count of every source)")
+        return img, int(label) + int(self.offsets[k])
 
 
 def _num_labels(src: Any) -> int:
+    """How many identity labels ``src`` uses (max label + 1; 0 when it has none or cannot say)."""
     targets = getattr(src, "targets", None)
     if targets is not None and len(targets):
         return int(np.max(targets)) + 1
     classes = getattr(src, "classes", None)
-    return len(classes) if classes is not None else 0
+    if classes is not None:
+        return len(classes)
+    labels = getattr(src, "labels", None)  # e.g. RecordIO: reads the record headers, decodes no image
+    if callable(labels):
+        values = np.asarray(labels())
+        return int(values.max()) + 1 if values.size and values.max() >= 0 else 0
+    return 0
 
 
 def parse_mix(spec: str) -> list[tuple[str, float]]:

@@ -79,18 +79,20 @@ def _synthesize_batch(model, layers, b: int, s: SynthSettings, gen, losses: list
         z = (torch.randn((b, 3, s.init_res, s.init_res), generator=gen) * 0.5)
         z = z.contiguous(memory_format=torch.channels_last).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=s.lr)
-        for it in range(s.iters):
-            opt.zero_grad(set_to_none=True)
-            x = z if s.init_res == size else F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
-            x = torch.tanh(x)  # keep inputs in the valid range [-1, 1]
-            model(x)
-            loss = bn_statistics_loss(stats, layers) + s.tv * _tv(x)
-            if not torch.isfinite(loss):
-                raise DataError("data-free synthesis diverged (loss is not finite); lower --lr")
-            if losses is not None and (it == 0 or it == s.iters - 1):
-                losses.append(float(loss.detach()))
-            loss.backward()
-            opt.step()
+        with torch.enable_grad():  # a caller may be under torch.no_grad(); the images are optimised
+            for it in range(s.iters):
+                opt.zero_grad(set_to_none=True)
+                x = z if s.init_res == size else F.interpolate(z, size=(size, size), mode="bilinear",
+                                                               align_corners=False)
+                x = torch.tanh(x)  # keep inputs in the valid range [-1, 1]
+                model(x)
+                loss = bn_statistics_loss(stats, layers) + s.tv * _tv(x)
+                if not torch.isfinite(loss):
+                    raise DataError("data-free synthesis diverged (loss is not finite); lower --lr")
+                if losses is not None and (it == 0 or it == s.iters - 1):
+                    losses.append(float(loss.detach()))
+                loss.backward()
+                opt.step()
         with torch.no_grad():
             x = z if s.init_res == size else F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
             return torch.tanh(x).detach()

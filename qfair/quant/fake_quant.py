@@ -187,4 +187,4 @@ fake_quant.register_autograd(_backward, setup_context=_setup_context)
 def grad_scale(t: Tensor, factor: float) -> Tensor:
     """Identity in the forward pass, gradient multiplied by ``factor`` (LSQ's gradient scaling)."""
     scaled = t * factor
-    return (t - scaled).detach() + scaled
+    return t.detach() + (scaled - scaled.detach())  # forward: exactly t (x - x == 0); backward: factor

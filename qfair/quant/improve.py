@@ -261,9 +261,13 @@ def bn_reestimate(qmodel: nn.Module, batches: list[torch.Tensor], cfg: QuantConf
         # (x_f - mu) / s has on the calibration images: s' = s r, mu' = m_q - (m_f - mu) r, r = sd_q / sd_f
         s = (m.running_var.double() + m.eps).sqrt()
         r = torch.where(f.var() > 0, (q.var() / f.var().clamp_min(1e-300)).sqrt(), torch.ones_like(s))
-        mu = q.mean() - (f.mean() - m.running_mean.double()) * r
+        var = ((s * r) ** 2 - m.eps).clamp_min(0.0)
+        # the BN divides by sqrt(var + eps) >= sqrt(eps), which is more than s r where the quantized spread
+        # collapsed (a channel squeezed onto one code: r = 0); the mean is matched with the ratio it really uses
+        r_eff = (var + m.eps).sqrt() / s
+        mu = q.mean() - (f.mean() - m.running_mean.double()) * r_eff
         m.running_mean.copy_(mu.to(m.running_mean.dtype))
-        m.running_var.copy_(((s * r) ** 2 - m.eps).clamp_min(0.0).to(m.running_var.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
 
     _sequential(qmodel, bns, batches, inputs=True, what="re-estimating BatchNorm", correct=correct,
                 reference=reference)

@@ -75,7 +75,9 @@ class _Placer:
         per_channel = self.cfg.per_channel if per_channel is None else per_channel
         sym = self.w_sym if symmetric is None else symmetric
         obs = self.cfg.weight_observer
-        dynamic = obs in ("minmax", "max")
+        from .observers import OBSERVERS
+
+        dynamic = OBSERVERS.canonical(obs) in ("minmax", "max")  # the registry accepts "MinMax" too
         q = WeightQuantizer(self._bits(name, self.cfg.layer_wbits, self.cfg.wbits), sym,
                             axis=0 if per_channel else None, channels=w.shape[0] if per_channel else None,
                             narrow=self.cfg.narrow_range and sym, observer=obs,

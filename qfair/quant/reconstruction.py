@@ -276,17 +276,18 @@ def reconstruct_unit(unit: nn.Module, x_in: Tensor, y_ref: Tensor, st: ReconSett
     warm = int(st.warmup * st.iters)
     try:
         mode["train"] = True
-        for it in range(st.iters):
-            idx = torch.randint(0, n, (min(st.batch, n),), generator=generator, device=x_in.device)
-            y = functional_call(unit, {pname[k]: r.weight("soft") for k, r in rounders.items()}, (x_in[idx],))
-            loss = _rec_error(y, y_ref[idx])
-            if it >= warm:
-                beta = st.beta[0] + (st.beta[1] - st.beta[0]) * (it - warm) / max(st.iters - warm, 1)
-                loss = loss + st.reg * sum(r.regularizer(beta) for r in rounders.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        with torch.enable_grad():  # quantize() may run under torch.no_grad(); this loop needs gradients
+            for it in range(st.iters):
+                idx = torch.randint(0, n, (min(st.batch, n),), generator=generator, device=x_in.device)
+                y = functional_call(unit, {pname[k]: r.weight("soft") for k, r in rounders.items()}, (x_in[idx],))
+                loss = _rec_error(y, y_ref[idx])
+                if it >= warm:
+                    beta = st.beta[0] + (st.beta[1] - st.beta[0]) * (it - warm) / max(st.iters - warm, 1)
+                    loss = loss + st.reg * sum(r.regularizer(beta) for r in rounders.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
         mode["train"] = False
         after = error({pname[k]: r.weight("hard") for k, r in rounders.items()})
     finally:

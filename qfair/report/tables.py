@@ -33,7 +33,7 @@ class Table:
         """Formatted cells: accuracies with 2 decimals, SER 'inf', marks appended."""
         out = []
         for r in self.rows:
-            line = [r["model"] + (" (ref)" if r.get("reference") else ""), r["bits"], r["calibration"]]
+            line = [str(r["model"]) + (" (ref)" if r.get("reference") else ""), str(r["bits"]), str(r["calibration"])]
             for g in self.groups:
                 mark = r["marks"].get(g, "")
                 if mark and latex:

@@ -131,9 +131,7 @@ def atomic_path(path: str | os.PathLike, *, mkdir: bool = False) -> Iterator[Pat
     real = output_file(path, mkdir=mkdir)
     fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=_TEMP_SUFFIX, dir=real.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+    os.chmod(tmp, _mode_for(real))  # mkstemp makes 0600; give the file the permissions open() would
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -143,6 +141,17 @@ def atomic_path(path: str | os.PathLike, *, mkdir: bool = False) -> Iterator[Pat
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _mode_for(real: Path) -> int:
+    """The permissions ``open(real, "w")`` would leave: an existing file keeps its own (a private 0600
+    checkpoint stays private), a new one gets 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(real).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def is_stale_temp(path: Path) -> bool:

@@ -64,3 +64,34 @@ def test_identity_soft_labels_average_images():
     ids, p = identity_soft_labels(probs, ["b", "b", "a"])
     assert ids.tolist() == ["a", "b"] and np.allclose(p, [[0.1, 0.9], [0.7, 0.3]])
     assert balanced_identity_sample(p, per_group=1).tolist() == [0, 1]
+
+
+def test_recordio_sources_keep_distinct_identities(tmp_path):
+    """Two labelled .rec sources (labels 0..2 each): the second's identities are offset past the first's."""
+    from qfair.data import RecordIO, write_recordio
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    for name in ("real", "synth"):
+        write_recordio(tmp_path / f"{name}.rec", [(img, i % 3) for i in range(6)], fmt="png")
+    a, b = RecordIO(tmp_path / "real.rec"), RecordIO(tmp_path / "synth.rec")
+    mix = MixedSource([a, b], [0.5, 0.5], size=12, seed=0)
+    assert mix.offsets.tolist() == [0, 3]
+    by_source = {k: {mix[i][1] for i in range(len(mix)) if mix.source_of[i] == k} for k in (0, 1)}
+    assert by_source == {0: {0, 1, 2}, 1: {3, 4, 5}}
+
+
+def test_a_label_past_the_counted_range_is_an_error_not_a_merge():
+    """A labelled source whose label count was not known (nor given) would share ids with the next source."""
+    class Opaque:  # labelled, but says nothing about how many labels it has
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return ("o", i), i
+
+    mix = MixedSource([Opaque(), _DS(4, "b")], [0.5, 0.5], size=8, seed=0)
+    first = next(i for i in range(len(mix)) if mix.source_of[i] == 0)
+    with pytest.raises(DataError, match="source 0 .*gave label .*pass num_labels="):
+        mix[first]
+    fixed = MixedSource([Opaque(), _DS(4, "b")], [0.5, 0.5], size=8, seed=0, num_labels=[4, 5])
+    assert {fixed[i][1] for i in range(8) if fixed.source_of[i] == 1} <= {4, 5, 6, 7, 8}

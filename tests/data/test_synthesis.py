@@ -82,3 +82,14 @@ def test_cache_key_covers_every_weight_not_only_batchnorm():
     with torch.no_grad():
         conv.weight.mul_(1.5)  # same BN statistics, other images: before, the same cache entry
     assert _cache_key(a, 4, 0, s) != _cache_key(b, 4, 0, s)
+
+
+def test_synthesis_under_no_grad_gives_the_same_images():
+    """A caller inside torch.no_grad() (e.g. a calibration helper) gets the images it would get outside it."""
+    model = _model()
+    s = SynthSettings(iters=3, batch_size=4, image_size=32, init_res=16)
+    want = synthesize_from_bn(model, 4, seed=2, settings=s)
+    with torch.no_grad():
+        got = synthesize_from_bn(model, 4, seed=2, settings=s)
+        assert not torch.is_grad_enabled()
+    assert torch.equal(got, want)

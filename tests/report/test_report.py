@@ -102,3 +102,15 @@ def test_imports_stay_cheap_and_eval_never_imports_train():
              "evaluate(TinyNet.make(), make_vset(n_pairs=40), n_bootstrap=10)\n"
              "assert 'qfair.train' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code2], check=True)
+
+
+def test_numeric_bits_and_calibration_render():
+    """meta={"bits": 8} is accepted by evaluate(); the tables must render it, not crash on a non-string cell."""
+    rng = np.random.default_rng(1)
+    groups = np.repeat(["A", "B"], 100)
+    same = np.tile(np.arange(100) % 2 == 0, 2)
+    dist = np.where(same, rng.normal(0.8, 0.3, 200), rng.normal(1.6, 0.3, 200))
+    r = evaluate_arrays(dist, same, groups, name="m", benchmark="b", meta={"bits": 8, "calibration": 0.5},
+                        n_bootstrap=10)
+    (t,) = build_tables([r], [])
+    assert "| m | 8 | 0.5 |" in to_markdown(t) and to_rich(t).row_count == 1

@@ -178,3 +178,19 @@ def test_remove_stale_temps_removes_only_atomic_write_temporaries(tmp_path):
     assert remove_stale_temps(tmp_path) == []  # only the folders named, not below them
     assert remove_stale_temps(tmp_path, tmp_path / "sub", tmp_path / "missing") == [stale]
     assert not stale.exists() and all(p.exists() for p in kept)
+
+
+def test_rewriting_a_file_keeps_its_permissions(tmp_path):
+    """A private (0600) file stays private when rewritten, as open(path, "w") would leave it; a new file gets
+    0666 less the umask."""
+    private = tmp_path / "private.bin"
+    private.write_bytes(b"old")
+    os.chmod(private, 0o600)
+    atomic_write_bytes(private, b"new")
+    assert private.read_bytes() == b"new" and (os.stat(private).st_mode & 0o777) == 0o600
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "new.bin", b"x")
+    finally:
+        os.umask(umask)
+    assert (os.stat(tmp_path / "new.bin").st_mode & 0o777) == 0o644
