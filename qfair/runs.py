@@ -99,6 +99,30 @@ class RunDir:
         except QfairError as exc:
             raise DamagedRunFileError(f"{p}: unreadable ({exc}); it is damaged or was cut short") from None
 
+    def written_by(self) -> str | None:
+        """The command recorded in ``config.yaml``: None when there is no such file, it names no command, or it
+        cannot be read (a damaged file records no owner to protect)."""
+        if not (self.path / "config.yaml").is_file():
+            return None
+        try:
+            doc = self.read_config()
+        except OSError:
+            return None
+        command = doc.get("command") if isinstance(doc, dict) else None
+        return str(command) if command else None
+
+    def refuse_foreign(self, own: tuple[str, ...], flag: str = "--out") -> None:
+        """QfairError when another command (one whose recorded command starts with none of ``own``) wrote this
+        folder's ``config.yaml``: writing here would replace it and leave that run's files described by
+        settings that did not make them."""
+        command = self.written_by()
+        if command is not None and not command.startswith(own):
+            from .utils.errors import ConfigError
+
+            raise ConfigError(f"{flag} {self.path} holds a run of another command ({command.split(' --')[0]!r}: its "
+                              "config.yaml describes the files there); writing into it would replace that "
+                              f"config.yaml. Pick another {flag}")
+
     def write_json(self, name: str, obj: Any) -> Path:
         return atomic_write_json(self.path / name, obj)
 

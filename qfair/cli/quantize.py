@@ -161,6 +161,7 @@ def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
     """Refuse an --out folder that holds a run, exports or results unless ``overwrite``; the derived
     files to delete before writing the new run (the run's own files are replaced atomically)."""
     from ..export.provenance import exports_in
+    from ..runs import RunDir
     from ..utils.errors import ConfigError
 
     if not out or not Path(out).is_dir():
@@ -168,7 +169,7 @@ def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
     folder = Path(out)
     run_files = [folder / n for n in RUN_FILES if (folder / n).is_file()]
     if not run_files:
-        refuse_foreign_run(folder, ("qfair quantize", "qfair.save_quantized"))
+        RunDir(folder).refuse_foreign(("qfair quantize", "qfair.save_quantized"))
     exports, results = exports_in(folder), evaluations_in(folder)
     derived = exports + results
     if (run_files or derived) and not overwrite:
@@ -180,30 +181,6 @@ def check_out_folder(out: str | None, overwrite: bool) -> list[Path]:
                           "new model with the old files. Pick another --out, or pass --overwrite to replace the "
                           f"run (model.pt, quant.json, config.yaml and report.md are rewritten{deletes})")
     return derived
-
-
-def written_by(folder: Path) -> str | None:
-    """The command that wrote ``folder/config.yaml`` (None: no such file, or it cannot be read)."""
-    from ..runs import RunDir
-
-    if not (folder / "config.yaml").is_file():
-        return None
-    try:
-        command = RunDir(folder).read_config().get("command")
-    except (OSError, AttributeError):  # damaged, or not a mapping: nothing to protect
-        return None
-    return str(command) if command else None
-
-
-def refuse_foreign_run(folder: Path, own: tuple[str, ...]) -> None:
-    """Refuse an --out folder whose config.yaml another command wrote: writing there would replace that
-    run's config.yaml and leave its results described by settings that did not make them."""
-    from ..utils.errors import ConfigError
-
-    command = written_by(folder)
-    if command is not None and not command.startswith(own):
-        raise ConfigError(f"--out {folder} holds a run of another command ({command!r}: its config.yaml describes "
-                          f"the files there); writing into it would replace that config.yaml. Pick another --out")
 
 
 def evaluations_in(folder: Path) -> list[Path]:

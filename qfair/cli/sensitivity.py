@@ -46,7 +46,8 @@ def check_out_folder(out: str | None) -> None:
     from pathlib import Path
 
     from ..utils.errors import ConfigError
-    from .quantize import RUN_FILES, refuse_foreign_run
+    from ..runs import RunDir
+    from .quantize import RUN_FILES
 
     if not out or not Path(out).is_dir():
         return
@@ -56,7 +57,7 @@ def check_out_folder(out: str | None) -> None:
         raise ConfigError(f"--out {folder} holds a quantized model ({', '.join(held)}); sensitivity would replace its "
                           "config.yaml, which says how that model was made. Pick another --out (e.g. "
                           f"{folder.name}-sensitivity)")
-    refuse_foreign_run(folder, ("qfair sensitivity",))
+    RunDir(folder).refuse_foreign(("qfair sensitivity",))
 
 
 def run(args: argparse.Namespace) -> int:

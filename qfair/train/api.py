@@ -20,6 +20,7 @@ from torch import nn
 from ..utils.errors import CheckpointError, ConfigError, DataError, QfairError, require_module
 from .batches import IndexedSource
 from .config import DistillConfig, QatConfig, TrainConfig
+from . import ranges as R
 from .distributed import barrier, dist_info
 from .loop import FitResult, fit
 from .teacher import TeacherCache, check_pair, embedding_size
@@ -47,6 +48,9 @@ def load_teacher(path: str | None, arch: str | None, *, what: str = "teacher", a
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         raise CheckpointError(f"{what} {path}{origin} could not be loaded ({type(exc).__name__}: {exc}); "
                               f"training did not start. Check the file and {arch_flag}") from None
+    if R.is_quantized(teacher):  # a packed .qpk loads as its quantized model
+        raise CheckpointError(f"{what} {path}{origin} is a quantized model; the {what} must be the float model "
+                              "(the checkpoint it was quantized from), so training did not start")
     return teacher.eval()
 
 
@@ -88,9 +92,8 @@ def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None
     if student and out.exists() and Path(student).exists() and out.resolve() == Path(student).resolve():
         raise ConfigError(f"--out {out} is the student's run folder (--student): the fine-tuned model would replace "
                           "the model it starts from; choose another --out")
-    stored = RunDir.open(out).read_config() if (out / "config.yaml").exists() else {}
-    other = stored.get("command") if isinstance(stored, dict) else None
-    other = other if isinstance(other, str) and other and not other.startswith(command) else None
+    other = RunDir(out).written_by()
+    other = other if other and not other.startswith(command) else None
     if not resume:
         done = [n for n in ("model.pt", "quant.json", "train.json") if (out / n).exists()]
         if other or done:
@@ -104,6 +107,7 @@ def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None
     if other:
         raise ConfigError(f"--resume: {out} holds a `{other.split(' --')[0]}` run, not a `{command}` run; check --out "
                           "and the command")
+    stored = RunDir.open(out).read_config()  # a damaged config.yaml stops the resume here, naming the file
     saved = stored.get("config") if isinstance(stored, dict) else None
     now = config_to_dict(cfg)
     if isinstance(saved, dict) and saved != now:

@@ -79,6 +79,9 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
     if overrides or cfg is None:  # validated like a config file: unknown keys and bad values are named
         cfg = config_from_dict(TrainConfig, {**config_to_dict(cfg or TrainConfig()), **overrides},
                                source="fit() arguments")
+    if out_dir is not None and not resume and (Path(out_dir) / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"out_dir {out_dir} holds a fine-tuning run ({Path(out_dir) / 'checkpoints' / 'last.pt'}); "
+                          "pass resume=True to continue it, or choose another out_dir (nothing was overwritten)")
     info = dist_info()
     device = resolve_device(cfg.device, info)
     _seed_all(cfg.seed)
@@ -226,8 +229,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                     if bad is None:
                         raise
                     raise DataError(diverged(step, bad)) from None
-                if not torch.isfinite(loss):
-                    raise DataError(diverged(step, f"the loss became {float(loss.detach())}"))
+                _stop_if_not_finite(loss, step, info.active)
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -285,6 +287,19 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
     student.eval()
     return FitResult(steps=step, loss=last_loss, images_per_s=ips, history=list(log.records), best=best,
                      out_dir=out, resumed_from=resumed_from)
+
+
+def _stop_if_not_finite(loss: torch.Tensor, step: int, distributed: bool) -> None:
+    """DataError when the loss is NaN / Inf. Under DDP every process learns of it at the same step (one flag
+    summed over the processes): a process stopping alone would leave the others waiting in backward's
+    gradient all-reduce until the process group times out."""
+    finite = bool(torch.isfinite(loss.detach()))
+    if distributed:
+        bad = int(all_reduce_sum(torch.tensor([0.0 if finite else 1.0], device=loss.device)).item())
+        if bad and finite:
+            raise DataError(diverged(step, f"the loss became NaN or Inf in {bad} other process(es) of the run"))
+    if not finite:
+        raise DataError(diverged(step, f"the loss became {float(loss.detach())}"))
 
 
 def _make_head(cfg: TrainConfig, student: nn.Module, projection: nn.Module | None, source: Any) -> nn.Module:

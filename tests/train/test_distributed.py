@@ -109,3 +109,40 @@ def test_two_ranks_observe_the_global_batch_for_every_observer(tmp_path, observe
         # before: histogram observers saw only [global min, global max] and ended with the min/max range
         assert torch.allclose(got["scale"], one.scale, rtol=1e-6), (observer, got["scale"], one.scale)
         assert torch.equal(got["zp"], one.zero_point)
+
+
+def _nan_worker(rank, world, port, out):
+    """Rank 1's teacher returns NaN from its third call on: only rank 1's loss is non-finite."""
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # a short timeout: a rank left waiting in backward's all-reduce fails within seconds instead of 30 minutes
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
+    student, teacher = tiny_pair()
+    images, labels, groups = tiny_data()
+    src = IndexedSource(images, labels, groups, batch_size=8, seed=4, group_names=["a", "b", "c"])
+    calls = []
+    if rank == 1:
+        def poison(module, inputs, output):
+            calls.append(1)
+            return output * float("nan") if len(calls) >= 3 else output
+        teacher.register_forward_hook(poison)
+    try:
+        fit(student, teacher, src, steps=6, lr=0.05)
+        outcome = "finished"
+    except Exception as exc:  # noqa: BLE001 - the test records what each rank raised
+        outcome = f"{type(exc).__name__}: {exc}"
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(outcome)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    mp.spawn(_nan_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
+    assert r1.startswith("DataError: training diverged at step 3: the loss became nan"), r1
+    assert r0.startswith("DataError: training diverged at step 3: the loss became NaN or Inf in 1 other"), r0

@@ -12,6 +12,7 @@ from train_tiny import tiny_data, tiny_pair
 
 from qfair.train import IndexedSource, fit
 from qfair.train.checkpoint import load_checkpoint
+from qfair.utils.errors import ConfigError
 
 HERE = Path(__file__).parent
 SETTINGS = dict(steps=14, lr=0.05, margin="elasticarcface", margin_weight=0.1, fair_kd=True, schedule="step",
@@ -118,3 +119,16 @@ def test_sigkill_mid_training_then_resume(tmp_path, one_thread):
     assert res.resumed_from == killed_at
     ref, _ = _run(tmp_path / "ref")
     _assert_same(ref, resumed)
+
+
+def test_fit_refuses_to_overwrite_a_run_without_resume(tmp_path):
+    """The Python API keeps the CLI's promise: a fresh fit() into a folder with checkpoints is an error, and the
+    checkpoint is left as it was."""
+    student, teacher = tiny_pair()
+    fit(student, teacher, _source(), out_dir=tmp_path, steps=4, checkpoint_every=2, log_every=1)
+    last = tmp_path / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    student, teacher = tiny_pair()
+    with pytest.raises(ConfigError, match=r"holds a fine-tuning run .*resume=True"):
+        fit(student, teacher, _source(), out_dir=tmp_path, steps=4, checkpoint_every=2)
+    assert last.read_bytes() == before
