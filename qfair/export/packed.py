@@ -17,6 +17,7 @@ codes with ``(q - zp) * s``, which is bit for bit the fake-quantized weight the 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,8 @@ def load_packed(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             continue
         bits, count = int(e["bits"]), int(e["count"])
         start, n = base + int(e["offset"]), int(e["nbytes"])
-        if not 2 <= bits <= 8 or start + n > len(data) or n != -(-count // 8) * bits:
+        if (not 2 <= bits <= 8 or start < base or start + n > len(data) or n != -(-count // 8) * bits
+                or count != math.prod(int(d) for d in e["shape"])):
             raise CheckpointError(f"{path}: packed tensor '{e['name']}' is corrupt or truncated")
         codes = unpack_bits(torch.frombuffer(bytearray(buf[start:start + n]), dtype=torch.uint8), bits, count)
         spec = WeightSpec(bits, _read_raw(buf, base, e["scale"], str(path)),

@@ -157,6 +157,17 @@ def _producer_past_bias(name: str, g: GraphIndex) -> Any:
     return node
 
 
+def _producer_past_range_clip(name: str, g: GraphIndex) -> Any:
+    """The producer of a QuantizeLinear's input, looking through the Clip / Min / Max with constant bounds
+    that holds a sub-8-bit range inside int8 (graph translation puts one before every such Q), then
+    through a constant bias Add."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type in ("Clip", "Min", "Max") and len(node.input) >= 2 and \
+            all(g.is_const(i) for i in node.input[1:] if i):
+        node = g.producer.get(node.input[0])
+    return _producer_past_bias(node.output[0], g) if node is not None else None
+
+
 def _is_conv_output(name: str, g: GraphIndex) -> bool:
     node = _producer_past_bias(name, g)
     if node is not None and node.op_type == "BatchNormalization":
@@ -191,7 +202,7 @@ def rule_no_qdq_inside_conv_bn_act(model: Any, g: GraphIndex) -> list[Violation]
     for n in g.graph.node:
         if n.op_type != "QuantizeLinear":
             continue
-        src = _producer_past_bias(n.input[0], g)
+        src = _producer_past_range_clip(n.input[0], g)  # a 6-bit Q sits behind its Clip: the same pattern
         if src is None or src.op_type not in (*MATMUL_OPS, "BatchNormalization"):
             continue
         for dq in g.downstream(n.output[0]):

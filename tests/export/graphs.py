@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 def residual_block(*, zp_value=0, zp_type=TensorProto.INT8, act_per_channel=False, weight_axis=0,
                    conv_input_qdq=True, skip_qdq=True, qdq_conv_act=False, opset=17, fixed_batch=False,
-                   ir_version=10, conv2_bias=False) -> onnx.ModelProto:
+                   ir_version=10, conv2_bias=False, mid_clip=False) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     C = 4
     init, nodes = [], []
@@ -49,6 +49,10 @@ def residual_block(*, zp_value=0, zp_type=TensorProto.INT8, act_per_channel=Fals
                                   ["c1"], name="conv1", pads=[1, 1, 1, 1]))
     y = "c1"
     if qdq_conv_act:
+        if mid_clip:  # a 6-bit range held inside int8: Clip(s * (qmin - zp), s * (qmax - zp)) before the Q
+            nodes.append(helper.make_node("Clip", [y, const("lo", np.float32(-1.6)), const("hi", np.float32(1.55))],
+                                          ["c1_clip"], name="mid_clip"))
+            y = "c1_clip"
         y = qdq(y, "mid")
     nodes.append(helper.make_node("PRelu", [y, const("slope", np.full((C, 1, 1), 0.25, np.float32))], ["a1"],
                                   name="prelu1"))

@@ -67,6 +67,29 @@ def test_corrupt_files_are_refused(tmp_path):
         load_packed(tmp_path / "missing.qpk")
 
 
+@pytest.mark.parametrize("field,value", [("offset", -64), ("count", 9)])
+def test_a_packed_entry_outside_its_data_is_refused(tmp_path, field, value):
+    """A negative offset would read the header and padding as codes; a count that is not the shape's size
+    would fail in reshape: both are corrupt files (CheckpointError), never silently loaded weights."""
+    import json
+    import struct
+
+    path = save_packed({"w": torch.randn(4, 3)}, tmp_path / "ok.qpk",
+                       specs={"w": WeightSpec(4, torch.tensor(0.1), torch.tensor(8), 0, 15, None)})
+    data = bytearray(path.read_bytes())
+    (hlen,) = struct.unpack("<Q", data[8:16])
+    header = json.loads(data[16:16 + hlen])
+    entry = next(e for e in header["tensors"] if e["kind"] == "packed")
+    entry[field] = value
+    blobs = bytes(data[16 + hlen + (-(16 + hlen)) % 64:])  # offsets count from the 64-aligned data start
+    text = json.dumps(header).encode()
+    head = data[:8] + struct.pack("<Q", len(text)) + text
+    bad = tmp_path / "bad.qpk"
+    bad.write_bytes(bytes(head) + b"\0" * ((-len(head)) % 64) + blobs)
+    with pytest.raises(CheckpointError, match="packed tensor 'w' is corrupt"):
+        load_packed(bad)
+
+
 def test_codes_fit_the_bit_width():
     """A 6-bit asymmetric weight uses codes 0..63: the packed blob holds 6 bits per value."""
     state, specs = _state_and_specs(6)

@@ -28,6 +28,7 @@ def test_valid_graph_passes_and_runs_in_onnxruntime():
     ({"conv_input_qdq": False}, "qdq-inputs", "conv1"),
     ({"skip_qdq": False}, "residual-skip", "add1"),
     ({"qdq_conv_act": True}, "conv-bn-act", "mid_Q"),
+    ({"qdq_conv_act": True, "mid_clip": True}, "conv-bn-act", "mid_Q"),  # the 6-bit form: Clip before the Q
     ({"opset": 12}, "opset", ""),
     ({"fixed_batch": True}, "dynamic-batch", "input"),
 ])
