@@ -87,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    import warnings
+
+    plain = warnings.formatwarning
+    if not (args.debug or os.environ.get("QFAIR_DEBUG")):
+        warnings.formatwarning = _format_warning  # restored below; recorded warnings (pytest) are not formatted
     try:
         return int(args.func(args) or 0)
     except QfairError as exc:
@@ -108,6 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = "interrupted; no output was left half-written (files are written atomically); rerun the command"
         error(msg)
         return 130
+    finally:
+        warnings.formatwarning = plain
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' hook
+    """A qfair warning as one line for the user ("warning: ..."), without the file, line and source line that
+    Python's default format shows (those are for developers: --debug shows them)."""
+    import warnings
+
+    if issubclass(category, UserWarning) and not issubclass(category, (DeprecationWarning, FutureWarning)):
+        return f"warning: {message}\n"
+    return warnings._formatwarning_orig(message, category, filename, lineno, line)
 
 
 if __name__ == "__main__":  # pragma: no cover

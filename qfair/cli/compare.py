@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     targets = list(args.targets)
     check_distinct(targets)  # before loading any benchmark
+    missing = [f"{flag} {t}" for flag, t in [*(("target", t) for t in targets), ("--reference", args.reference)]
+               if t and not Path(t).exists()]
+    if missing:  # before loading any benchmark, every missing model named with where it was given
+        raise QfairError(f"model not found: {'; '.join(missing)}. Pass run folders, checkpoint files, .qpk or "
+                         ".onnx files")
     cfg, benches, cache = resolve(args)
     if args.reference and all(Path(t).resolve() != Path(args.reference).resolve() for t in targets):
         targets.insert(0, args.reference)

@@ -18,8 +18,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     from ..eval.config import EvalConfig
 
     p.add_argument("--bench", action="append", default=[], metavar="SPEC",
-                   help="benchmark spec, repeatable: rfw:/data/RFW, lfw:/x/lfw.bin, csv:pairs.csv, builtin[:small] "
-                        "(default: builtin)")
+                   help="benchmark spec, repeatable: rfw:/data/RFW, lfw:/x/lfw.bin, csv:pairs.csv, builtin[:SIZE] "
+                        "with SIZE tiny, small, default, large or a number of genuine pairs per group (default: builtin)")
     p.add_argument("--arch", help="architecture of a float checkpoint (see `qfair models`)")
     p.add_argument("--backend", help="embedding backend: torch, onnxruntime or tensorrt (an .engine file) "
                                      "(default: from the target)")

@@ -32,8 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sensitivity", help="rank layers by the damage each does when quantized alone",
         description="Quantize one layer (or block) at a time and rank by embedding drift (1 - cosine to the "
-        "float model) and, with --bench, by per-group accuracy change. Writes OUT/sensitivity.json and "
-        "OUT/overrides.yaml (keep the most sensitive units at 8 bits: mixed precision).")
+        "float model) and, with --bench, by per-group accuracy change. With --ptq the corrections are made for "
+        "the whole quantized model, so each unit is measured leave-one-out instead: every other unit quantized, "
+        "its drift being what keeping it in float recovers (sensitivity.json records the method). Writes "
+        "OUT/sensitivity.json and OUT/overrides.yaml (keep the most sensitive units at 8 bits: mixed precision).")
     p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
     add_config_arguments(p, SensitivityRunConfig)
     p.set_defaults(func=run)
@@ -89,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     groups = list(result["float"].get("groups", {}))
     rows = [[r["unit"], f"{r['drift']:.5f}", *[f"{r['delta'][g]:+.2f}" for g in groups]]
             for r in result["units"][:20]]
+    how = "; leave one out: drift recovered by keeping the unit in float" if result["method"] == "leave_one_out" else ""
     console().print(table(f"sensitivity (W{cfg.quant_config().wbits}A{cfg.quant_config().abits}, "
-                          f"{cfg.recipe}; all quantized: drift {result['all']['drift']:.5f})",
+                          f"{cfg.recipe}; all quantized: drift {result['all']['drift']:.5f}{how})",
                           [cfg.granularity, "drift", *[f"d acc {g}" for g in groups]], rows))
     kept = min(cfg.top, len(result["units"]))
     console().print(f"wrote {run_dir.path}/sensitivity.json and overrides.yaml (top {kept} kept at 8 bits)")

@@ -332,6 +332,10 @@ def open_benchmark(spec: str, **kw: Any) -> VerificationSet:
     kind inferred from the path (``lfw:/x/lfw.bin``), a bare path, ``builtin`` or ``builtin:SIZE``."""
     spec = str(spec).strip()
     head, sep, rest = spec.partition(":")
+    if head in BENCHMARKS and BENCHMARKS.canonical(head) != "builtin" and not rest.strip():
+        example = {"rfw": "rfw:/data/RFW", "bin": "bin:/data/lfw.bin", "csv": "csv:pairs.csv"}
+        raise DataError(f"benchmark '{spec}' names no path: give the {head} data after a colon, e.g. "
+                        f"{example.get(BENCHMARKS.canonical(head), head + ':PATH')}")
     if not sep:
         if spec in BENCHMARKS:
             return BENCHMARKS.get(spec)("", **kw)

@@ -118,7 +118,8 @@ def load_target(target: Any, arch: str | None = None, backend: str | None = None
         return be, name or getattr(be, "label", None) or meta.get("arch", be.name), meta
     path = Path(target)
     if not path.exists():
-        raise CheckpointError(f"model not found: {path}. Pass a run folder, a checkpoint file or an .onnx file.")
+        raise CheckpointError(f"model not found: {path}. Pass a run folder, a checkpoint file, a .qpk or an .onnx "
+                              "file.")
     config = _read_yaml(path / "config.yaml") if path.is_dir() else {}
     display = name or (path.name if path.is_dir() else path.stem)
     if path.is_dir():

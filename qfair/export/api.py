@@ -139,7 +139,7 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
         proto, layout, parity = _build_and_check(spec, ctx, opset, pairs, issame, cosine_gate, requant)
         ctx.notes.append(f"the integer-kernel layout failed parity ({'; '.join(first.reasons)}; {first.summary()}); "
                          f"exported keep_float={spec.exact_fallback} instead: int8 weights in the file, float "
-                         "kernels, exactly the evaluated model")
+                         "kernels, the evaluated model's arithmetic up to float rounding (parity-checked below)")
         layout["integer_layout_parity"] = first.to_dict()
     if layout.get("output_quant") or layout.get("bias_shift"):
         ctx.notes.append(f"ONNX Runtime layout: {len(layout['output_quant'])} conv outputs re-quantized to uint8 "

@@ -37,7 +37,8 @@ class QuantConfig:
     bits: int = cfg_field(8, help="bit width of weights and activations (2..8)", range=(2, 8))
     wbits: Optional[int] = cfg_field(None, help="weight bits (default: --bits)", range=(2, 8))
     abits: Optional[int] = cfg_field(None, help="activation bits (default: --bits)", range=(2, 8))
-    recipe: str = cfg_field("quantface", help="placement recipe: quantface (QuantFace) or deploy (TensorRT-style)",
+    recipe: str = cfg_field("quantface", help="placement recipe: quantface (QuantFace; alias reference) or deploy "
+                         "(TensorRT-style; alias tensorrt)",
                          choices=_recipes)
     observer: str = cfg_field("minmax", help="activation range observer: minmax, moving_average_minmax, "
                               "percentile, mse or entropy", choices=_observers)

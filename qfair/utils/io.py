@@ -57,6 +57,10 @@ def output_file(path: str | os.PathLike, *, mkdir: bool = False) -> Path:
         mode = os.stat(real).st_mode
     except FileNotFoundError:
         mode = None
+    except NotADirectoryError:
+        blocker = next((p for p in real.parents if p.exists() and not p.is_dir()), None)
+        raise QfairError(f"cannot write {shown}: {blocker or real.parent} is a file, not a folder. Pick another "
+                         "output path.") from None
     except OSError as exc:
         raise QfairError(f"cannot write {shown}: {exc.strerror}. Pick another output path.") from None
     if mode is not None and not stat.S_ISREG(mode):
