@@ -4,12 +4,15 @@ A config is a ``@dataclass(frozen=True)`` whose fields may carry metadata made b
 ``range=(lo, hi)`` (inclusive), ``choices=[...]`` or a ``choices`` callable (a registry's names),
 and ``help``. ``config_from_dict`` checks every key against the fields (an unknown key is an error
 that lists the keys that exist and the closest one), converts ints to floats where a float is
-expected, checks types, ranges and choices, and builds nested dataclasses.
+expected, checks types, ranges and choices (a choice is stored as the field spells it, whatever case it
+was given in; NaN, and +-inf where there is a range, are refused unless the field allows them), and
+builds nested dataclasses.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -30,9 +33,15 @@ def cfg_field(
     choices: Any = None,
     default_factory: Callable[[], Any] | Any = _MISSING,
     flag: bool = True,
+    allow_nan: bool = False,
+    allow_inf: bool = False,
 ) -> Any:
-    """A dataclass field with validation metadata. ``choices`` may be a list or a zero-arg callable."""
-    md = {"help": help, "range": range, "choices": choices, "flag": flag}
+    """A dataclass field with validation metadata. ``choices`` may be a list or a zero-arg callable.
+
+    Float values must not be NaN unless ``allow_nan``; a field with a ``range`` also refuses +-inf
+    unless ``allow_inf`` (e.g. inf meaning "no limit"; the range still applies to it)."""
+    md = {"help": help, "range": range, "choices": choices, "flag": flag, "allow_nan": allow_nan,
+          "allow_inf": allow_inf}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=md)
     return dataclasses.field(default=default, metadata=md)
@@ -155,13 +164,19 @@ def _convert(value: Any, tp: Any, where: str, key: str = "", source: str | None 
     return value
 
 
-def _check_meta(value: Any, md: Mapping[str, Any], where: str) -> None:
+def _check_meta(value: Any, md: Mapping[str, Any], where: str) -> Any:
+    """Check ``value`` against the field's range and choices; return it with every choice spelled as
+    the field lists it (``Synthetic`` -> ``synthetic``: choices match case-insensitively, and code
+    downstream compares exact strings)."""
     if value is None:
-        return
+        return None
+    vals = list(value) if isinstance(value, (list, tuple)) else [value]
     rng = md.get("range")
+    for v in vals:
+        if isinstance(v, float) and not math.isfinite(v):
+            _check_finite(v, md, where)
     if rng is not None:
         lo, hi = rng
-        vals = value if isinstance(value, (list, tuple)) else [value]
         for v in vals:
             if not isinstance(v, (int, float)):
                 continue
@@ -172,12 +187,46 @@ def _check_meta(value: Any, md: Mapping[str, Any], where: str) -> None:
     choices = md.get("choices")
     if choices is not None:
         allowed = list(choices() if callable(choices) else choices)
-        vals = value if isinstance(value, (list, tuple)) else [value]
-        for v in vals:
-            if str(v).lower() not in {str(a).lower() for a in allowed}:
+        canonical = [_canonical_choice(v, allowed) for v in vals]
+        for v, c in zip(vals, canonical):
+            if c is _MISSING:
                 close = difflib.get_close_matches(str(v), [str(a) for a in allowed], n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"{where}: got {v!r}, allowed: {', '.join(map(str, allowed))}.{hint}")
+        if isinstance(value, (list, tuple)):
+            return type(value)(canonical)
+        return canonical[0]
+    return value
+
+
+def _check_finite(v: float, md: Mapping[str, Any], where: str) -> None:
+    """Refuse NaN (unless the field allows it) and, in a field with a range, +-inf (unless allowed):
+    ``nan < lo`` is False, so NaN would pass every range check."""
+    rng = md.get("range")
+    if math.isnan(v):
+        if md.get("allow_nan"):
+            return
+    elif rng is None or md.get("allow_inf"):
+        return
+    if rng is not None:
+        lo, hi = rng
+        want = ("a finite number" if lo is None and hi is None else f"a finite number >= {lo}" if hi is None
+                else f"a finite number <= {hi}" if lo is None else f"a finite number in [{lo}, {hi}]")
+    else:
+        want = "a number (NaN is not allowed)"
+    raise ConfigError(f"{where}: got {v!r}, expected {want}")
+
+
+def _canonical_choice(v: Any, allowed: list[Any]) -> Any:
+    """The entry of ``allowed`` that ``v`` names: ``v`` itself when listed as is, else the first entry
+    equal ignoring case (as allowed spells it); ``_MISSING`` when none matches."""
+    if any(v == a and type(v) is type(a) for a in allowed):
+        return v
+    low = str(v).lower()
+    for a in allowed:
+        if str(a).lower() == low:
+            return a if isinstance(v, str) and isinstance(a, str) else v
+    return _MISSING
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -192,7 +241,7 @@ def validate_fields(cfg: Any) -> None:
     hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = _convert(getattr(cfg, f.name), hints[f.name], f.name, f.name)
-        _check_meta(value, f.metadata, f.name)
+        value = _check_meta(value, f.metadata, f.name)
         object.__setattr__(cfg, f.name, value)
 
 
@@ -219,8 +268,7 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, source: str | Non
         where = _where(source, full)
         if name in data:
             value = _convert(data[name], hints[name], where, full, source)
-            _check_meta(value, f.metadata, where)
-            kwargs[name] = value
+            kwargs[name] = _check_meta(value, f.metadata, where)
         elif f.default is _MISSING and f.default_factory is _MISSING:
             raise ConfigError(f"{where} is required ({f.metadata.get('help', '')})".rstrip(" ()"))
     try:
@@ -261,23 +309,40 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def _strict_loader() -> type:
     """``yaml.SafeLoader`` (no code runs) that refuses a key given twice in one mapping: plain YAML keeps
-    the last silently, so ``bits: 6`` ... ``bits: 8`` would quantize at 8 bits without a word."""
+    the last silently, so ``bits: 6`` ... ``bits: 8`` (or ``{bits: 6, bits: 8}`` on one line) would
+    quantize at 8 bits without a word. Keys brought in by a ``<<`` merge may be overridden, as in YAML."""
     import yaml
     from yaml.constructor import ConstructorError
 
+    merge_tag = "tag:yaml.org,2002:merge"
+
     class StrictSafeLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):  # type: ignore[override]
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
+        def flatten_mapping(self, node):  # type: ignore[override]
+            # Checked here, before the first flattening: it prepends the entries of merged mappings to
+            # node.value (the node of an anchor may be flattened through an alias before it is built).
+            checked = self.__dict__.setdefault("_qfair_checked", set())
+            own = None
+            if id(node) not in checked:
+                checked.add(id(node))
+                own = [key_node for key_node, _ in node.value if key_node.tag != merge_tag]
+            super().flatten_mapping(node)
+            if own:
+                self._refuse_repeats(own)
+
+        def _refuse_repeats(self, key_nodes):
+            seen: dict[Any, Any] = {}
+            for key_node in key_nodes:
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line)
-                except TypeError:  # unhashable key: SafeLoader reports it below
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # unhashable key: SafeLoader reports it
                     continue
-                if first != key_node.start_mark.line:
-                    raise ConstructorError(None, None, f"key '{key}' given twice (first on line {first + 1}); "
-                                           f"keep one", key_node.start_mark)
-            return super().construct_mapping(node, deep=deep)
+                if first is not key_node.start_mark:
+                    at = f"line {first.line + 1}"
+                    if first.line == key_node.start_mark.line:
+                        at += f", column {first.column + 1}"
+                    raise ConstructorError(None, None, f"key '{key}' given twice (first on {at}); keep one",
+                                           key_node.start_mark)
 
     return StrictSafeLoader
 
