@@ -1,6 +1,7 @@
 """``qfair distill``: a smaller student architecture learns from a teacher (the distillation study).
 
-Thin: parse, load the config (file + flags), call :func:`qfair.train.distill`, print.
+Thin: parse, resolve the settings as ``qfair qat`` does (file + flags; with ``--resume`` the run's own
+config.yaml first), call :func:`qfair.train.distill`, print.
 """
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """``qfair qat``: quantization-aware KD fine-tuning of a quantized student against its float teacher.
 
-Thin: parse, load the config (file + flags), call :func:`qfair.train.qat`, print. Under
-``torchrun --nproc-per-node N -m qfair qat ...`` every rank runs it (DDP; rank 0 prints and writes).
+Thin: parse, resolve the settings (file + flags; with ``--resume`` the run's own config.yaml first), call
+:func:`qfair.train.qat`, print. Under ``torchrun --nproc-per-node N -m qfair qat ...`` every rank runs it
+(DDP; rank 0 prints and writes).
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -13,8 +15,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
     p.add_argument("--out", metavar="DIR", required=True, help="run folder to write (or to resume)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT from OUT/checkpoints/last.pt, with the settings it was started "
-                   "with (ends with the weights of an uninterrupted run)")
+                   help="continue the run in OUT from OUT/checkpoints/last.pt with the settings it was started with, "
+                   "read from OUT/config.yaml (its config: section), so `--out OUT --resume` alone is enough. A "
+                   "--config file and flags given as well are applied on top of them; one that changes a setting "
+                   "is refused, naming it, except --log-every, --checkpoint-every, --eval-every and --device. "
+                   "Relative paths in it (checkpoints, run folders, data) are as typed when the run started and are "
+                   "read from the current folder: resume from the folder the run was started in. "
+                   "Ends with the weights of an uninterrupted run")
 
 
 def interrupted(args: argparse.Namespace, argv: list[str]) -> str:
@@ -54,20 +61,55 @@ def report(summary: dict, title: str) -> None:
     console().print(table(title, ["", "value"], rows))
 
 
-def run_training(args: argparse.Namespace, cfg_cls: type, api: Callable[..., Any], title: str) -> int:
-    """Shared body of ``qfair qat`` and ``qfair distill``: resolve the config, join torchrun if launched
-    by it, train, and print the summary on the main rank only."""
-    from ..config import load_config, overrides_from_args
+_PATHS = ("student", "model", "teacher", "student_init")  # the file and folder settings
+
+
+def settings(args: argparse.Namespace, cfg_cls: type, command: str) -> Any:
+    """The settings of ``qfair qat`` / ``qfair distill``: the --config file, then the flags given. With --resume,
+    the settings the run in --out was started with (the ``config:`` section of its config.yaml) come first, so
+    ``--out DIR --resume`` alone continues it; a --config file (other than that config.yaml) and the flags given
+    now go on top, and the resume check (:func:`qfair.train.api._check_resume`) refuses a changed setting by name."""
+    from ..config import config_from_dict, load_config, overrides_from_args
+    from ..config.base import _Origin, read_yaml
+    from ..train.api import resumed_settings
+    from ..utils.errors import ConfigError
+
+    flags = overrides_from_args(args, cfg_cls)
+    record = Path(args.out) / "config.yaml"
+    saved = resumed_settings(args.out, command) if args.resume and record.exists() else None  # (or another command's)
+    if saved is None:
+        try:
+            return load_config(cfg_cls, args.config, flags)
+        except ConfigError:
+            if args.resume and not record.exists():
+                resumed_settings(args.out, command)  # "nothing to resume" says more than a missing setting
+            raise
+    config_from_dict(cfg_cls, saved, source=str(record), prefix="config")  # names a key this version lacks
+    own = args.config is not None and Path(args.config).resolve() == record.resolve()
+    given = {**(read_yaml(args.config) if args.config and not own else {}), **flags}
+    lost = [k for k in _PATHS if k not in given and isinstance(saved.get(k), str) and saved[k]
+            and not Path(saved[k]).is_absolute() and not Path(saved[k]).exists()]
+    if lost:
+        raise ConfigError(f"--resume: {record} names {', '.join(f'{k} {saved[k]!r}' for k in lost)} as typed when "
+                          f"the run started, and relative paths are read from the current folder ({Path.cwd()}), "
+                          "which has no such file or folder: resume from the folder the run was started in")
+    source = args.config if args.config and not own else str(record)
+    return config_from_dict(cfg_cls, {**saved, **given}, source=_Origin(source, flags))
+
+
+def run_training(args: argparse.Namespace, cfg_cls: type, api: Callable[..., Any], command: str) -> int:
+    """Shared body of ``qfair qat`` and ``qfair distill`` (``command``, also the summary's title): resolve the
+    settings, join torchrun if launched by it, train, and print the summary on the main rank only."""
     from ..train.distributed import init_from_env, shutdown
 
-    cfg = load_config(cfg_cls, args.config, overrides_from_args(args, cfg_cls))
+    cfg = settings(args, cfg_cls, command)
     info = init_from_env()
     try:
         summary = api(cfg, args.out, resume=args.resume)
     finally:
         shutdown()
     if info.main:
-        report(summary, title)
+        report(summary, command)
     return 0
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..utils.errors import CheckpointError, ConfigError, DataError, QfairError, require_module
 from .batches import IndexedSource
+from .checks import _KEEP_ON_RESUME
 from .config import DistillConfig, QatConfig, TrainConfig
 from . import ranges as R
 from .distributed import barrier, dist_info
@@ -74,6 +75,25 @@ def _saved_step(path: Path) -> str:
     return "" if step is None else f"{'finished ' if ck.get('done') else ''}at step {int(step)}"
 
 
+def resumed_settings(out: str | Path, command: str) -> dict[str, Any] | None:
+    """The settings the run in ``out`` was started with: the ``config:`` section of its config.yaml (None when
+    that file records none). ConfigError when there is no run to resume or ``out`` holds another command's run;
+    DamagedRunFileError, naming the file, when config.yaml cannot be read."""
+    from ..runs import RunDir
+
+    out = Path(out)
+    if not (out / "config.yaml").exists():
+        raise ConfigError(f"--resume: there is nothing to resume in {out} (no run was started there: "
+                          f"{out / 'config.yaml'} does not exist); check --out, or drop --resume to start a new run")
+    other = RunDir(out).written_by()
+    if other and not other.startswith(command):
+        raise ConfigError(f"--resume: {out} holds a `{other.split(' --')[0]}` run, not a `{command}` run; check --out "
+                          "and the command")
+    stored = RunDir.open(out).read_config()  # a damaged config.yaml stops the resume here, naming the file
+    saved = stored.get("config") if isinstance(stored, dict) else None
+    return saved if isinstance(saved, dict) else None
+
+
 def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None:
     """Checked before any heavy work: a fresh run never overwrites a run folder that holds checkpoints or another
     run's results, a resumed run needs a run to resume (of this command, with a readable checkpoint), and it must
@@ -92,30 +112,26 @@ def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None
     if student and out.exists() and Path(student).exists() and out.resolve() == Path(student).resolve():
         raise ConfigError(f"--out {out} is the student's run folder (--student): the fine-tuned model would replace "
                           "the model it starts from; choose another --out")
-    other = RunDir(out).written_by()
-    other = other if other and not other.startswith(command) else None
     if not resume:
+        other = RunDir(out).written_by()
+        other = other if other and not other.startswith(command) else None
         done = [n for n in ("model.pt", "quant.json", "train.json") if (out / n).exists()]
         if other or done:
             what = f"a `{other.split(' --')[0]}` run" if other else f"a finished run ({', '.join(done)})"
             raise ConfigError(f"{out} holds {what}; `{command}` writes config.yaml, model.pt and quant.json there and "
                               "would replace it: choose another --out (nothing was overwritten)")
         return
-    if not (out / "config.yaml").exists():
-        raise ConfigError(f"--resume: there is nothing to resume in {out} (no run was started there: "
-                          f"{out / 'config.yaml'} does not exist); check --out, or drop --resume to start a new run")
-    if other:
-        raise ConfigError(f"--resume: {out} holds a `{other.split(' --')[0]}` run, not a `{command}` run; check --out "
-                          "and the command")
-    stored = RunDir.open(out).read_config()  # a damaged config.yaml stops the resume here, naming the file
-    saved = stored.get("config") if isinstance(stored, dict) else None
+    saved = resumed_settings(out, command)
     now = config_to_dict(cfg)
-    if isinstance(saved, dict) and saved != now:
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:5])
-        raise ConfigError(f"--resume: the settings differ from the run in {out} (keys: {', '.join(diff)}; "
-                          f"{shown}{'...' if len(diff) > 5 else ''}); resume with the same settings (the run's "
-                          f"config.yaml holds them) or use a new --out")
+    if saved is not None:
+        diff = sorted(k for k in set(saved) | set(now) if k not in _KEEP_ON_RESUME and saved.get(k) != now.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:5])
+            raise ConfigError(f"--resume: the settings differ from the run in {out} (keys: {', '.join(diff)}; "
+                              f"{shown}{'...' if len(diff) > 5 else ''}); a run resumes with the settings it was "
+                              f"started with (its config.yaml: `{command} --out {out} --resume` alone uses them), and "
+                              f"only {', '.join(_KEEP_ON_RESUME)} may change. Drop the other changes, or start a new "
+                              "run in another --out")
     if last.exists():
         load_checkpoint(last)  # a damaged checkpoint stops here, not after the models and data are loaded
 
