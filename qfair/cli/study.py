@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "are read from the folder qfair runs in, not from the YAML file's folder")
     p.add_argument("--dry-run", action="store_true",
                    help="check the config, checkpoints, data paths and benchmarks, print the stages the study would "
-                        "run (in order, finished ones marked) and stop; nothing is written")
+                        "run (in order; finished ones marked, with changed settings or damaged files) and stop; "
+                        "nothing is written")
     p.add_argument("--recompute", action="store_true",
                    help="rebuild finished stages whose settings changed since they were made (and the stages "
                         "built from them), replacing their results; without it such a study stops with an error")
@@ -34,14 +35,21 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(StudyConfig, args.config, overrides_from_args(args, StudyConfig))
     if args.dry_run:
-        from ..study.runner import describe_plan, preflight
+        from ..study.runner import SETTINGS_CHANGED, describe_plan, preflight
 
         preflight(cfg, source=args.config)
         print(f"qfair study {cfg.name!r} -> {cfg.out} (dry run: nothing was run or written)")
         print(f"benchmarks: {', '.join(cfg.bench)}")
-        for line in describe_plan(cfg):
+        lines = describe_plan(cfg)
+        for line in lines:
             print(line)
-        print("settings of finished stages are compared with the config when the study runs (see --recompute)")
+        if not any(f", {SETTINGS_CHANGED}: " in line for line in lines):
+            print("finished stages are read back, not recomputed")
+        elif args.recompute:
+            print(f"--recompute: the stages marked '{SETTINGS_CHANGED}' are rebuilt (their results are replaced)")
+        else:
+            print(f"the study stops before running anything, because of the stages marked '{SETTINGS_CHANGED}': "
+                  "rerun with --recompute to rebuild them, or choose a new output folder to keep them")
         return 0
     with term_as_interrupt():
         res = run_study(cfg, recompute=args.recompute, source=args.config)

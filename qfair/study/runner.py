@@ -10,6 +10,10 @@ would be built with now (:func:`stage_settings`); otherwise the study stops befo
 stages and the stages built from them. A finished stage whose files are missing or damaged (deleted,
 cut short by a crash of the machine) is rebuilt, with the stages built from it, and said so.
 
+The study's own ``config.yaml`` describes the report files beside it: a run with other settings (or
+rebuilding changed stages) removes the previous report before it records its settings, so a run stopped
+half-way never leaves one settings' config beside another's report (see :meth:`_Study.start`).
+
 A study holds its folder's lock while it runs (a second study into the same folder stops at once), and
 removes the temporary files of writes that a hard kill interrupted.
 """
@@ -26,6 +30,8 @@ from .config import StudyConfig, check_paths
 from .integrity import stage_damage
 from .plan import Variant, plan
 
+UNRECORDED = "(no record)"  # see _Study.report_changes
+TIMINGS = "timings.json"  # beside the report: how long this run's stages took
 SYNTHETIC_NOTE = ("All numbers in this report come from qfair's built-in SYNTHETIC benchmark (rendered face-like "
                   "images in four made-up groups): they demonstrate the mechanism, they are not evidence about "
                   "real faces or real demographic groups. Real conclusions need RFW or a comparable benchmark.")
@@ -74,10 +80,61 @@ class _Study:
         self._digests: dict[str, str] = {}
         self.timings: dict[str, float] = {}
 
-    def start(self) -> None:
-        """Create the study folder and record the study's config (after :meth:`changed_stages` passed)."""
+    def start(self, recomputed: bool = False) -> None:
+        """Create the study folder and record the study's config (after :meth:`changed_stages` passed).
+
+        ``config.yaml`` describes everything at the top of the folder: the report files there too. Those are
+        derived from the stages' results and rewritten from them (cheaply: embeddings are cached) at the end
+        of every run, while each stage folder records its own settings. So when the settings recorded
+        differ from the ones now (:meth:`report_changes`), or ``recomputed`` stages are rebuilt (a float
+        checkpoint retrained at the same path changes stages, not the study's config), the previous
+        report is removed *before* the new ``config.yaml`` is written: a run stopped half-way then leaves
+        the new config and no report (rerun to resume), never the new config beside the old settings'
+        numbers. Writing ``config.yaml`` only together with the report would not do: the stages rebuilt
+        before the stop would sit under a report of the models they replaced. A rerun with unchanged
+        settings keeps the report (still true of every finished stage) until the new one replaces it."""
+        changes = self.report_changes()  # None: no report here
+        if changes is not None and (changes or recomputed):
+            old = self.report_files()
+            for p in old:  # the config.yaml that describes them is still the old one while this runs
+                p.unlink(missing_ok=True)
+            why = ("no readable record of its settings" if changes == [UNRECORDED] else
+                   f"made with other settings ({', '.join(changes)})" if changes else
+                   "made from the stages now rebuilt")
+            names = ", ".join(str(p.relative_to(self.root.path)) for p in old)
+            self.say(f"removed the previous report ({names}): {why}; the study writes a new one when it finishes")
         self.root = RunDir.create(self.cfg.out, self.cfg, command=f"qfair study ({self.cfg.name})",
                                   seed=self.cfg.seed)
+
+    def report_files(self) -> list[Path]:
+        """The study's top-level results (report, data files, figures, timings), as far as they exist."""
+        from ..report.writer import reports_in
+
+        timings = self.root.path / TIMINGS
+        return reports_in(self.root.path) + ([timings] if timings.is_file() else [])
+
+    def report_changes(self) -> list[str] | None:
+        """Dotted keys of the study config whose value recorded in the folder's ``config.yaml`` differs from
+        the one now (``[UNRECORDED]``: a report with no readable record of its settings; None: no report to
+        describe). ``out`` is left out: where the folder is named from does not change what it holds."""
+        if not self.report_files():
+            return None
+        from ..config import config_to_dict
+
+        try:
+            stored = self.root.read_config().get("config")
+        except (OSError, AttributeError):  # damaged, or not a mapping
+            stored = None
+        if not isinstance(stored, dict):
+            return [UNRECORDED]
+        now = config_to_dict(self.cfg)
+        return [k for k in _diff_keys(stored, now) if k != "out"]
+
+    def resume_state(self, variants: list[Variant]) -> tuple[dict[str, str], dict[str, str]]:
+        """``(damaged, changed)``: what a run would rebuild (:meth:`damaged_stages`) and what it refuses
+        without ``recompute`` (:meth:`changed_stages`). The run and the dry run both ask this."""
+        damaged = self.damaged_stages(variants)
+        return damaged, self.changed_stages(variants, damaged)
 
     # ------------------------------------------------------------------ resume checks
     def stage_settings(self, v: Variant) -> dict[str, Any] | None:
@@ -157,7 +214,7 @@ class _Study:
                 raise QfairError(f"{path} is a file, but the study writes a folder there ({what}). Nothing was "
                                  "run: move or delete that file, or choose another output folder.")
         if root.is_dir():
-            for name in ("config.yaml", "report.md", *DATA_FILES, "timings.json"):
+            for name in ("config.yaml", "report.md", *DATA_FILES, TIMINGS):
                 output_file(root / name)
 
     def forget(self, variant_id: str) -> None:
@@ -294,17 +351,29 @@ def preflight(cfg: StudyConfig, source: str | None = None) -> list[Any]:
     return benches
 
 
+SETTINGS_CHANGED = "settings changed"  # how describe_plan marks a finished stage the run would refuse
+
+
 def describe_plan(cfg: StudyConfig) -> list[str]:
     """One line per stage, in the order :func:`run_study` runs them (``[i/N] id`` as the run prints it),
-    with what the stage is built from and whether ``cfg.out`` already holds it finished."""
-    root = RunDir(Path(cfg.out))
+    with what the stage is built from and whether ``cfg.out`` already holds it finished -- and, checked as
+    the run checks it (:meth:`_Study.resume_state`), whether a finished stage's settings changed (the run
+    stops, or rebuilds it with ``recompute``) or its files are damaged (the run rebuilds it). Nothing is
+    written; a float model is loaded only to compare the settings of a finished stage built from it."""
+    st = _Study(cfg, say=lambda msg: None)
+    root = st.root
     variants = plan(cfg)
+    damaged, changed = st.resume_state(variants)
     lines = []
     for i, v in enumerate(variants, 1):
         what = {"float": "evaluate the float model", "ptq": f"quantize ({v.recipe} recipe)",
                 "kd": f"fine-tune {v.parent} with KD",
                 "onnx": f"export {v.parent} to ONNX ({cfg.export.target})"}[v.kind]
         state = "finished" if v.kind != "float" and root.stage_done(v.id) else "to run"
+        if v.id in changed:
+            state += f", {SETTINGS_CHANGED}: {changed[v.id]}"
+        elif v.id in damaged:
+            state += f", but damaged (rebuilt when the study runs): {damaged[v.id]}"
         lines.append(f"[{i}/{len(variants)}] {v.id:<34} {v.bits_label:<5} {v.calib_label:<26} {what}  ({state})")
     return lines
 
@@ -337,15 +406,15 @@ def _run_locked(st: _Study, variants: list[Variant], benches: list[Any], *, reco
     from ..utils.io import remove_stale_temps
 
     cfg, say = st.cfg, st.say
-    damaged = st.damaged_stages(variants)
-    changed = st.changed_stages(variants, damaged)
+    damaged, changed = st.resume_state(variants)
     if changed and not recompute:
         lines = "\n".join(f"  {vid}: {why}" for vid, why in changed.items())
         raise ConfigError(
             f"{st.root.path} holds finished stages made with other settings than "
             f"{source or 'the study config'} gives now:\n{lines}\n"
-            "Nothing was run or changed. Keep those results by choosing a new output folder (out: in the YAML "
-            "or --out DIR), or rerun with --recompute to rebuild these stages (their results are replaced).")
+            "Nothing was run or changed. Keep those results by choosing a new output folder ("
+            f"{f'out: in {source} or ' if source else ''}--out DIR), or rerun with --recompute to rebuild these "
+            "stages (their results are replaced).")
     stale = remove_stale_temps(*st.folders(variants))
     if stale:
         say(f"removed {len(stale)} temporary file(s) left by an interrupted run")
@@ -355,7 +424,7 @@ def _run_locked(st: _Study, variants: list[Variant], benches: list[Any], *, reco
     for vid, why in changed.items():
         say(f"recomputing {vid} ({why})")
         st.forget(vid)
-    st.start()
+    st.start(recomputed=bool(changed))
     results = []
     for i, v in enumerate(variants, 1):
         resumed = st.root.stage_done(v.id)
@@ -381,5 +450,5 @@ def _run_locked(st: _Study, variants: list[Variant], benches: list[Any], *, reco
     files = write_report(st.root.path, results, comparisons, title=notes_title,
                          preface=SYNTHETIC_NOTE if cfg.synthetic_benchmark else None)
     st.timings["total"] = round(time.time() - t0, 1)
-    st.root.write_json("timings.json", st.timings)
+    st.root.write_json(TIMINGS, st.timings)
     return StudyResult(out=st.root.path, results=results, comparisons=comparisons, files=files, timings=st.timings)
