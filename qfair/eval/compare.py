@@ -65,6 +65,39 @@ def _check_same_pairs(ref: EvalResult, other: EvalResult) -> None:
                         f"evaluated on the same pairs; a paired comparison needs the same benchmark")
     if ref.groups != other.groups:
         raise DataError(f"'{other.name}' and '{ref.name}' report different groups: {other.groups} vs {ref.groups}")
+    _check_same_settings(ref, other)
+
+
+# what changes the k-fold decisions (mode), the fairness numbers (ddof: STD; alpha: FDR / IR / GARBE; target_fmr:
+# the global threshold and FNMR@FMR) or the scores themselves (flip: test-time flip, recorded in meta by
+# evaluate); n_bootstrap and seed change only the intervals (the comparison draws its own, with the reference's)
+_SETTINGS = ("mode", "ddof", "alpha", "target_fmr")
+
+
+def _threshold_policy(r: EvalResult) -> str:
+    t = r.threshold or {}
+    if t.get("source") == "inherited":
+        return f"inherited threshold {t.get('value')!r}"
+    return f"threshold at target FMR {t.get('target_fmr')!r} of its own impostor scores"
+
+
+def _check_same_settings(ref: EvalResult, other: EvalResult) -> None:
+    """Both results must come from the same evaluation settings: a pair decided right under one threshold
+    search and wrong under the other would count as discordant, and the deltas would mix two definitions."""
+    diff = [f"{k} {other.settings[k]!r} vs {ref.settings[k]!r}" for k in _SETTINGS
+            if k in other.settings and k in ref.settings and other.settings[k] != ref.settings[k]]
+    if "flip" in other.meta and "flip" in ref.meta and bool(other.meta["flip"]) != bool(ref.meta["flip"]):
+        diff.append(f"flip {other.meta['flip']!r} vs {ref.meta['flip']!r}")
+    # the reference's own threshold, or the other evaluated at it (--inherit-threshold / threshold=), is one policy
+    t_ref, t_oth = (ref.threshold or {}).get("value"), (other.threshold or {}).get("value")
+    inherited = "inherited" in ((ref.threshold or {}).get("source"), (other.threshold or {}).get("source"))
+    if inherited and t_ref != t_oth:
+        diff.append(f"threshold policy: {_threshold_policy(other)} vs {_threshold_policy(ref)}")
+    if diff:
+        raise DataError(f"'{other.name}' and '{ref.name}' were evaluated with different settings ({other.name} vs "
+                        f"{ref.name}: {'; '.join(diff)}); a paired comparison needs both evaluated the same way: "
+                        "evaluate both with the same settings (mode, ddof, alpha, target_fmr, flip, and threshold= "
+                        "the reference's threshold or neither)")
 
 
 def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None = None, seed: int | None = None,
@@ -202,5 +235,8 @@ def compare(*results: EvalResult, reference: EvalResult | str | int | None = Non
         ref = next((r for r in group if r.name == ref_name), None)
         if ref is None:
             raise DataError(f"benchmark '{bench}' has no result of the reference model '{ref_name}'")
+        for r in group:  # every mismatch before any bootstrap is drawn
+            if r is not ref:
+                _check_same_settings(ref, r)
         out += [compare_pair(ref, r, **kwargs) for r in group if r is not ref]
     return out

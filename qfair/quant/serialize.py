@@ -4,7 +4,9 @@
 resolved QuantConfig, and per quantizer: module name, layer, role, bits, symmetric, axis, qmin/qmax,
 observer, mode, scale and zero point. Reloading rebuilds the float model, re-runs ``prepare`` with the
 same config (placement and BN folding are structural, so the module tree is identical), loads the
-state dict strictly and restores each quantizer's mode: outputs are reproduced exactly.
+state dict strictly and restores each quantizer's mode: outputs are reproduced exactly. The top-level summary
+(recipe, wbits, abits, observers, ptq, calibrated, float_kept, embedding_size) repeats the config and the
+quantizers; a file where they disagree (edited, damaged) is refused, not labelled with the wrong bits.
 """
 from __future__ import annotations
 
@@ -68,6 +70,15 @@ def save_quantized(model: nn.Module, run_dir: str | Path | RunDir, *, arch: dict
 
 
 def read_quant_json(run_dir: str | Path) -> dict[str, Any]:
+    """``run_dir/quant.json``, checked: its layout, and its top-level summary against its ``config`` section and
+    quantizer records (:class:`CheckpointError` naming the file and the key otherwise)."""
+    doc = _read_quant_json(run_dir)
+    _check_summary(doc, Path(run_dir) / "quant.json")
+    return doc
+
+
+def _read_quant_json(run_dir: str | Path) -> dict[str, Any]:
+    """``read_quant_json`` less the summary check (``load_quantized`` runs it after the finer quantizer check)."""
     import json
 
     run_dir = Path(run_dir)
@@ -112,6 +123,50 @@ def _check_layout(doc: dict[str, Any], p: Path) -> None:
             raise bad(f"quantizers[{i}] lacks {', '.join(missing)}")
 
 
+def _disagrees(p: Path, key: str, value: Any, other: str) -> CheckpointError:
+    """``other``: what ``value`` should agree with, and its value (``"config.wbits is 8"``)."""
+    return CheckpointError(f"{p}: top-level '{key}' is {value!r} but {other}; this summary must describe the model "
+                           "the file rebuilds. The file was edited or is damaged: re-run `qfair quantize` (or "
+                           "qfair.save_quantized) to write it again")
+
+
+def _same_name(value: Any, expected: str, registry: Any) -> bool:
+    """``value`` is ``expected`` as the config spells it or as its registry names it (save_quantized writes the
+    canonical recipe name); another alias would still label the model differently, so it disagrees."""
+    try:
+        canonical = registry.canonical(expected)
+    except Exception:  # noqa: BLE001 -- config_from_dict validated it; be safe with registries that changed
+        canonical = expected
+    return value in (expected, canonical)
+
+
+def _check_summary(doc: dict[str, Any], p: Path) -> None:
+    """The top-level summary (``recipe``, ``wbits``, ``abits``, ``observer``, ``weight_observer``, ``ptq``,
+    ``calibrated``) repeats the ``config`` section and the quantizer records; what reads it (run tables, ``qfair
+    info``, the evaluate labels) must not describe another model than the one the config rebuilds."""
+    from .observers import OBSERVERS
+    from .recipes import RECIPES
+
+    cfg = config_from_dict(QuantConfig, doc["config"], source=str(p))  # as load_quantized reads it
+    for key, registry in (("recipe", RECIPES), ("observer", OBSERVERS), ("weight_observer", OBSERVERS)):
+        expected = getattr(cfg, key)
+        if key in doc and not _same_name(doc[key], expected, registry):
+            raise _disagrees(p, key, doc[key], f"config.{key} is {expected!r}")
+    for key in ("wbits", "abits"):
+        value, expected = doc.get(key), getattr(cfg, key)
+        if key in doc and not (isinstance(value, int) and not isinstance(value, bool) and value == expected):
+            raise _disagrees(p, key, value, f"config.{key} is {expected!r}")
+    if "ptq" in doc and doc["ptq"] != list(cfg.ptq):
+        raise _disagrees(p, "ptq", doc["ptq"], f"config.ptq is {list(cfg.ptq)!r}")
+    if "calibrated" in doc and not isinstance(doc["calibrated"], bool):
+        raise _disagrees(p, "calibrated", doc["calibrated"], "it must be true or false")
+    if doc.get("calibrated"):  # quantize() calibrates every quantizer it leaves on
+        for d in doc["quantizers"]:
+            if d["mode"] != "off" and not d["calibrated"]:
+                raise _disagrees(p, "calibrated", True, f"quantizer '{d['name']}' (mode {d['mode']!r}) has "
+                                 f"calibrated {d['calibrated']!r}")
+
+
 def _check_keys(qmodel: nn.Module, sd: dict[str, Any], path: Path) -> None:
     """model.pt must fit the rebuilt model key for key: name what does not (a wrong ``model=``, a damaged file)."""
     own = qmodel.state_dict()
@@ -150,6 +205,18 @@ def _check_quantizers(qmodel: nn.Module, doc: dict[str, Any], path: Path) -> Non
                               f"{', '.join(map(str, extra[:4]))}{' ...' if len(extra) > 4 else ''}")
 
 
+def _check_rebuilt_summary(qmodel: nn.Module, doc: dict[str, Any], path: Path) -> None:
+    """``float_kept`` and ``embedding_size`` describe the model placement rebuilds: they must match it."""
+    import json
+
+    rebuilt = {"float_kept": json.loads(json.dumps(qmodel.qfair_quant.get("float_kept"))),
+               "embedding_size": getattr(qmodel, "embedding_size", None)}
+    for key, expected in rebuilt.items():
+        if key in doc and doc[key] is not None and expected is not None and doc[key] != expected:
+            raise _disagrees(path / "quant.json", key, doc[key],
+                             f"the model its config rebuilds has {key} {expected!r}")
+
+
 def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None) -> nn.Module:
     """Rebuild the fake-quant model saved by :func:`save_quantized`.
 
@@ -159,7 +226,7 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
     from .recipes import prepare
 
     path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
-    doc = read_quant_json(path)
+    doc = _read_quant_json(path)
     if model is not None and not isinstance(model, nn.Module):
         raise CheckpointError(f"load_quantized: model must be the float nn.Module to rebuild (e.g. "
                               f"qfair.create_model(name)), got {type(model).__name__}; leave it out to build the "
@@ -196,7 +263,9 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
             if getattr(m, "bias", 0) is None:
                 m.bias = nn.Parameter(torch.zeros_like(sd[key]))
     _check_keys(qmodel, sd, path)
-    _check_quantizers(qmodel, doc, path)
+    _check_quantizers(qmodel, doc, path)  # first: an edited config is named quantizer by quantizer
+    _check_summary(doc, path / "quant.json")
+    _check_rebuilt_summary(qmodel, doc, path)
     by_name = {d["name"]: d for d in doc["quantizers"]}
     for name, q in iter_quantizers(qmodel):
         if by_name.get(name, {}).get("lsq"):
