@@ -214,13 +214,15 @@ def _bench(run: Path, cfg: BenchConfig, threads: int, work: Path) -> dict[str, A
     if "integer_layout_parity" in shipped:  # the fast layout changed the model: time it too, labelled
         fast = export_onnx(model, "onnxruntime", out=work / "int8_requant.onnx", parity_data=cfg.parity,
                            requant=True)
-        cos = json.loads(export_report_path(fast).read_text())["parity"]["evaluated_cosine_mean"]
         runners["onnxruntime int8 (requant)"] = _ort_runner(fast, threads, ort_threads)
         sizes["int8_requant_onnx"] = fast.stat().st_size
-        notes.append(f"'onnxruntime int8' is the exact layout `qfair export` ships for this model (float kernels on "
-                     f"int8 weights): the integer-kernel layout re-quantizes conv outputs and moves the embeddings "
-                     f"(cosine {cos:.5f} vs the evaluated model); 'onnxruntime int8 (requant)' times that layout, "
-                     "which `qfair export --requant` ships")
+        # why the integer layout was not shipped: its own parity reasons (a cosine below the gate, or a
+        # verification pair that flipped), not a cosine that its report may not have
+        first = shipped["integer_layout_parity"]
+        why = "; ".join(first.get("reasons") or []) or "it failed the parity check"
+        notes.append("'onnxruntime int8' is the float-kernel layout `qfair export` ships for this model (int8 "
+                     f"weights, float kernels): the integer-kernel layout failed parity ({why}); 'onnxruntime int8 "
+                     "(requant)' times that layout, which `qfair export --requant` ships")
     ok, why = tensorrt_status()
     if ok:  # pragma: no cover - GPU machines only
         from .tensorrt import EngineRunner, build_engine

@@ -37,6 +37,32 @@ def test_export_packed_and_bench(run_dir, capsys):
     assert res["sizes_bytes"]["int8_onnx"] < res["sizes_bytes"]["fp32_onnx"]
 
 
+def test_bench_times_the_integer_layout_when_the_export_fell_back(run_dir, monkeypatch):
+    """When the shipped ONNX Runtime graph is the float-kernel fallback (the integer layout failed parity; here
+    recorded in the report, as on a machine where one verification pair flipped), bench also times the
+    --requant layout and says why it was not shipped: from the fallback's reasons (a report with no
+    evaluated-model cosine used to crash the note)."""
+    import qfair.export.api as api
+    from qfair.export.provenance import export_report_path
+
+    real = api.export_onnx
+
+    def export(*args, requant=False, **kwargs):
+        path = real(*args, requant=requant, **kwargs)
+        if not requant:
+            report = export_report_path(path)
+            doc = json.loads(report.read_text())
+            doc["integer_layout_parity"] = {"passed": False, "reasons": ["one verification pair flipped"]}
+            report.write_text(json.dumps(doc))
+        return path
+
+    monkeypatch.setattr(api, "export_onnx", export)
+    assert main(["bench", str(run_dir), "--batches", "1", "--repeats", "1", "--warmup", "0"]) == 0
+    res = json.loads((run_dir / "bench.json").read_text())
+    assert "onnxruntime int8 (requant)" in res["runtimes"]
+    assert any("failed parity (one verification pair flipped)" in n for n in res["notes"]), res["notes"]
+
+
 def test_cli_bad_inputs(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--target", "coreml"]) == 2
     assert "coreml" in capsys.readouterr().err
