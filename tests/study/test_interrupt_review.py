@@ -5,18 +5,16 @@ under ``qfair study`` raise) after the study recorded its config."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from qfair.runs import RunDir
 from qfair.study import run_study
 from qfair.study.runner import _Study, describe_plan
 
-from .test_resume import STAGE, _cfg
+from .test_resume import STAGE, _cfg, build_finished, copy_study
 
 TOP = ("report.md", "metrics.json", "results.csv", "tables.tex", "timings.json")
 
@@ -24,23 +22,13 @@ TOP = ("report.md", "metrics.json", "results.csv", "tables.tex", "timings.json")
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished one-stage study (calib_size 8; tests work on copies) and its float checkpoint."""
-    from qfair.models import create_model
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("interrupt")
-    ckpt = root / "tiny.pt"
-    torch.save(create_model("iresnet18", width=8, num_features=32).state_dict(), ckpt)
-    run_study(_cfg(root / "done", ckpt), say=lambda m: None)
-    return root / "done", ckpt
+    return build_finished(tmp_path_factory.mktemp("interrupt"))
 
 
 @pytest.fixture
 def study(finished, tmp_path):
     src, ckpt = finished
-    out = tmp_path / "study"
-    shutil.copytree(src, out)
-    (out / ".lock").unlink(missing_ok=True)
-    return out, ckpt
+    return copy_study(src, tmp_path), ckpt
 
 
 def _top_files(out: Path) -> dict[str, bytes]:

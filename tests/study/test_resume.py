@@ -39,26 +39,36 @@ def _cfg(out: Path, ckpt: Path, **kw) -> StudyConfig:
     return config_from_dict(StudyConfig, data, source="test")
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished one-stage study (built once; tests work on copies) and its checkpoint."""
+def build_finished(root: Path) -> tuple[Path, Path]:
+    """A finished one-stage study under ``root`` (its folder, its float checkpoint)."""
     from qfair.models import create_model
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("resume")
     ckpt = root / "tiny.pt"
     torch.save(create_model("iresnet18", width=8, num_features=32).state_dict(), ckpt)
     run_study(_cfg(root / "done", ckpt), say=lambda m: None)
     return root / "done", ckpt
 
 
+def copy_study(src: Path, tmp_path: Path) -> Path:
+    """A copy of a finished study folder that tests may change (its lock file left out)."""
+    out = tmp_path / "study"
+    shutil.copytree(src, out)
+    (out / ".lock").unlink(missing_ok=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-stage study (built once; tests work on copies) and its checkpoint."""
+    return build_finished(tmp_path_factory.mktemp("resume"))
+
+
 @pytest.fixture
 def study(finished, tmp_path):
     """A copy of the finished study: (folder, config)."""
     src, ckpt = finished
-    out = tmp_path / "study"
-    shutil.copytree(src, out)
-    (out / ".lock").unlink(missing_ok=True)
+    out = copy_study(src, tmp_path)
     return out, _cfg(out, ckpt)
 
 

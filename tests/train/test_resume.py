@@ -49,14 +49,6 @@ def _assert_same(a, b):
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_stop_and_resume_gives_identical_weights(tmp_path, one_thread):
     ref, _ = _run(tmp_path / "ref")
     _, none = _run(tmp_path / "cut", stop_at=10)  # killed after step 10; last checkpoint at step 8

@@ -19,14 +19,6 @@ FLAGS = ["--steps", "6", "--batch-size", "8", "--data-n", "24", "--lr", "0.05", 
          "--range-update-steps", "2", "--checkpoint-every", "2", "--log-every", "1"]
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _teacher(path):
     from qfair.models import create_model
 
