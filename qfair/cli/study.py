@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(StudyConfig, args.config, overrides_from_args(args, StudyConfig))
     if args.dry_run:
-        from ..study.runner import SETTINGS_CHANGED, describe_plan, preflight
+        from ..study.dry_run import SETTINGS_CHANGED, describe_plan
+        from ..study.runner import preflight
 
         preflight(cfg, source=args.config)
         print(f"qfair study {cfg.name!r} -> {cfg.out} (dry run: nothing was run or written)")

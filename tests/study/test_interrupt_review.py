@@ -12,7 +12,8 @@ import yaml
 
 from qfair.runs import RunDir
 from qfair.study import run_study
-from qfair.study.runner import _Study, describe_plan
+from qfair.study.dry_run import describe_plan
+from qfair.study.runner import _Study
 
 from .test_resume import STAGE, _cfg, build_finished, copy_study
 
