@@ -111,12 +111,17 @@ class RunDir:
         command = doc.get("command") if isinstance(doc, dict) else None
         return str(command) if command else None
 
+    def foreign_command(self, own: str | tuple[str, ...]) -> str | None:
+        """The recorded command when one that starts with none of ``own`` wrote ``config.yaml``, else None."""
+        command = self.written_by()
+        return command if command is not None and not command.startswith(own) else None
+
     def refuse_foreign(self, own: tuple[str, ...], flag: str = "--out") -> None:
         """QfairError when another command (one whose recorded command starts with none of ``own``) wrote this
         folder's ``config.yaml``: writing here would replace it and leave that run's files described by
         settings that did not make them."""
-        command = self.written_by()
-        if command is not None and not command.startswith(own):
+        command = self.foreign_command(own)
+        if command is not None:
             from .utils.errors import ConfigError
 
             raise ConfigError(f"{flag} {self.path} holds a run of another command ({command.split(' --')[0]!r}: its "

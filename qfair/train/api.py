@@ -85,8 +85,8 @@ def resumed_settings(out: str | Path, command: str) -> dict[str, Any] | None:
     if not (out / "config.yaml").exists():
         raise ConfigError(f"--resume: there is nothing to resume in {out} (no run was started there: "
                           f"{out / 'config.yaml'} does not exist); check --out, or drop --resume to start a new run")
-    other = RunDir(out).written_by()
-    if other and not other.startswith(command):
+    other = RunDir(out).foreign_command(command)
+    if other:
         raise ConfigError(f"--resume: {out} holds a `{other.split(' --')[0]}` run, not a `{command}` run; check --out "
                           "and the command")
     stored = RunDir.open(out).read_config()  # a damaged config.yaml stops the resume here, naming the file
@@ -113,8 +113,7 @@ def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None
         raise ConfigError(f"--out {out} is the student's run folder (--student): the fine-tuned model would replace "
                           "the model it starts from; choose another --out")
     if not resume:
-        other = RunDir(out).written_by()
-        other = other if other and not other.startswith(command) else None
+        other = RunDir(out).foreign_command(command)
         done = [n for n in ("model.pt", "quant.json", "train.json") if (out / n).exists()]
         if other or done:
             what = f"a `{other.split(' --')[0]}` run" if other else f"a finished run ({', '.join(done)})"
