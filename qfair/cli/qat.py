@@ -19,8 +19,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    "read from OUT/config.yaml (its config: section), so `--out OUT --resume` alone is enough. A "
                    "--config file and flags given as well are applied on top of them; one that changes a setting "
                    "is refused, naming it, except --log-every, --checkpoint-every, --eval-every and --device. "
-                   "Relative paths in it (checkpoints, run folders, data) are as typed when the run started and are "
-                   "read from the current folder: resume from the folder the run was started in. "
+                   "Relative paths in it (checkpoints, run folders, data) are read from the current folder, or from "
+                   "the folder the run was started in when the current one lacks them. "
                    "Ends with the weights of an uninterrupted run")
 
 
@@ -61,17 +61,15 @@ def report(summary: dict, title: str) -> None:
     console().print(table(title, ["", "value"], rows))
 
 
-_PATHS = ("student", "model", "teacher", "student_init")  # the file and folder settings
-
-
 def settings(args: argparse.Namespace, cfg_cls: type, command: str) -> Any:
     """The settings of ``qfair qat`` / ``qfair distill``: the --config file, then the flags given. With --resume,
-    the settings the run in --out was started with (the ``config:`` section of its config.yaml) come first, so
-    ``--out DIR --resume`` alone continues it; a --config file (other than that config.yaml) and the flags given
-    now go on top, and the resume check (:func:`qfair.train.api._check_resume`) refuses a changed setting by name."""
+    the settings the run in --out was started with (the ``config:`` section of its config.yaml, relative paths
+    read from the folder it was started in when the current folder lacks them) come first, so ``--out DIR
+    --resume`` alone continues it; a --config file (other than that config.yaml) and the flags given now go on
+    top, and the resume check (:func:`qfair.train.api._check_resume`) refuses a changed setting by name."""
     from ..config import config_from_dict, load_config, overrides_from_args
-    from ..config.base import _Origin, read_yaml
-    from ..train.api import resumed_settings
+    from ..config.base import read_yaml
+    from ..train.api import PATH_KEYS, resumed_settings, started_in
     from ..utils.errors import ConfigError
 
     flags = overrides_from_args(args, cfg_cls)
@@ -87,14 +85,21 @@ def settings(args: argparse.Namespace, cfg_cls: type, command: str) -> Any:
     config_from_dict(cfg_cls, saved, source=str(record), prefix="config")  # names a key this version lacks
     own = args.config is not None and Path(args.config).resolve() == record.resolve()
     given = {**(read_yaml(args.config) if args.config and not own else {}), **flags}
-    lost = [k for k in _PATHS if k not in given and isinstance(saved.get(k), str) and saved[k]
-            and not Path(saved[k]).is_absolute() and not Path(saved[k]).exists()]
-    if lost:
-        raise ConfigError(f"--resume: {record} names {', '.join(f'{k} {saved[k]!r}' for k in lost)} as typed when "
-                          f"the run started, and relative paths are read from the current folder ({Path.cwd()}), "
-                          "which has no such file or folder: resume from the folder the run was started in")
-    source = args.config if args.config and not own else str(record)
-    return config_from_dict(cfg_cls, {**saved, **given}, source=_Origin(source, flags))
+    lost = [k for k in PATH_KEYS if k != "teacher_cache" and k not in given and isinstance(saved.get(k), str)
+            and saved[k] and not Path(saved[k]).is_absolute() and not Path(saved[k]).exists()]
+    if lost:  # (a missing teacher_cache folder is made, not lost)
+        first = started_in(args.out)
+        flag = f"--{lost[0].replace('_', '-')} PATH"
+        named = ", ".join(f"{k} {saved[k]!r}" for k in lost)
+        if first:
+            raise ConfigError(f"--resume: {record} names {named}, a relative path in neither the current folder "
+                              f"({Path.cwd()}) nor the folder the run was started in ({first}): pass the same file "
+                              f"again ({flag}) or restore it")
+        raise ConfigError(f"--resume: {record} names {named}, a relative path not in the current folder "
+                          f"({Path.cwd()}), and this run did not record the folder it was started in: resume from "
+                          f"that folder, or pass the same file again ({flag})")
+    return load_config(cfg_cls, args.config if args.config and not own else None, flags, base=saved,
+                       base_source=str(record))
 
 
 def run_training(args: argparse.Namespace, cfg_cls: type, api: Callable[..., Any], command: str) -> int:

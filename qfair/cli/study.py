@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         preflight(cfg, source=args.config)
         print(f"qfair study {cfg.name!r} -> {cfg.out} (dry run: nothing was run or written)")
         print(f"benchmarks: {', '.join(cfg.bench)}")
-        lines = describe_plan(cfg)
+        lines = describe_plan(cfg, recompute=args.recompute)
         for line in lines:
             print(line)
         if not any(f", {SETTINGS_CHANGED}: " in line for line in lines):

@@ -378,12 +378,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> C:
-    """Load ``cls`` from a YAML file (optional) and apply ``overrides`` (flags win over the file)."""
-    data: dict[str, Any] = {}
-    source = None
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                base: Mapping[str, Any] | None = None, base_source: str | None = None) -> C:
+    """Load ``cls`` from ``base`` (settings recorded earlier, e.g. a run's own config.yaml section; optional),
+    then a YAML file (optional) on top, then ``overrides`` (flags win over both). An invalid value names the
+    flag when it came from one, else the file (``path``, or ``base_source`` without one)."""
+    data: dict[str, Any] = dict(base or {})
+    source = base_source
     if path is not None:
-        data = read_yaml(path)
+        data.update(read_yaml(path))
         source = str(path)
     merged = dict(data)
     flags = [key for key, value in (overrides or {}).items() if value is not None]

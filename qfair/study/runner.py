@@ -93,18 +93,26 @@ class _Study:
         numbers. Writing ``config.yaml`` only together with the report would not do: the stages rebuilt
         before the stop would sit under a report of the models they replaced. A rerun with unchanged
         settings keeps the report (still true of every finished stage) until the new one replaces it."""
-        changes = self.report_changes()  # None: no report here
-        if changes is not None and (changes or recomputed):
-            old = self.report_files()
+        removal = self.report_removal(recomputed)
+        if removal is not None:
+            old, why = removal
             for p in old:  # the config.yaml that describes them is still the old one while this runs
                 p.unlink(missing_ok=True)
-            why = ("no readable record of its settings" if changes == [UNRECORDED] else
-                   f"made with other settings ({', '.join(changes)})" if changes else
-                   "made from the stages now rebuilt")
             names = ", ".join(str(p.relative_to(self.root.path)) for p in old)
             self.say(f"removed the previous report ({names}): {why}; the study writes a new one when it finishes")
         self.root = RunDir.create(self.cfg.out, self.cfg, command=f"qfair study ({self.cfg.name})",
                                   seed=self.cfg.seed)
+
+    def report_removal(self, recomputed: bool) -> tuple[list[Path], str] | None:
+        """The report files :meth:`start` removes, and why; None when it keeps them (no report, or one made with
+        the settings now from stages that are not rebuilt). The run and the dry run both ask this."""
+        changes = self.report_changes()  # None: no report here
+        if changes is None or not (changes or recomputed):
+            return None
+        why = ("no readable record of its settings" if changes == [UNRECORDED] else
+               f"made with other settings ({', '.join(changes)})" if changes else
+               "made from the stages now rebuilt")
+        return self.report_files(), why
 
     def report_files(self) -> list[Path]:
         """The study's top-level results (report, data files, figures, timings), as far as they exist."""

@@ -75,10 +75,59 @@ def _saved_step(path: Path) -> str:
     return "" if step is None else f"{'finished ' if ck.get('done') else ''}at step {int(step)}"
 
 
+PATH_KEYS = ("student", "model", "teacher", "student_init", "teacher_cache")  # settings that are a file or folder
+SPEC_KEYS = ("data", "mix_data", "bench", "calib")  # settings that may be KIND:PATH
+
+
+def _rebase(value: Any, started: Path, spec: bool) -> Any:
+    """``value`` with its relative path read from ``started`` (the folder the run was started in) when it names
+    nothing from the current folder but does from there; else ``value`` unchanged. A spec (``real:imgs``) keeps
+    its kind; ``builtin`` specs name no path."""
+    if not isinstance(value, str) or value.lower() in ("", "auto", "none", "null", "off"):
+        return value
+    head, sep, rest = value.partition(":")
+    prefix, path = (head + sep, rest) if spec else ("", value)
+    if spec and (not sep or head.startswith("builtin")):
+        return value
+    p = Path(path)
+    if not path or p.is_absolute() or p.exists() or not (started / p).exists():
+        return value
+    return prefix + str(started / p)
+
+
+def _resolved(key: str, value: Any) -> Any:
+    """A setting compared on resume: a path that exists as its resolved absolute path (the same file typed
+    another way is the same setting), anything else as it is."""
+    if key not in PATH_KEYS + SPEC_KEYS or not isinstance(value, str) or not value:
+        return value
+    head, sep, rest = value.partition(":") if key in SPEC_KEYS else ("", "", value)
+    if key in SPEC_KEYS and not sep:
+        head, rest = "", value
+    try:
+        p = Path(rest)
+        return head + sep + str(p.resolve()) if rest and p.exists() else value
+    except OSError:
+        return value
+
+
+def rebase_settings(saved: dict[str, Any], started_in: Any) -> dict[str, Any]:
+    """A resumed run's settings with relative paths that the current folder lacks read from ``started_in`` (the
+    folder recorded when the run started), so a run resumes from any folder; unchanged without one."""
+    if not isinstance(started_in, str) or not started_in or Path.cwd() == Path(started_in):
+        return saved
+    started = Path(started_in)
+    out = dict(saved)
+    for k in PATH_KEYS + SPEC_KEYS:
+        if k in out:
+            out[k] = _rebase(out[k], started, k in SPEC_KEYS)
+    return out
+
+
 def resumed_settings(out: str | Path, command: str) -> dict[str, Any] | None:
     """The settings the run in ``out`` was started with: the ``config:`` section of its config.yaml (None when
-    that file records none). ConfigError when there is no run to resume or ``out`` holds another command's run;
-    DamagedRunFileError, naming the file, when config.yaml cannot be read."""
+    that file records none), relative paths read from the folder it was started in when the current folder
+    lacks them (:func:`rebase_settings`). ConfigError when there is no run to resume or ``out`` holds another
+    command's run; DamagedRunFileError, naming the file, when config.yaml cannot be read."""
     from ..runs import RunDir
 
     out = Path(out)
@@ -91,7 +140,18 @@ def resumed_settings(out: str | Path, command: str) -> dict[str, Any] | None:
                           "and the command")
     stored = RunDir.open(out).read_config()  # a damaged config.yaml stops the resume here, naming the file
     saved = stored.get("config") if isinstance(stored, dict) else None
-    return saved if isinstance(saved, dict) else None
+    return rebase_settings(saved, stored.get("started_in")) if isinstance(saved, dict) else None
+
+
+def started_in(out: str | Path) -> str | None:
+    """The folder the run in ``out`` was started in (recorded in its config.yaml), None if not recorded."""
+    from ..runs import RunDir
+
+    try:
+        where = RunDir(Path(out)).read_config().get("started_in")
+    except QfairError:
+        return None
+    return where if isinstance(where, str) else None
 
 
 def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None:
@@ -123,7 +183,8 @@ def _check_resume(out: str | Path, cfg: Any, resume: bool, command: str) -> None
     saved = resumed_settings(out, command)
     now = config_to_dict(cfg)
     if saved is not None:
-        diff = sorted(k for k in set(saved) | set(now) if k not in _KEEP_ON_RESUME and saved.get(k) != now.get(k))
+        diff = sorted(k for k in set(saved) | set(now) if k not in _KEEP_ON_RESUME
+                      and _resolved(k, saved.get(k)) != _resolved(k, now.get(k)))
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:5])
             raise ConfigError(f"--resume: the settings differ from the run in {out} (keys: {', '.join(diff)}; "
@@ -150,7 +211,7 @@ def _prepare_run(out: str | Path, cfg: Any, command: str, resume: bool) -> Path:
     if resume and (out / "config.yaml").exists():
         return out
     if dist_info().main:
-        RunDir.create(out, cfg, command=command, seed=cfg.seed)
+        RunDir.create(out, cfg, command=command, seed=cfg.seed, extra={"started_in": str(Path.cwd())})
     barrier()
     return out
 

@@ -85,6 +85,17 @@ def test_flags_override_file(tmp_path):
     assert cfg.flip is False
 
 
+def test_base_settings_then_file_then_flags(tmp_path):
+    base = {"bits": 4, "observer": "mse", "lr": 0.5}
+    cfg = load_config(Demo, write(tmp_path, "lr: 0.2\n"), {"bits": 6}, base=base, base_source="run/config.yaml")
+    assert (cfg.bits, cfg.observer, cfg.lr) == (6, "mse", 0.2)
+    assert load_config(Demo, base=base).bits == 4 and base == {"bits": 4, "observer": "mse", "lr": 0.5}
+    with pytest.raises(ConfigError, match=r"run/config.yaml: key 'observer'"):  # a bad recorded value: its file
+        load_config(Demo, None, {"bits": 6}, base={"observer": "max"}, base_source="run/config.yaml")
+    with pytest.raises(ConfigError, match=r"--bits \(command line\)"):  # a bad flag: the flag
+        load_config(Demo, None, {"bits": 9}, base={"bits": 4}, base_source="run/config.yaml")
+
+
 def test_all_shipped_configs_are_valid_yaml_mappings():
     from pathlib import Path
 

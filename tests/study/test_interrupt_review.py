@@ -12,7 +12,7 @@ import yaml
 
 from qfair.runs import RunDir
 from qfair.study import run_study
-from qfair.study.dry_run import describe_plan
+from qfair.study.dry_run import REPORT_REMOVED, describe_plan
 from qfair.study.runner import _Study
 
 from .test_resume import STAGE, _cfg, build_finished, copy_study
@@ -153,7 +153,11 @@ def test_dry_run_marks_a_finished_stage_whose_settings_changed(study, capsys):
     assert STAGE in stage and "(finished, settings changed: " in stage
     assert "quant.calib_size: 8 -> 16" in stage and "calibration.size: 8 -> 16" in stage
     assert "--recompute" in lines[-1] and "stops before running anything" in lines[-1]
-    assert "--recompute:" in _dry_run(out, capsys, "--recompute", calib_size=16)[-1]
+    assert not any(ln.startswith(REPORT_REMOVED) for ln in lines)  # the run stops: the report stays
+    lines = _dry_run(out, capsys, "--recompute", calib_size=16)
+    assert "--recompute:" in lines[-1]
+    assert lines[-2].startswith(f"{REPORT_REMOVED} (") and "report.md" in lines[-2]
+    assert "made with other settings (calib_size)" in lines[-2]
     # unchanged settings: plainly finished, as before
     lines = _dry_run(out, capsys)
     assert lines[-2].endswith("(finished)") and lines[-1] == "finished stages are read back, not recomputed"

@@ -102,9 +102,15 @@ def test_distill_out_and_resume_alone(tmp_path, monkeypatch, capsys, one_thread)
     with monkeypatch.context() as m:
         _interrupt_at(m, 3)
         assert main([*start, "--out", "d"]) == 130
-    assert main(["distill", "--out", "d", "--resume"]) == 0
-    summary = json.loads(Path("d/train.json").read_text())
+    Path("elsewhere").mkdir()
+    monkeypatch.chdir("elsewhere")  # t.pt, as typed, is read from the folder the run was started in
+    assert main(["distill", "--out", "../d", "--resume"]) == 0
+    summary = json.loads(Path("../d/train.json").read_text())
     assert summary["resumed_from"] == 2 and summary["steps"] == 4
+    assert main(["distill", "--out", "../d", "--resume", "--teacher", "../t.pt"]) == 0  # the same file, typed
+    assert main(["distill", "--out", "../d", "--resume", "--teacher", "../d/model.pt"]) == 2  # another way; not this
+    assert "teacher: " in _err(capsys)
+    monkeypatch.chdir(tmp_path)
     assert main(["distill", "--out", "d", "--resume", "--student-arch", "mobilefacenet"]) == 2
     assert "student_arch: 'iresnet18' -> 'mobilefacenet'" in _err(capsys)
 
@@ -134,7 +140,19 @@ def test_relative_paths_of_the_record_are_read_from_the_current_folder(tmp_path,
     monkeypatch.chdir(tmp_path / "elsewhere")  # the run was started in tmp_path: t.pt is not here
     assert main(["qat", "--out", str(out), "--resume"]) == 2
     err = _err(capsys)
-    assert "model 't.pt'" in err and "resume from the folder the run was started in" in err
+    assert "model 't.pt'" in err and "did not record the folder it was started in: resume from that folder" in err
+    assert not (out / "checkpoints").exists()
+
+
+def test_relative_paths_found_in_neither_folder_are_named(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    RunDir.create(out, QatConfig(model="t.pt", steps=3), command="qfair qat", extra={"started_in": str(tmp_path)})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["qat", "--out", str(out), "--resume"]) == 2
+    err = _err(capsys)
+    assert f"in neither the current folder ({tmp_path / 'elsewhere'}) nor the folder the run was started in " \
+           f"({tmp_path})" in err and "--model PATH" in err
     assert not (out / "checkpoints").exists()
 
 
