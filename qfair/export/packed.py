@@ -305,7 +305,7 @@ def _recorded_doc(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
 def load_packed_model(path: str | Path, model: torch.nn.Module | None = None, *,
                       arch: str | None = None) -> torch.nn.Module:
     """The quantized model a packed checkpoint holds, in eval mode, computing what the run's model.pt
-    computes: rebuilt by ``qfair.load_quantized`` from the quant.json recorded in the file (architecture,
+    computes: rebuilt by ``qfair.quant.rebuild_quantized`` from the quant.json recorded in the file (architecture,
     QuantConfig, quantizer modes), with the file's tensors; weight ranges stay the stored ones.
 
     ``model`` / ``arch``: the float architecture, for a file exported from a model qfair did not build."""
@@ -341,20 +341,14 @@ def _float_arch(path: Path, recorded: str | None, arch: str) -> torch.nn.Module 
 
 def _rebuild(path: Path, doc: dict[str, Any], state: dict[str, Tensor],
              model: torch.nn.Module | None) -> torch.nn.Module:
-    """``qfair.load_quantized`` on a temporary run folder holding ``doc`` and ``state``; its errors name ``path``."""
-    import tempfile
+    """``qfair.quant.serialize.rebuild_quantized`` on the file's quant.json and tensors; its errors name ``path``."""
+    from ..quant.serialize import rebuild_quantized
 
-    from ..quant import load_quantized
-
-    with tempfile.TemporaryDirectory(prefix="qfair-qpk-") as tmp:
-        (Path(tmp) / "quant.json").write_text(json.dumps(doc), encoding="utf-8")
-        torch.save(state, Path(tmp) / "model.pt")
-        try:
-            return load_quantized(tmp, model=model)
-        except CheckpointError as exc:
-            msg = str(exc).replace(f"{tmp}/quant.json", "its quant.json").replace(f"{tmp}/model.pt", "its state dict")
-            raise CheckpointError(f"{path}: cannot rebuild the quantized model it holds: {msg.replace(tmp, str(path))}."
-                                  " Export the run again: qfair export RUN_DIR --format packed") from None
+    try:
+        return rebuild_quantized(doc, state, model, source="its quant.json", weights="its state dict")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the quantized model it holds: {exc}. Export the run again: "
+                              "qfair export RUN_DIR --format packed") from None
 
 
 def export_packed(source: torch.nn.Module | str | Path, out: str | Path | None = None, *,

@@ -2,7 +2,8 @@
 recipes, PTQ with low-bit improvements, save / load and sensitivity analysis.
 
 Public API: ``QuantConfig``, ``prepare(model, cfg)``, ``quantize(model, cfg, calib_batches)``,
-``save_quantized(model, run_dir)``, ``load_quantized(run_dir)``, ``iter_quantizers(model)``,
+``save_quantized(model, run_dir)``, ``load_quantized(run_dir)``, ``rebuild_quantized(quant_json, state_dict)``,
+``iter_quantizers(model)``,
 ``sensitivity(model, cfg, calib_batches, eval_fn=None)``, ``freeze_for_export(model)``.
 The ONNX translation of the fake-quant op lives with the exporter (``qfair.export.translation``).
 
@@ -22,7 +23,8 @@ _LAZY = {
     "ActQuantizer": "quantizer", "WeightQuantizer": "quantizer", "iter_quantizers": "quantizer",
     "RECIPES": "recipes", "fold_batchnorm": "recipes", "prepare": "recipes",
     "PTQ_IMPROVEMENTS": "improve",
-    "load_quantized": "serialize", "save_quantized": "serialize", "quant_summary": "serialize",
+    "load_quantized": "serialize", "rebuild_quantized": "serialize", "save_quantized": "serialize",
+    "quant_summary": "serialize",
     "sensitivity": "sensitivity_analysis", "overrides_yaml": "sensitivity_analysis",
     "freeze_for_export": "ptq",
 }

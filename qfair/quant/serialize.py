@@ -94,17 +94,22 @@ def _read_quant_json(run_dir: str | Path) -> dict[str, Any]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{p}: not valid JSON ({exc})") from None
+    _check_doc(doc, str(p))
+    return doc
+
+
+def _check_doc(doc: Any, p: str) -> None:
+    """A quant.json document (``p`` names it in errors): its format tag and the layout ``load_quantized`` reads."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise CheckpointError(f"{p}: unknown format {got!r}, expected {FORMAT!r}")
     _check_layout(doc, p)
-    return doc
 
 
 _QUANTIZER_KEYS = ("name", "dynamic", "calibrated", "mode")
 
 
-def _check_layout(doc: dict[str, Any], p: Path) -> None:
+def _check_layout(doc: dict[str, Any], p: str | Path) -> None:
     """The keys ``load_quantized`` reads, with their types: a hand-edited or cut file is named, not a KeyError."""
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{p}: {what}; the file was edited or is damaged: save or quantize the model again")
@@ -123,7 +128,7 @@ def _check_layout(doc: dict[str, Any], p: Path) -> None:
             raise bad(f"quantizers[{i}] lacks {', '.join(missing)}")
 
 
-def _disagrees(p: Path, key: str, value: Any, other: str) -> CheckpointError:
+def _disagrees(p: str | Path, key: str, value: Any, other: str) -> CheckpointError:
     """``other``: what ``value`` should agree with, and its value (``"config.wbits is 8"``)."""
     return CheckpointError(f"{p}: top-level '{key}' is {value!r} but {other}; this summary must describe the model "
                            "the file rebuilds. The file was edited or is damaged: re-run `qfair quantize` (or "
@@ -140,7 +145,7 @@ def _same_name(value: Any, expected: str, registry: Any) -> bool:
     return value in (expected, canonical)
 
 
-def _check_summary(doc: dict[str, Any], p: Path) -> None:
+def _check_summary(doc: dict[str, Any], p: str | Path) -> None:
     """The top-level summary (``recipe``, ``wbits``, ``abits``, ``observer``, ``weight_observer``, ``ptq``,
     ``calibrated``) repeats the ``config`` section and the quantizer records; what reads it (run tables, ``qfair
     info``, the evaluate labels) must not describe another model than the one the config rebuilds."""
@@ -167,15 +172,16 @@ def _check_summary(doc: dict[str, Any], p: Path) -> None:
                                  f"calibrated {d['calibrated']!r}")
 
 
-def _check_keys(qmodel: nn.Module, sd: dict[str, Any], path: Path) -> None:
-    """model.pt must fit the rebuilt model key for key: name what does not (a wrong ``model=``, a damaged file)."""
+def _check_keys(qmodel: nn.Module, sd: dict[str, Any], weights: str) -> None:
+    """The state dict (``weights`` names it) must fit the rebuilt model key for key: name what does not (a wrong
+    ``model=``, a damaged file)."""
     own = qmodel.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
         parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
                  for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise CheckpointError(f"{path}/model.pt does not match the quantized {type(qmodel).__name__} rebuilt from "
+        raise CheckpointError(f"{weights} does not match the quantized {type(qmodel).__name__} rebuilt from "
                               f"quant.json ({'; '.join(parts)}); pass model= the architecture it was quantized from, "
                               "or leave model out to use the one quant.json names")
 
@@ -185,27 +191,27 @@ def _check_keys(qmodel: nn.Module, sd: dict[str, Any], path: Path) -> None:
 _STRUCTURE = ("bits", "symmetric", "narrow", "axis", "qmin", "qmax")
 
 
-def _check_quantizers(qmodel: nn.Module, doc: dict[str, Any], path: Path) -> None:
+def _check_quantizers(qmodel: nn.Module, doc: dict[str, Any], source: str) -> None:
     by_name = {d.get("name"): d for d in doc.get("quantizers", []) if isinstance(d, dict)}
     names = set()
     for name, q in iter_quantizers(qmodel):
         names.add(name)
         d = by_name.get(name)
         if d is None:
-            raise CheckpointError(f"{path}/quant.json has no entry for quantizer '{name}'")
+            raise CheckpointError(f"{source} has no entry for quantizer '{name}'")
         mine = q.describe()
         diff = [f"{k} {d.get(k)!r} in quant.json vs {mine[k]!r} from its config" for k in _STRUCTURE
                 if k in d and d[k] != mine[k]]
         if diff:
-            raise CheckpointError(f"{path}/quant.json: quantizer '{name}' disagrees with the model its config "
+            raise CheckpointError(f"{source}: quantizer '{name}' disagrees with the model its config "
                                   f"rebuilds ({'; '.join(diff)}); the file was edited or is damaged: quantize again")
     extra = sorted(set(by_name) - names)
     if extra:
-        raise CheckpointError(f"{path}/quant.json describes quantizers the rebuilt model does not have: "
+        raise CheckpointError(f"{source} describes quantizers the rebuilt model does not have: "
                               f"{', '.join(map(str, extra[:4]))}{' ...' if len(extra) > 4 else ''}")
 
 
-def _check_rebuilt_summary(qmodel: nn.Module, doc: dict[str, Any], path: Path) -> None:
+def _check_rebuilt_summary(qmodel: nn.Module, doc: dict[str, Any], source: str) -> None:
     """``float_kept`` and ``embedding_size`` describe the model placement rebuilds: they must match it."""
     import json
 
@@ -213,7 +219,7 @@ def _check_rebuilt_summary(qmodel: nn.Module, doc: dict[str, Any], path: Path) -
                "embedding_size": getattr(qmodel, "embedding_size", None)}
     for key, expected in rebuilt.items():
         if key in doc and doc[key] is not None and expected is not None and doc[key] != expected:
-            raise _disagrees(path / "quant.json", key, doc[key],
+            raise _disagrees(source, key, doc[key],
                              f"the model its config rebuilds has {key} {expected!r}")
 
 
@@ -223,35 +229,56 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
     ``model``: the float architecture to prepare; by default it is built with
     ``qfair.models.create_model`` from the name and kwargs stored in quant.json.
     """
-    from .recipes import prepare
-
     path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
     doc = _read_quant_json(path)
+    _check_model_arg(model)
+    if model is None:
+        model = _build_arch(doc, f"{path}/quant.json", "the run cannot be rebuilt from the folder alone")
+    sd = safe_torch_load(path / "model.pt")
+    return rebuild_quantized(doc, sd, model, source=f"{path}/quant.json", weights=f"{path}/model.pt")
+
+
+def _check_model_arg(model: Any) -> None:
     if model is not None and not isinstance(model, nn.Module):
         raise CheckpointError(f"load_quantized: model must be the float nn.Module to rebuild (e.g. "
                               f"qfair.create_model(name)), got {type(model).__name__}; leave it out to build the "
                               "architecture quant.json names")
-    if model is None:
-        arch = doc.get("arch")
-        if not arch:
-            raise CheckpointError(f"{path}/quant.json names no architecture (it was saved from a model qfair did "
-                                  "not build), so the run cannot be rebuilt from the folder alone; re-quantize a "
-                                  "model loaded with qfair.load_model / --model, or in Python pass the float "
-                                  "architecture: load_quantized(run_dir, model=...)")
-        from ..models import create_model
-        from ..utils.errors import QfairError
 
-        try:
-            model = create_model(arch["name"], **arch.get("kwargs", {}))
-        except (QfairError, TypeError) as exc:
-            raise CheckpointError(f"{path}/quant.json: cannot build its architecture {arch['name']!r} with "
-                                  f"{arch.get('kwargs', {})}: {exc}. Was it quantized with a newer or patched qfair? "
-                                  "Re-quantize with this version, or pass model= the float architecture") from None
-    cfg = config_from_dict(QuantConfig, doc["config"], source=str(path / "quant.json"))
+
+def _build_arch(doc: dict[str, Any], source: str, why: str) -> nn.Module:
+    """The float architecture ``doc`` names (``why``: what its absence stops, for the error)."""
+    arch = doc.get("arch")
+    if not arch:
+        raise CheckpointError(f"{source} names no architecture (it was saved from a model qfair did not build), so "
+                              f"{why}; re-quantize a model loaded with qfair.load_model / --model, or in Python pass "
+                              "the float architecture: load_quantized(run_dir, model=...)")
+    from ..models import create_model
+    from ..utils.errors import QfairError
+
+    try:
+        return create_model(arch["name"], **arch.get("kwargs", {}))
+    except (QfairError, TypeError) as exc:
+        raise CheckpointError(f"{source}: cannot build its architecture {arch['name']!r} with "
+                              f"{arch.get('kwargs', {})}: {exc}. Was it quantized with a newer or patched qfair? "
+                              "Re-quantize with this version, or pass model= the float architecture") from None
+
+
+def rebuild_quantized(doc: dict[str, Any], sd: Any, model: nn.Module | None = None, *,
+                      source: str = "quant.json", weights: str = "model.pt") -> nn.Module:
+    """The fake-quant model described by a quant.json document ``doc`` with the tensors of its state dict ``sd``,
+    in eval mode: what :func:`load_quantized` returns for a run folder holding them, with no files involved (a
+    packed ``.qpk`` records both). ``source`` / ``weights`` name the two in errors. ``doc`` is checked as
+    load_quantized checks the file (format, layout, summary, quantizer structure); ``model`` as there."""
+    from .recipes import prepare
+
+    _check_doc(doc, source)
+    _check_model_arg(model)
+    if model is None:
+        model = _build_arch(doc, source, "the model cannot be rebuilt from it alone")
+    cfg = config_from_dict(QuantConfig, doc["config"], source=source)
     qmodel = prepare(model, cfg)
-    sd = safe_torch_load(path / "model.pt")
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}/model.pt holds a {type(sd).__name__}, not the state dict save_quantized writes")
+        raise CheckpointError(f"{weights} holds a {type(sd).__name__}, not the state dict save_quantized writes")
     own = qmodel.state_dict()
     for key in sd:  # biases added by bias correction to layers that had none
         mod_name, _, pname = key.rpartition(".")
@@ -262,10 +289,10 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
                 continue  # reported with the other unexpected keys below
             if getattr(m, "bias", 0) is None:
                 m.bias = nn.Parameter(torch.zeros_like(sd[key]))
-    _check_keys(qmodel, sd, path)
-    _check_quantizers(qmodel, doc, path)  # first: an edited config is named quantizer by quantizer
-    _check_summary(doc, path / "quant.json")
-    _check_rebuilt_summary(qmodel, doc, path)
+    _check_keys(qmodel, sd, weights)
+    _check_quantizers(qmodel, doc, source)  # first: an edited config is named quantizer by quantizer
+    _check_summary(doc, source)
+    _check_rebuilt_summary(qmodel, doc, source)
     by_name = {d["name"]: d for d in doc["quantizers"]}
     for name, q in iter_quantizers(qmodel):
         if by_name.get(name, {}).get("lsq"):
@@ -273,11 +300,11 @@ def load_quantized(run_dir: str | Path | RunDir, model: nn.Module | None = None)
     try:
         qmodel.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}/model.pt does not match the quantized architecture: {exc}") from None
+        raise CheckpointError(f"{weights} does not match the quantized architecture: {exc}") from None
     for name, q in iter_quantizers(qmodel):
         d = by_name.get(name)
         if d is None:
-            raise CheckpointError(f"{path}/quant.json has no entry for quantizer '{name}'")
+            raise CheckpointError(f"{source} has no entry for quantizer '{name}'")
         q.dynamic, q.calibrated = bool(d["dynamic"]), bool(d["calibrated"])
         q.observer_enabled = False
         q.fake_quant_enabled = d["mode"] != "off"

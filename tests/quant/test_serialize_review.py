@@ -116,3 +116,26 @@ def test_evaluate_refuses_the_edited_run_instead_of_labelling_it(saved, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and "top-level 'wbits' is 6 but config.wbits is 8" in err, err
     assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_rebuild_quantized_from_a_document_and_a_state_dict_needs_no_folder(saved, monkeypatch):
+    """What load_quantized rebuilds from a run folder, rebuild_quantized rebuilds from the two objects (a .qpk
+    holds both): the same outputs bit for bit, with no file written; its errors name the given sources."""
+    import tempfile
+
+    from qfair.quant.serialize import rebuild_quantized
+    from qfair.utils.io import safe_torch_load
+
+    doc, sd = read_quant_json(saved), safe_torch_load(saved / "model.pt")
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", None)  # any temporary folder would fail here
+    monkeypatch.setattr(tempfile, "mkdtemp", None)
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(rebuild_quantized(doc, sd)(x), load_quantized(saved)(x))
+    with pytest.raises(CheckpointError, match=r"^DOC: unknown format 'x'"):
+        rebuild_quantized({**doc, "format": "x"}, sd, source="DOC")
+    with pytest.raises(CheckpointError, match=r"^DOC: top-level 'wbits' is 6 but config.wbits is 8"):
+        rebuild_quantized({**doc, "wbits": 6}, sd, source="DOC")
+    cut = {k: v for k, v in sd.items() if not k.endswith("conv1.weight")}
+    with pytest.raises(CheckpointError, match=r"^SD does not match the quantized .* \(missing: .*conv1.weight"):
+        rebuild_quantized(doc, cut, source="DOC", weights="SD")
