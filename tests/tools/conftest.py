@@ -21,3 +21,8 @@ def load_tool(name: str, alias: str | None = None) -> ModuleType:
 @pytest.fixture(scope="module")
 def bench_train() -> ModuleType:
     return load_tool("bench_train")
+
+
+@pytest.fixture(scope="module")
+def kd_acceptance() -> ModuleType:
+    return load_tool("kd_acceptance")
