@@ -12,10 +12,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..utils.errors import DataError
+
 PAIR_NOTE = ("identities of the pairs are unknown: the bootstrap resamples pairs, which understates the "
              "uncertainty because pairs that share an identity are correlated")
 IDENTITY_NOTE = "bootstrap resamples identities within each group (pairs weighted by their identities' counts)"
 _CHUNK_ELEMENTS = 3_000_000  # weights held at once (B_chunk * P_g), bounds memory to ~24 MB
+
+
+def check_pair_ids(pair_ids: np.ndarray | None, n_pairs: int, benchmark: str = "benchmark") -> np.ndarray | None:
+    """``pair_ids`` as an array of shape ``(n_pairs, 2)`` (the identities of both images of each pair), or
+    None; any other shape raises DataError naming ``benchmark``."""
+    if pair_ids is None:
+        return None
+    ids = np.asarray(pair_ids)
+    if ids.ndim != 2 or ids.shape != (n_pairs, 2):
+        raise DataError(f"{benchmark}: pair_ids must have shape (P, 2) = ({n_pairs}, 2), the identities of the two "
+                        f"images of each of the {n_pairs} pairs in pair order, got shape {ids.shape}; pass one row "
+                        f"per pair, or pair_ids=None to bootstrap pairs instead of identities")
+    return ids
 
 
 class Resampler:
@@ -29,13 +44,14 @@ class Resampler:
         self.seed = int(seed)
         self.method = "identity" if pair_ids is not None else "pair"
         self.note = IDENTITY_NOTE if pair_ids is not None else PAIR_NOTE
+        pair_ids = check_pair_ids(pair_ids, len(self.codes), "bootstrap")
         self._groups: list[tuple[np.ndarray, int, np.ndarray | None, np.ndarray | None]] = []
         for g in range(n_groups):
             idx = np.flatnonzero(self.codes == g)
             if pair_ids is None:
                 self._groups.append((idx, len(idx), None, None))
                 continue
-            ids = np.asarray(pair_ids)[idx]
+            ids = pair_ids[idx]
             uniq, inv = np.unique(ids.reshape(-1), return_inverse=True)
             inv = inv.reshape(-1, 2)
             a, b = inv[:, 0], inv[:, 1]

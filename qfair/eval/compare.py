@@ -60,17 +60,22 @@ def _check_same_pairs(ref: EvalResult, other: EvalResult) -> None:
     if ref.pairs is None or other.pairs is None:
         raise DataError("paired comparison needs the per-pair data of both results (EvalResult.pairs); "
                         "results loaded from metrics.json cannot be compared pair by pair")
-    if ref.benchmark != other.benchmark or ref.pairs.fingerprint() != other.pairs.fingerprint():
-        raise DataError(f"'{other.name}' ({other.benchmark}) and '{ref.name}' ({ref.benchmark}) were not "
-                        f"evaluated on the same pairs; a paired comparison needs the same benchmark")
+    if ref.benchmark != other.benchmark:
+        raise DataError(f"'{other.name}' ({other.benchmark}) and '{ref.name}' ({ref.benchmark}) were evaluated on "
+                        f"different benchmarks; a paired comparison needs both on the same benchmark")
     if ref.groups != other.groups:
-        raise DataError(f"'{other.name}' and '{ref.name}' report different groups: {other.groups} vs {ref.groups}")
-    _check_same_settings(ref, other)
+        raise DataError(f"'{other.name}' and '{ref.name}' report different groups: {other.groups} vs {ref.groups}; "
+                        f"evaluate both with the same groups (--groups / groups=[...])")
+    _check_same_settings(ref, other)  # a different setting (e.g. the folds) is named before the pairs are compared
+    if ref.pairs.fingerprint() != other.pairs.fingerprint():
+        raise DataError(f"'{other.name}' and '{ref.name}' ({ref.benchmark}) were not evaluated on the same pairs "
+                        f"(labels, groups, folds or identities differ); a paired comparison needs the same pair list")
 
 
 # what changes the k-fold decisions (mode), the fairness numbers (ddof: STD; alpha: FDR / IR / GARBE; target_fmr:
-# the global threshold and FNMR@FMR) or the scores themselves (flip: test-time flip, recorded in meta by
-# evaluate); n_bootstrap and seed change only the intervals (the comparison draws its own, with the reference's)
+# the global threshold and FNMR@FMR), the folds (n_folds contiguous folds per group, or the benchmark's own) or the
+# scores themselves (flip: test-time flip, recorded in meta by evaluate); n_bootstrap and seed change only the
+# intervals (the comparison draws its own, with the reference's)
 _SETTINGS = ("mode", "ddof", "alpha", "target_fmr")
 
 
@@ -86,6 +91,7 @@ def _check_same_settings(ref: EvalResult, other: EvalResult) -> None:
     search and wrong under the other would count as discordant, and the deltas would mix two definitions."""
     diff = [f"{k} {other.settings[k]!r} vs {ref.settings[k]!r}" for k in _SETTINGS
             if k in other.settings and k in ref.settings and other.settings[k] != ref.settings[k]]
+    diff += _folds_difference(ref, other)
     if "flip" in other.meta and "flip" in ref.meta and bool(other.meta["flip"]) != bool(ref.meta["flip"]):
         diff.append(f"flip {other.meta['flip']!r} vs {ref.meta['flip']!r}")
     # the reference's own threshold, or the other evaluated at it (--inherit-threshold / threshold=), is one policy
@@ -96,8 +102,20 @@ def _check_same_settings(ref: EvalResult, other: EvalResult) -> None:
     if diff:
         raise DataError(f"'{other.name}' and '{ref.name}' were evaluated with different settings ({other.name} vs "
                         f"{ref.name}: {'; '.join(diff)}); a paired comparison needs both evaluated the same way: "
-                        "evaluate both with the same settings (mode, ddof, alpha, target_fmr, flip, and threshold= "
-                        "the reference's threshold or neither)")
+                        "evaluate both with the same settings (mode, ddof, alpha, target_fmr, n_folds / folds, flip, "
+                        "and threshold= the reference's threshold or neither)")
+
+
+def _folds_difference(ref: EvalResult, other: EvalResult) -> list[str]:
+    """How the folds of the two results were made, when they differ (n_folds contiguous folds per group, or the
+    benchmark's own); folds described differently but equal pair by pair are no difference."""
+    f_ref, f_oth = ref.settings.get("folds"), other.settings.get("folds")
+    if f_ref is None or f_oth is None or f_ref == f_oth:
+        return []
+    if ref.pairs is not None and other.pairs is not None and np.array_equal(ref.pairs.folds, other.pairs.folds):
+        return []
+    n_oth, n_ref = other.settings.get("n_folds"), ref.settings.get("n_folds")
+    return [f"folds {f_oth!r} vs {f_ref!r} (n_folds {n_oth!r} vs {n_ref!r})"]
 
 
 def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None = None, seed: int | None = None,
@@ -170,11 +188,7 @@ def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None 
         acc_r, acc_o = 100 * ratio(S[..., 1], S[..., 0]), 100 * ratio(S[..., 2], S[..., 0])
         sr, so = summary_arrays(acc_r, ddof), summary_arrays(acc_o, ddof)
         for k in deltas:
-            with np.errstate(invalid="ignore"):
-                diff = so[k] - sr[k]  # inf - inf -> nan, dropped by the interval
-            lo, hi = percentile_interval(diff)
-            deltas[k]["delta_ci"] = [float(lo), float(hi)]
-            deltas[k]["excludes_zero"] = bool(lo > 0 or hi < 0)
+            deltas[k].update(_delta_interval(sr[k], so[k], deltas[k]["delta"]))
         err_d = (acc_r - acc_o)  # error delta in pp = accuracy drop
         fmr_d = ratio(S[..., 5], S[..., 3]) - ratio(S[..., 4], S[..., 3])
         for g, gname in enumerate(order):
@@ -187,6 +201,22 @@ def compare_pair(ref: EvalResult, other: EvalResult, *, n_bootstrap: int | None 
     null = group_blind_null(ref, other, n_draws=null_draws, seed=sd, ddof=ddof) if null_draws > 0 else None
     return PairedComparison(reference=ref.name, other=other.name, benchmark=ref.benchmark, per_group=per_group,
                             deltas=deltas, fmr_drift=drift, bootstrap=boot, notes=notes, null=null)
+
+
+def _delta_interval(ref_b: np.ndarray, oth_b: np.ndarray, delta: float) -> dict[str, Any]:
+    """Paired bootstrap interval of other - reference from the resampled values of both models.
+
+    An undefined point change (an infinite or undefined value in either model) gets no interval and no
+    significance claim: ``delta_ci`` NaN, ``excludes_zero`` False. Otherwise resamples where the change is
+    undefined (inf - inf) are left out of the interval and counted in ``undefined_resamples``.
+    """
+    with np.errstate(invalid="ignore"):
+        diff = oth_b - ref_b
+    n_undef = int(np.isnan(diff).sum())
+    if not np.isfinite(delta):
+        return {"delta_ci": [float("nan"), float("nan")], "excludes_zero": False, "undefined_resamples": n_undef}
+    lo, hi = (float(v) for v in percentile_interval(diff))
+    return {"delta_ci": [lo, hi], "excludes_zero": bool(lo > 0 or hi < 0), "undefined_resamples": n_undef}
 
 
 def _pick_reference(results: Sequence[EvalResult], reference: EvalResult | str | int | None) -> EvalResult:

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..utils.errors import DataError
+from ..utils.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -91,21 +91,47 @@ def fairness_summary(accuracies: Mapping[str, float], ddof: int = 1,
                            best=best, worst=worst, n_groups=len(names), note="; ".join(notes))
 
 
+def check_alpha(alpha: float, where: str = "fairness measure") -> float:
+    """``alpha`` (weight of FMR against FNMR in FDR / IR / GARBE) as a float in [0, 1], else ConfigError."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        a = float("nan")
+    if not 0.0 <= a <= 1.0:  # also refuses NaN
+        raise ConfigError(f"{where}: alpha must be in [0, 1] (the weight of FMR against FNMR in FDR, IR and "
+                          f"GARBE), got {alpha!r}; use e.g. alpha=0.5 (--alpha 0.5) to weigh both equally")
+    return a
+
+
 def fdr(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Fairness Discrepancy Rate: 1 - (alpha * max|FMR_i - FMR_j| + (1 - alpha) * max|FNMR_i - FNMR_j|)."""
+    alpha = check_alpha(alpha, "FDR")
     fmr, fnmr = np.asarray(fmr, float), np.asarray(fnmr, float)
     d_fmr = fmr.max(axis=-1) - fmr.min(axis=-1)
     d_fnmr = fnmr.max(axis=-1) - fnmr.min(axis=-1)
     return 1.0 - (alpha * d_fmr + (1.0 - alpha) * d_fnmr)
 
 
-def inequity_rate(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """IR = (max FMR / min FMR)^alpha * (max FNMR / min FNMR)^(1 - alpha); NaN where a minimum is 0."""
-    fmr, fnmr = np.asarray(fmr, float), np.asarray(fnmr, float)
+def rate_ratio(rate: np.ndarray) -> np.ndarray:
+    """max / min of error rates over the last axis: ``inf`` where the minimum is 0 and the maximum is not
+    (a group without errors of that kind), ``nan`` where every rate is 0 (0 / 0) or a rate is NaN."""
+    rate = np.asarray(rate, float)
+    lo, hi = rate.min(axis=-1), rate.max(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r_fmr = np.where(fmr.min(axis=-1) > 0, fmr.max(axis=-1) / fmr.min(axis=-1), np.nan)
-        r_fnmr = np.where(fnmr.min(axis=-1) > 0, fnmr.max(axis=-1) / fnmr.min(axis=-1), np.nan)
-        return r_fmr**alpha * r_fnmr ** (1.0 - alpha)
+        return np.where(lo > 0, hi / np.where(lo > 0, lo, 1.0), np.where(hi > 0, np.inf, np.nan))
+
+
+def inequity_rate(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """IR = (max FMR / min FMR)^alpha * (max FNMR / min FNMR)^(1 - alpha).
+
+    ``inf`` where a group has a rate 0 that another group does not (the ratio divides by zero, see
+    :func:`rate_ratio`); ``nan`` where a ratio with a positive weight is 0 / 0 (every group has that rate 0)
+    or a rate is undefined (NaN). A ratio with weight 0 (``alpha`` 0 or 1) does not enter.
+    """
+    alpha = check_alpha(alpha, "IR")
+    r_fmr, r_fnmr = rate_ratio(fmr), rate_ratio(fnmr)
+    with np.errstate(invalid="ignore"):
+        return np.power(r_fmr, alpha) * np.power(r_fnmr, 1.0 - alpha)
 
 
 def gini(x: np.ndarray) -> np.ndarray:
@@ -122,4 +148,5 @@ def gini(x: np.ndarray) -> np.ndarray:
 
 def garbe(fmr: np.ndarray, fnmr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Gini Aggregation Rate for Biometric Equitability: alpha * G(FMR) + (1 - alpha) * G(FNMR)."""
+    alpha = check_alpha(alpha, "GARBE")
     return alpha * gini(fmr) + (1.0 - alpha) * gini(fnmr)

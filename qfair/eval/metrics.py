@@ -10,29 +10,60 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..utils.errors import DataError
-from .bootstrap import Resampler, ratio
-from .fairness import fairness_summary, fdr, garbe, inequity_rate, summary_arrays
+from .bootstrap import Resampler, check_pair_ids, ratio
+from .fairness import check_alpha, fairness_summary, fdr, garbe, inequity_rate, summary_arrays
 from .rates import auc, eer, fnmr_at_fmr, rates_at, threshold_at_fmr
 from .result import EvalResult, PairData
 from .stats import accuracy_interval, percentile_interval
 from .verification import contiguous_folds, kfold_predictions
 
 
-def group_order(groups: np.ndarray, wanted: Sequence[str] | None = None) -> list[str]:
-    """Groups in order of first appearance, or ``wanted`` (each must have pairs)."""
+def group_order(groups: np.ndarray, wanted: Sequence[str] | None = None, benchmark: str = "benchmark") -> list[str]:
+    """Groups in order of first appearance, or ``wanted`` (each named once, each must have pairs)."""
     present = list(dict.fromkeys(np.asarray(groups).tolist()))
     if wanted is None:
         return present
+    wanted = [str(g) for g in wanted]
+    twice = list(dict.fromkeys(g for g in wanted if wanted.count(g) > 1))
+    if twice:
+        raise DataError(f"{benchmark}: the groups to evaluate name {', '.join(map(repr, twice))} more than once; "
+                        f"name each group once (--groups / groups=[...]), e.g. {' '.join(dict.fromkeys(wanted))}")
     missing = [g for g in wanted if g not in present]
     if missing:
-        raise DataError(f"group(s) {', '.join(map(repr, missing))} have no pairs in this benchmark; "
+        raise DataError(f"{benchmark}: group(s) {', '.join(map(repr, missing))} have no pairs in this benchmark; "
                         f"groups with pairs: {', '.join(present) or 'none'}")
-    return list(wanted)
+    return wanted
 
 
 def _ci(samples: np.ndarray) -> list[float]:
     lo, hi = percentile_interval(samples)
     return [float(lo), float(hi)]
+
+
+def _fold_labels(folds: Any, n_pairs: int, benchmark: str) -> np.ndarray:
+    """``folds`` as int64 labels, one per pair, else DataError naming ``benchmark``."""
+    f = np.asarray(folds)
+    if f.ndim != 1 or len(f) != n_pairs:
+        raise DataError(f"{benchmark}: folds must hold one fold label per pair ({n_pairs} pairs), got shape "
+                        f"{f.shape}; pass folds in pair order, or folds=None for n_folds contiguous folds per group")
+    if f.dtype.kind in "iub":
+        return f.astype(np.int64)
+    if f.dtype.kind == "f" and np.all(np.isfinite(f)) and np.all(f == np.round(f)):
+        return f.astype(np.int64)
+    raise DataError(f"{benchmark}: fold labels must be integers, got {f.dtype} values such as {f[:3].tolist()}; "
+                    f"number the folds 0, 1, ...")
+
+
+def _check_finite(dist: np.ndarray, groups: np.ndarray, keep: np.ndarray, benchmark: str) -> None:
+    """Every distance of a pair evaluated (``keep``) is finite, else DataError naming the first pairs (their
+    indices in the arrays given) and their groups."""
+    bad = np.flatnonzero(keep & ~np.isfinite(dist))
+    if len(bad):
+        first = bad[:10].tolist()
+        where = ", ".join(f"{i} ({groups[i]})" for i in first) + (", ..." if len(bad) > 10 else "")
+        raise DataError(f"{benchmark}: {len(bad)} of {int(keep.sum())} pairs have a non-finite distance (nan/inf); "
+                        f"pairs (index in the arrays given, group): {where}. Check the embeddings or scores of "
+                        f"these pairs (e.g. a model that outputs NaN), or leave them out")
 
 
 def check_layout(issame: np.ndarray, groups: np.ndarray, folds: np.ndarray | None = None, *,
@@ -44,7 +75,12 @@ def check_layout(issame: np.ndarray, groups: np.ndarray, folds: np.ndarray | Non
     the fold of each kept pair (``folds`` as given, else ``n_folds`` contiguous folds per group)."""
     issame = np.asarray(issame, dtype=bool)
     groups = np.asarray(groups, dtype=str)
-    order = group_order(groups, groups_wanted)
+    if issame.ndim != 1 or groups.shape != issame.shape:
+        raise DataError(f"{benchmark}: {issame.shape} pair labels but {groups.shape} group names; give one label "
+                        f"and one group name per pair")
+    if folds is not None:
+        folds = _fold_labels(folds, len(issame), benchmark)
+    order = group_order(groups, groups_wanted, benchmark)
     keep = np.isin(groups, order)
     issame, groups = issame[keep], groups[keep]
     codes = _codes(groups, order)
@@ -54,7 +90,7 @@ def check_layout(issame: np.ndarray, groups: np.ndarray, folds: np.ndarray | Non
         small = [(gname, int(sizes[g]), f"fewer than the {n_folds} folds")
                  for g, gname in enumerate(order) if sizes[g] < max(2, n_folds)]
     else:
-        folds = np.asarray(folds, dtype=np.int64)[keep]
+        folds = folds[keep]
         small = [(gname, int(sizes[g]), f"in {len(np.unique(folds[codes == g]))} fold(s)")
                  for g, gname in enumerate(order) if sizes[g] < 2 or len(np.unique(folds[codes == g])) < 2]
     if small:
@@ -87,7 +123,9 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
     group names ``groups`` (P,), optional identities ``pair_ids`` (P, 2) and fold labels ``folds``.
 
     ``threshold`` (cosine similarity) is inherited from a reference model; otherwise it is chosen on
-    the pooled impostor scores at ``target_fmr``.
+    the pooled impostor scores at ``target_fmr``. IR is ``inf`` where a group has FMR or FNMR 0 and another
+    does not; such resamples stay in ``ir_ci`` (its upper bound is then ``inf``), undefined ones (0 / 0) are
+    left out and counted in ``rate_fairness["ir_undefined_resamples"]``.
     """
     dist = np.asarray(dist, dtype=np.float64)
     issame = np.asarray(issame, dtype=bool)
@@ -95,14 +133,18 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
     n = len(dist)
     if n == 0:
         raise DataError(f"{benchmark}: no pairs to evaluate")
-    if len(issame) != n or len(groups) != n:
-        raise DataError(f"{benchmark}: {n} distances, {len(issame)} labels, {len(groups)} group names")
+    if dist.ndim != 1 or len(issame) != n or len(groups) != n:
+        raise DataError(f"{benchmark}: {dist.shape} distances, {len(issame)} labels, {len(groups)} group names; "
+                        f"give one distance, label and group name per pair")
+    alpha = check_alpha(alpha, benchmark)
+    pair_ids = check_pair_ids(pair_ids, n, benchmark)
     folds_given = folds
     order, keep, folds = check_layout(issame, groups, folds, benchmark=benchmark, n_folds=n_folds,
                                       threshold=threshold, groups_wanted=groups_wanted)
+    _check_finite(dist, groups, keep, benchmark)
     if not keep.all():  # evaluate only the wanted groups
         dist, issame, groups = dist[keep], issame[keep], groups[keep]
-        pair_ids = None if pair_ids is None else np.asarray(pair_ids)[keep]
+        pair_ids = None if pair_ids is None else pair_ids[keep]
     codes = _codes(groups, order)
     score = 1.0 - dist / 2.0  # cosine similarity of unit embeddings: d^2 = 2 - 2 cos
     notes: list[str] = []
@@ -152,8 +194,9 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
                          f"its FMR/FNMR/EER/AUC are undefined (nan)")
     rate_fair = {"alpha": alpha, "fdr": float(fdr(fmr, fnmr, alpha)),
                  "ir": float(inequity_rate(fmr, fnmr, alpha)), "garbe": float(garbe(fmr, fnmr, alpha))}
-    if not np.isfinite(rate_fair["ir"]):
-        notes.append("IR undefined: a group has FMR or FNMR 0 at the global threshold (division by zero)")
+    ir_note = _ir_note(fmr, fnmr, order, alpha)
+    if ir_note:
+        notes.append(ir_note)
     if not np.isfinite(rate_fair["garbe"]) and np.isfinite(fmr).all() and np.isfinite(fnmr).all():
         zero = " and ".join(k for k, v in (("FMR", fmr), ("FNMR", fnmr)) if len(v) > 1 and not v.any())
         notes.append(f"GARBE undefined: {'every group has ' + zero + ' 0' if zero else 'a single group'} at the "
@@ -183,8 +226,11 @@ def evaluate_arrays(dist: np.ndarray, issame: np.ndarray, groups: np.ndarray, *,
                                     fnmr_ci=_ci(fnmr_b[:, g]))
         for k, v in summary_arrays(acc_b, ddof).items():
             fairness_ci[k] = _ci(v)
-        rate_fair.update(fdr_ci=_ci(fdr(fmr_b, fnmr_b, alpha)), ir_ci=_ci(inequity_rate(fmr_b, fnmr_b, alpha)),
-                         garbe_ci=_ci(garbe(fmr_b, fnmr_b, alpha)))
+        ir_b = inequity_rate(fmr_b, fnmr_b, alpha)
+        rate_fair.update(fdr_ci=_ci(fdr(fmr_b, fnmr_b, alpha)), ir_ci=_ci(ir_b),
+                         garbe_ci=_ci(garbe(fmr_b, fnmr_b, alpha)), ir_undefined_resamples=int(np.isnan(ir_b).sum()))
+        if np.isfinite(rate_fair["ir"]) and not np.isfinite(ir_b).all():  # the interval is around a defined IR
+            notes.append(_ir_boot_note(ir_b))
     settings = {"mode": mode, "n_folds": n_folds, "target_fmr": target_fmr, "alpha": alpha, "ddof": ddof,
                 "n_bootstrap": n_bootstrap, "seed": seed,
                 # n_folds applies only to a benchmark without folds of its own (RFW and builtin have them)
@@ -215,6 +261,35 @@ def with_threshold(result: EvalResult, threshold: float) -> EvalResult:
     if result.meta.get("target_note"):
         new.notes.insert(0, str(result.meta["target_note"]))
     return new
+
+
+def _ir_note(fmr: np.ndarray, fnmr: np.ndarray, order: list[str], alpha: float) -> str:
+    """Why IR at the global threshold is infinite or undefined ('' when it is finite)."""
+    ir = float(inequity_rate(fmr, fnmr, alpha))
+    if np.isfinite(ir):
+        return ""
+    rates = (("FMR", fmr), ("FNMR", fnmr))
+    if np.isinf(ir):
+        zero = "; ".join(f"{what} 0 in group(s) {', '.join(repr(order[g]) for g in np.flatnonzero(r == 0))}"
+                         for what, r in rates if (r == 0).any() and (r > 0).any())
+        return f"IR infinite: {zero} while another group's is above 0 at the global threshold (max / min divides by 0)"
+    why = [f"{what} is 0 in every group (0 / 0)" for what, r in rates if not (r != 0).any()]
+    why += [f"{what} of group(s) {', '.join(repr(order[g]) for g in np.flatnonzero(np.isnan(r)))} is undefined "
+            f"(no {'impostor' if what == 'FMR' else 'genuine'} pairs)" for what, r in rates if np.isnan(r).any()]
+    return f"IR undefined: {'; '.join(why)} at the global threshold"
+
+
+def _ir_boot_note(ir_b: np.ndarray) -> str:
+    """How many bootstrap resamples gave an infinite or undefined IR (the interval keeps inf, drops NaN)."""
+    n_inf, n_nan = int(np.isinf(ir_b).sum()), int(np.isnan(ir_b).sum())
+    parts = []
+    if n_inf:
+        parts.append(f"{n_inf} of {len(ir_b)} bootstrap resamples give an infinite IR (a group with FMR or FNMR 0 "
+                     f"there), kept in its interval")
+    if n_nan:
+        parts.append(f"{n_nan} of {len(ir_b)} resamples give an undefined IR (0 / 0, or a group without pairs of a "
+                     f"kind), left out of its interval (rate_fairness['ir_undefined_resamples'])")
+    return "; ".join(parts)
 
 
 def _codes(groups: np.ndarray, order: list[str]) -> np.ndarray:

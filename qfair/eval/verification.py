@@ -10,6 +10,8 @@ predicting "same" when ``d < t``:
   insightface's arcface_torch verification code, to reproduce published numbers;
 * ``exact``: every distinct split of the sorted training distances (threshold at the midpoint of
   neighbouring distinct distances), found with one sort and cumulative sums, O(n log n) per fold.
+  Calling nothing "same" gives ``-inf`` (as the grid's 0, no distance is below it); calling every
+  training pair "same", the next float above the largest training distance.
 
 Both count correct pairs with ``searchsorted``/``cumsum`` instead of looping over thresholds.
 """
@@ -76,8 +78,8 @@ def _best_exact(d: np.ndarray, same: np.ndarray) -> float:
     valid = np.ones(n + 1, dtype=bool)
     valid[1:n] = ds[1:] > ds[:-1]  # a split inside a run of equal distances is not realisable
     k = int(np.argmax(np.where(valid, correct, -1)))
-    if k == 0:
-        return float(ds[0])  # nothing in the training folds is below the smallest distance
+    if k == 0:  # best to call nothing "same": a threshold below every distance, held-out pairs included
+        return float("-inf")
     if k == n:
         return float(np.nextafter(ds[-1], np.inf))
     lo, hi = float(ds[k - 1]), float(ds[k])
@@ -97,7 +99,8 @@ def kfold_predictions(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray, m
     if not (len(d) == len(same) == len(folds)):
         raise DataError(f"lengths differ: {len(d)} distances, {len(same)} labels, {len(folds)} fold labels")
     if not np.all(np.isfinite(d)):
-        raise DataError(f"non-finite distances at pairs {np.flatnonzero(~np.isfinite(d))[:10].tolist()}")
+        raise DataError(f"non-finite distances (nan/inf) at positions {np.flatnonzero(~np.isfinite(d))[:10].tolist()} "
+                        f"of the {len(d)} distances given; check the embeddings or scores of those pairs")
     labels = np.unique(folds)
     if len(labels) < 2:
         raise DataError(f"need at least 2 folds, got {len(labels)} (with {len(d)} pairs)")

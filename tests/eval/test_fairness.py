@@ -38,7 +38,9 @@ def test_zero_error_group_gives_infinite_ser_explained_by_rule_of_three():
 
 
 def test_rate_measures_undefined_cases():
-    assert math.isnan(float(inequity_rate(np.array([0.0, 1e-3]), np.array([0.1, 0.2]))))
+    # one group without false matches, another with: max / min divides by zero, IR is infinite (not undefined)
+    assert float(inequity_rate(np.array([0.0, 1e-3]), np.array([0.1, 0.2]))) == math.inf
+    assert math.isnan(float(inequity_rate(np.array([0.0, 0.0]), np.array([0.1, 0.2]))))  # 0 / 0
     assert math.isnan(float(gini(np.zeros(4))))
 
 

@@ -16,12 +16,15 @@ SAME = ("per_group", "overall", "fairness", "fairness_ci", "threshold", "rate_fa
 
 
 def _plain(x):
-    """``x`` with NaN as metrics.json writes it ("nan"), so that undefined rates compare equal."""
+    """``x`` with NaN and infinities as metrics.json writes them ("nan", "inf", "-inf"), so that undefined rates,
+    infinite IR / SER bounds and a fold threshold that calls nothing "same" (-inf) compare equal."""
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
-    return "nan" if isinstance(x, float) and math.isnan(x) else x
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else "inf" if x > 0 else "-inf"
+    return x
 
 
 def _same(a, b):

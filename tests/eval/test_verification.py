@@ -69,7 +69,8 @@ def _brute_exact(d, same, folds):
     for f in np.unique(folds):
         tr, te = folds != f, folds == f
         u = np.unique(d[tr])
-        cands = np.concatenate(([u[0]], (u[:-1] + u[1:]) / 2, [np.nextafter(u[-1], np.inf)]))
+        # calling nothing "same" is a threshold below every distance (-inf), held-out pairs included
+        cands = np.concatenate(([-np.inf], (u[:-1] + u[1:]) / 2, [np.nextafter(u[-1], np.inf)]))
         accs = [np.mean((d[tr] < t) == same[tr]) for t in cands]
         t = cands[int(np.argmax(accs))]
         correct[te] = (d[te] < t) == same[te]
