@@ -24,6 +24,9 @@ def evaluate(target: Any, vset: Any, *, backend: str | None = None, arch: str | 
     rates at one global threshold (``threshold`` inherited, else chosen at ``target_fmr``), FDR/IR/GARBE
     and identity-bootstrap intervals. See :func:`qfair.eval.metrics.evaluate_arrays`.
     """
+    from .fairness import check_alpha
+
+    check_alpha(alpha, "evaluate")  # before the (slow) embedding, as the CLI's config check does
     if isinstance(vset, (str, os.PathLike)):
         from ..data import open_benchmark
 

@@ -315,3 +315,11 @@ def test_wilson_docstring_vector():
     assert "5396 of 6000" in wilson_interval.__doc__ and "[0.8914, 0.9067]" in wilson_interval.__doc__
     assert accuracy_interval(5396, 6000)[:2] == (pytest.approx(100 * wilson_interval(5396 / 6000, 6000)[0]),
                                                  pytest.approx(100 * wilson_interval(5396 / 6000, 6000)[1]))
+
+
+def test_evaluate_refuses_a_bad_alpha_before_loading_anything():
+    from qfair.eval.evaluate import evaluate
+    from qfair.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"evaluate: alpha must be in \[0, 1\].*got 2"):
+        evaluate("no/such/model.pt", "no/such/bench.bin", alpha=2)  # neither path is looked at
