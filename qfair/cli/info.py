@@ -27,9 +27,15 @@ def run(args: argparse.Namespace) -> int:
 
     source = args.model
     quant: dict = {}
+    if not source.strip():  # Path("") is the current folder
+        raise QfairError("empty model name or path: pass a registered model name (`qfair models`), a checkpoint "
+                         "file, a quantized run folder or a packed .qpk file")
     if Path(source).is_dir() and (Path(source) / "quant.json").is_file():  # a quantized run folder
         from ..quant import load_quantized
 
+        if args.arch:
+            raise QfairError(f"--arch describes a float checkpoint file; {source} is a quantized run folder, whose "
+                             "quant.json records its architecture (drop --arch)")
         model = load_quantized(source)
         quant = dict(getattr(model, "qfair_quant", None) or {})
     elif Path(source).exists():

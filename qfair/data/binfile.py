@@ -48,7 +48,7 @@ def _safe_bytearray(data: Any = b"", *args: Any) -> bytearray:
 
 
 def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not _ndarray_marker:
+    if not (isinstance(subtype, _FileCallable) and subtype.wraps(_ndarray_marker)):
         raise UnsafeFileError(f"refused array subtype {subtype!r} in a .bin file")
     # an empty uint8 array; pickle's BUILD then calls ndarray.__setstate__ with a dtype that
     # _safe_dtype already restricted to uint8/bool
@@ -103,11 +103,52 @@ _ALLOWED_GLOBALS = {
 }
 
 
+class _FileCallable:
+    """What a pickle gets for an allowed global: a stand-in made for one load that can only be called.
+
+    The real loader functions never reach the file's opcodes: pickle's BUILD (``__setstate__``, or
+    setting attributes such as ``__defaults__`` / ``__code__``) on a global would otherwise let a crafted
+    ``.bin`` rewrite qfair's own loaders for every later load in the process. Here BUILD and attribute
+    changes are refused, and the stand-ins are thrown away with the unpickler."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn: Any, name: str) -> None:
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
+
+    def wraps(self, fn: Any) -> bool:
+        return self._fn is fn
+
+    def _refuse(self, *_: Any) -> None:
+        raise UnsafeFileError(f"refused to modify '{self._name}' (pickle BUILD or attribute assignment on a "
+                              f"function): a .bin file may only hold images and labels, and this one tries to "
+                              f"change code. Do not use this file.")
+
+    __setstate__ = _refuse
+    __setattr__ = _refuse
+    __delattr__ = _refuse
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a .bin loader stand-in cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"<.bin loader {self._name}>"
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds only plain data; every other global is refused before anything can call it."""
+    """Builds only plain data; every other global is refused before anything can call it. The allowed
+    globals are handed out as :class:`_FileCallable` stand-ins made for this unpickler alone."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._globals = {key: _FileCallable(fn, ".".join(key)) for key, fn in _ALLOWED_GLOBALS.items()}
 
     def find_class(self, module: str, name: str) -> Any:
-        fn = _ALLOWED_GLOBALS.get((module, name))
+        fn = self._globals.get((module, name))
         if fn is None:
             raise UnsafeFileError(f"refused to load '{module}.{name}': a .bin file may only hold images and "
                                   f"labels, and this one tries to call code. Do not use this file.")

@@ -73,7 +73,13 @@ def _real(path: str, n: int, batch_size: int, model: Any = None, seed: int = 0, 
     if p.is_file() and p.suffix != ".rec":
         raise DataError(f"{p}: exists but is not a folder or a supported calibration file. Accepted: "
                         f"{ACCEPTED_SOURCES}, or a .bin benchmark file")
-    return _from_dataset(open_image_source(p), n, batch_size, seed, **kw)
+    try:
+        source = open_image_source(p)
+    except DataError:  # e.g. loose images beside identity folders: an error only where labels are wanted
+        if kw.get("with_labels"):
+            raise
+        source = open_image_source(p, labelled=False)  # images only: every image counts, none is dropped
+    return _from_dataset(source, n, batch_size, seed, **kw)
 
 
 @CALIB_SOURCES.register("synthetic")

@@ -34,6 +34,21 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.name != SHEET_NAME
 
 
+def _loose_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_file() and _is_image(p))
+
+
+def _loose_images_error(root: Path, loose: list[Path]) -> DataError:
+    """The error for images directly in ``root`` beside ``<identity>/`` sub-folders that hold images."""
+    shown = ", ".join(p.name for p in loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+    what = f"{len(loose)} loose image{'s' if len(loose) != 1 else ''}"
+    return DataError(f"{root}: {what} ({shown}) beside the <identity>/ sub-folders have no identity label. "
+                     f"Move them into an <identity>/ sub-folder (or out of {root.name}/); or, to read the whole "
+                     f"folder without identity labels, give it as synthetic:{root} (calibration, qat/distill "
+                     f"--data; quantize --calib synthetic --calib-data {root}) or call "
+                     f"open_image_source(..., labelled=False).")
+
+
 class ImageFolder:
     """Dataset of ``(image uint8 (112, 112, 3), label int)`` from ``<root>/<identity>/<image>``.
 
@@ -51,16 +66,14 @@ class ImageFolder:
             files = sorted(p for p in d.rglob("*") if p.is_file() and _is_image(p))
             self.paths += files
             labels += [label] * len(files)
-        loose = sorted(p for p in self.root.iterdir() if p.is_file() and _is_image(p))
+        loose = _loose_images(self.root)
         if not self.paths:
             hint = (" It holds loose images: use a flat (unlabelled) source, e.g. synthetic:PATH, or put them in "
                     "<identity>/ sub-folders.") if loose else ""
             raise DataError(f"{self.root}: no images found in <identity>/<image> layout "
                             f"(extensions {', '.join(IMAGE_EXTS)}).{hint}")
         if loose:  # they have no identity; leaving them out silently would shrink the data set
-            raise DataError(f"{self.root}: {len(loose)} loose images (e.g. {loose[0].name}) beside the <identity>/ "
-                            f"sub-folders have no identity label. Move them into <identity>/ sub-folders, or use "
-                            f"the folder as a flat (unlabelled) source.")
+            raise _loose_images_error(self.root, loose)
         self.targets = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -69,7 +82,7 @@ class ImageFolder:
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         from .preprocess import decode_image
 
-        return decode_image(self.paths[i]), int(self.targets[i])
+        return decode_image(self.paths[i], source=str(self.root)), int(self.targets[i])
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         for i in range(len(self)):
@@ -97,12 +110,17 @@ class FlatFolder:
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         from .preprocess import decode_image
 
-        return decode_image(self.paths[i]), -1
+        return decode_image(self.paths[i], source=str(self.root)), -1
 
 
 def open_image_source(path: str | os.PathLike, labelled: bool | None = None) -> Any:
     """A dataset for a path: ``.rec`` file or folder with ``train.rec`` -> RecordIO; a folder with
-    identity sub-folders -> ImageFolder (when ``labelled`` is not False); otherwise FlatFolder."""
+    identity sub-folders -> ImageFolder (when ``labelled`` is not False); otherwise FlatFolder.
+
+    With ``labelled=None`` a folder is read unlabelled (FlatFolder) only when no sub-folder holds images
+    (loose images only). Loose images *beside* identity sub-folders holding images are a DataError naming
+    them: reading such a folder flat would silently drop every identity label. ``labelled=False`` reads
+    any folder flat."""
     from .recordio import RecordIO
 
     p = Path(path)
@@ -119,6 +137,10 @@ def open_image_source(path: str | os.PathLike, labelled: bool | None = None) -> 
         except DataError:
             if labelled:
                 raise
+            loose = _loose_images(p)
+            if loose and any(_is_image(f) and f.is_file() for d in p.iterdir()
+                             if d.is_dir() and not d.name.startswith(".") for f in d.rglob("*")):
+                raise _loose_images_error(p, loose) from None
     return FlatFolder(p)
 
 

@@ -4,17 +4,19 @@ Optional header line (``path1,path2,same,group[,id1,id2]``, the first line that 
 ``#`` comment; columns are read by position, and a header naming them in another order is an error);
 ``group`` may be omitted ("all");
 ``id1,id2`` (identity labels, for the identity bootstrap) may follow. Paths are relative to the CSV's
-folder unless absolute. ``same`` is 1/0, true/false or yes/no. Tab-separated files work too.
+folder unless absolute. ``same`` is 1/0, true/false or yes/no. Tab-separated files work too: a ``.tsv``
+file, or any file whose first line that is not blank or a ``#`` comment holds a tab.
 """
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..utils.errors import DataError
-from .verification import LazyImageStore, VerificationSet, finish_validated, path_exists
+from .verification import LazyImageStore, VerificationSet, _decode_loader, finish_validated, path_exists
 
 # header names qfair recognises, per column position (columns are read by position, not by name)
 _COLUMN_NAMES = (
@@ -77,7 +79,10 @@ def read_pairs_csv(path: str | Path, *, name: str | None = None, skip_corrupt: b
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text file") from None
     lines = text.splitlines()
-    delim = "\t" if (path.suffix.lower() == ".tsv" or (lines and "\t" in lines[0])) else ","
+    # the delimiter is decided by the first line that is not blank or a '#' comment (a comment or blank
+    # first line of a tab-separated file used to make it read as comma-separated)
+    content = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    delim = "\t" if (path.suffix.lower() == ".tsv" or "\t" in content) else ","
     base = path.parent
     index: dict[str, int] = {}
     sources: list[str] = []
@@ -140,7 +145,8 @@ def read_pairs_csv(path: str | Path, *, name: str | None = None, skip_corrupt: b
             ids.append((row[4], row[5]))
     if not pairs:
         raise DataError(f"{path}: no pairs" + (f" ({skipped} skipped for missing images)" if skipped else ""))
-    vset = VerificationSet(name=name or path.stem, images=LazyImageStore(sources, sources), pairs=pairs,
+    loader = partial(_decode_loader, source=str(path))  # a partial of a module function: workers can pickle it
+    vset = VerificationSet(name=name or path.stem, images=LazyImageStore(sources, sources, loader), pairs=pairs,
                            issame=issame, groups=np.asarray(groups), pair_ids=ids if has_ids else None,
                            meta={"source": str(path), "format": "csv", "skipped_pairs": skipped})
     return finish_validated(vset, skip_corrupt) if validate else vset

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 IMAGE_SIZE = 112
 _WARNED_SIZES: set[tuple[int, int]] = set()  # non-square sizes already warned about (see _pil_to_array)
+_WARNED_SOURCES: set[str] = set()  # image folders / pairs files already warned about resizing (see _pil_to_array)
 ImageSource = bytes | bytearray | memoryview | str | os.PathLike | np.ndarray
 
 
@@ -109,7 +110,7 @@ def _to_8bit(img: Any, where: str) -> Any:
     return Image.fromarray(((arr * 255 + full // 2) // full).astype(np.uint8), mode="L")
 
 
-def _pil_to_array(img: Any, size: int | None, where: str = "<image>") -> np.ndarray:
+def _pil_to_array(img: Any, size: int | None, where: str = "<image>", source: str | None = None) -> np.ndarray:
     from PIL import Image
 
     img = _to_8bit(img, where)
@@ -123,17 +124,30 @@ def _pil_to_array(img: Any, size: int | None, where: str = "<image>") -> np.ndar
             warnings.warn(f"{where}: image is {img.width}x{img.height}, not square; it is stretched to "
                           f"{size}x{size}, which distorts the face. qfair expects aligned square face crops "
                           f"(the 112x112 ArcFace alignment): align or crop the images first.", stacklevel=2)
+        elif img.width == img.height and source is not None and source not in _WARNED_SOURCES:
+            import warnings
+
+            # images of a folder or pairs file are meant to be aligned crops already (a .bin or .rec may
+            # hold other sizes by convention and is resized without a word); once per source and process
+            _WARNED_SOURCES.add(source)
+            warnings.warn(f"{source}: images are not {size}x{size} (e.g. {where} is {img.width}x{img.height}); "
+                          f"they are resized to {size}x{size}. qfair expects aligned face crops (the 112x112 "
+                          f"ArcFace alignment): if these are not aligned that way, align them first, or accuracy "
+                          f"suffers.", stacklevel=2)
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return np.ascontiguousarray(arr)
 
 
-def decode_image(src: ImageSource, *, name: str | None = None, size: int | None = IMAGE_SIZE) -> np.ndarray:
+def decode_image(src: ImageSource, *, name: str | None = None, size: int | None = IMAGE_SIZE,
+                 source: str | None = None) -> np.ndarray:
     """Decode an encoded image (bytes, a path, or a 1-D uint8 array of encoded bytes) to RGB uint8.
 
     Returns ``(size, size, 3)`` (resized with bilinear filtering if needed; ``size=None`` keeps the
     original size). A 3-D uint8 array is taken as already decoded HWC RGB. Any decoding failure
-    becomes a :class:`DataError` that names the file (``name`` or the path).
+    becomes a :class:`DataError` that names the file (``name`` or the path). ``source`` names the image
+    folder or pairs file the image belongs to: the first square image of another size from it warns
+    that it is resized (once per source and process; non-square images always warn once per size).
     """
     from PIL import Image
 
@@ -142,7 +156,7 @@ def decode_image(src: ImageSource, *, name: str | None = None, size: int | None 
     if isinstance(src, np.ndarray):
         if src.ndim == 3 and src.dtype == np.uint8 and src.shape[-1] == 3:
             if size is not None and src.shape[:2] != (size, size):
-                return _pil_to_array(Image.fromarray(src), size, where)
+                return _pil_to_array(Image.fromarray(src), size, where, source)
             return np.ascontiguousarray(src)
         if src.ndim != 1 or src.dtype != np.uint8:
             raise DataError(f"{where}: expected encoded image bytes or an (H, W, 3) uint8 array, got "
@@ -163,7 +177,7 @@ def decode_image(src: ImageSource, *, name: str | None = None, size: int | None 
     try:
         with Image.open(io.BytesIO(bytes(src))) as img:
             img.load()
-            return _pil_to_array(img, size, where)
+            return _pil_to_array(img, size, where, source)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt input; all mean "corrupt"

@@ -4,8 +4,10 @@ Record layout: uint32 magic 0xced7230a, uint32 ``lrec`` (top 3 bits continuation
 length), payload, zero padding to 4 bytes. A payload holding the magic at a 4-byte-aligned position is
 split by the writer into parts (flag 1 = first, 2 = middle, 3 = last) and the reader joins them with
 the magic in between. Payload = header ``struct IfQQ`` (flag, label, id, id2; 24 bytes), then ``flag``
-float32 labels if flag > 0, then the encoded image. Record 0 of an insightface set has flag > 0 and
-label[0] = one past the last image key, so images are keys 1 .. label[0] - 1.
+float32 labels if flag > 0, then the encoded image. Record 0 of an insightface set is a header: a label
+array (flag > 0) and no image, label[0] = one past the last image key, so images are keys 1 .. label[0] - 1
+(label[1], when larger, ends the per-identity records label[0] .. label[1] - 1 that follow the images).
+A record 0 that holds an image (e.g. ``im2rec --pack-label``, keys from 0) is an image like any other.
 """
 from __future__ import annotations
 
@@ -43,6 +45,13 @@ def read_record_at(f: Any, offset: int, file_size: int, where: str) -> bytes:
             raise DataError(f"{where}: no RecordIO record at byte {pos} (bad magic 0x{magic:08x}); "
                             f"the .idx does not match the .rec, or the file is corrupt")
         cflag, length = _decode_lrec(lrec)
+        if pos == offset and cflag in (2, 3):
+            raise DataError(f"{where}: byte {offset} is the middle or last part of a multi-part record "
+                            f"(continuation flag {cflag}), not the start of one: the .idx does not match the .rec. "
+                            f"Delete the .idx and qfair rebuilds the index by scanning the .rec")
+        if pos != offset and cflag not in (2, 3):
+            raise DataError(f"{where}: the multi-part record at byte {offset} is cut short (byte {pos} starts a new "
+                            f"record, continuation flag {cflag}); the .rec file is corrupt")
         padded = (length + 3) & ~3
         if pos + 8 + padded > file_size and pos + 8 + length > file_size:
             raise DataError(f"{where}: record at byte {offset} needs {length} bytes but the file ends at "
@@ -100,8 +109,13 @@ def write_recordio(rec_path: str | Path, items: Sequence[tuple[Any, float]], *, 
     """Write ``items`` of (image uint8 HWC array or encoded bytes, label) as an insightface ``.rec`` + ``.idx``.
 
     With ``header_record`` key 0 is the insightface header record (label[0] = one past the last key).
+
+    Both files are written in full to temporary files beside them first; then an older ``.idx`` is
+    removed, the ``.rec`` renamed into place, and the ``.idx`` last. An interrupted write thus leaves the
+    old pair, or a ``.rec`` without ``.idx`` (which :class:`RecordIO` indexes by scanning), never a new
+    ``.rec`` beside an old ``.idx`` whose offsets point into the wrong records.
     """
-    from ..utils.io import atomic_write_bytes, atomic_write_text
+    from ..utils.io import atomic_path, output_file
     from .preprocess import encode_jpeg, encode_png
 
     rec_path = Path(rec_path)
@@ -116,12 +130,16 @@ def write_recordio(rec_path: str | Path, items: Sequence[tuple[Any, float]], *, 
         data = bytes(img) if isinstance(img, (bytes, bytearray)) else enc(np.asarray(img))
         lines.append(f"{k}\t{len(blob)}")
         blob += encode_record(pack(float(label), data, id1=k))
-    atomic_write_bytes(rec_path, bytes(blob))
-    atomic_write_text(idx_path, "\n".join(lines) + "\n")
+    with atomic_path(idx_path) as idx_tmp:
+        idx_tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with atomic_path(rec_path) as rec_tmp:
+            rec_tmp.write_bytes(bytes(blob))
+            output_file(idx_path).unlink(missing_ok=True)  # until the new .idx is in place: none, not the old
     return rec_path, idx_path
 
 
 _IDX_CHUNK = 1 << 24  # bytes of .idx text parsed at a time by the fast path
+_KEY_LIMIT = 1 << 63  # keys and offsets are stored as int64
 
 
 def _read_idx(idx_path: Path, file_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +171,11 @@ def _read_idx(idx_path: Path, file_size: int) -> tuple[np.ndarray, np.ndarray]:
         return _read_idx_lines(idx_path, file_size)
     arr = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     keys, offsets = arr[0::2], arr[1::2]
-    if not arr.size or offsets.min() < 0 or offsets.max() + 8 > file_size:
+    # numpy clamps numbers beyond int64 to its limits: a value at a limit may not be what the file says, so
+    # the line parser (exact Python integers) decides; file_size - 8 is compared, not max + 8 (no overflow)
+    lim = np.iinfo(np.int64)
+    if not arr.size or keys.min() < 0 or offsets.min() < 0 or offsets.max() > file_size - 8 \
+            or keys.max() == lim.max:
         return _read_idx_lines(idx_path, file_size)
     return keys, offsets
 
@@ -172,9 +194,16 @@ def _read_idx_lines(idx_path: Path, file_size: int) -> tuple[np.ndarray, np.ndar
             except ValueError:
                 raise DataError(f"{idx_path}:{lineno}: key and offset must be integers, got {line.strip()[:60]!r}") \
                     from None
-            if off < 0 or off + 8 > file_size:
-                raise DataError(f"{idx_path}:{lineno}: offset {off} of key {key} is past the end of the .rec "
-                                f"({file_size} bytes); the .rec is truncated or the .idx belongs to another file")
+            if not 0 <= key < _KEY_LIMIT:
+                raise DataError(f"{idx_path}:{lineno}: key {parts[0][:30]} is outside 0 .. 2**63-1; the .idx is "
+                                f"corrupt or belongs to another file: delete it and qfair rebuilds the index by "
+                                f"scanning the .rec")
+            if off < 0:
+                raise DataError(f"{idx_path}:{lineno}: offset {parts[1][:30]} of key {key} is negative; the .idx is "
+                                f"corrupt: delete it and qfair rebuilds the index by scanning the .rec")
+            if off > file_size - 8:
+                raise DataError(f"{idx_path}:{lineno}: offset {parts[1][:30]} of key {key} is past the end of the "
+                                f".rec ({file_size} bytes); the .rec is truncated or the .idx belongs to another file")
             keys.append(key)
             offsets.append(off)
     if not keys:
@@ -239,22 +268,49 @@ class RecordIO:
         self.keys = keys
         self.header_labels: np.ndarray | None = None
         if self._has(0):
-            labels, _, _, body = unpack(self._read_key(0), f"{p} key 0")
-            # insightface header record: flag > 0 (a label array) or no image, label[0] = last key + 1
-            if (len(labels) >= 2 or len(body) == 0) and np.isfinite(labels[0]) and 1 <= labels[0] < 2**40:
-                self.header_labels = labels
-                last = int(labels[0])
-                if last - 1 > len(self._sorted_keys):
-                    raise DataError(f"{p}: header record announces images 1..{last - 1} but the index has only "
-                                    f"{len(self._sorted_keys)} records; the .idx or .rec is incomplete")
-                wanted = np.arange(1, last, dtype=np.int64)
-                present = np.isin(wanted, self._sorted_keys)
-                if not present.all():
-                    raise DataError(f"{p}: header record announces images 1..{last - 1} but the index lacks "
-                                    f"{int((~present).sum())} of them (first missing key {int(wanted[~present][0])})")
-                self.keys = wanted
+            self._use_header_record(p)
         if len(self.keys) == 0:
             raise DataError(f"{p}: no image records")
+
+    def _use_header_record(self, p: Path) -> None:
+        """Key 0 as the insightface header record: a label array (flag > 0) AND no image, label[0] = one past
+        the last image key. A key 0 holding an image (``im2rec --pack-label`` numbers images from 0, with
+        label arrays) is an ordinary image; an empty key 0 that is no valid header is an error."""
+        payload = self._read_key(0)
+        labels, _, _, body = unpack(payload, f"{p} key 0")
+        if len(body):
+            return  # an image: every key is an image
+        flag = _HEADER.unpack_from(payload)[0]
+        if flag == 0 or not np.isfinite(labels[0]) or not 1 <= labels[0] < 2**40:
+            raise DataError(f"{p} key 0: record 0 holds no image, but it is not an insightface header record "
+                            f"either (that needs a label array whose first label is one past the last image key; "
+                            f"it has {'a single label' if flag == 0 else 'labels'} {labels[:2].tolist()}). "
+                            f"Rewrite the .rec, or remove key 0 from the .idx to read every other record as an "
+                            f"image")
+        self.header_labels = labels
+        last = int(labels[0])
+        if last - 1 > len(self._sorted_keys):
+            raise DataError(f"{p}: header record announces images 1..{last - 1} but the index has only "
+                            f"{len(self._sorted_keys)} records; the .idx or .rec is incomplete")
+        wanted = np.arange(1, last, dtype=np.int64)
+        present = np.isin(wanted, self._sorted_keys)
+        if not present.all():
+            raise DataError(f"{p}: header record announces images 1..{last - 1} but the index lacks "
+                            f"{int((~present).sum())} of them (first missing key {int(wanted[~present][0])})")
+        self.keys = wanted
+        # insightface puts one record per identity after the images: keys label[0] .. label[1] - 1
+        end = last
+        if len(labels) >= 2 and np.isfinite(labels[1]) and last <= labels[1] < 2**40:
+            end = int(labels[1])
+        extra = self._sorted_keys[self._sorted_keys >= end]
+        if extra.size:
+            import warnings
+
+            ids = f", identity records {last}..{end - 1}" if end > last else ""
+            warnings.warn(f"{p}: the index holds {extra.size} record(s) with keys outside the range its header record "
+                          f"announces (images 1..{last - 1}{ids}), first key {int(extra[0])}; they are not read. "
+                          f"If they are images, the header record's first label is wrong: rewrite the .rec "
+                          f"(qfair.data.write_recordio) so it counts every image", stacklevel=3)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -100,9 +100,10 @@ def read_rfw(root: str | Path, *, races: tuple[str, ...] | None = None, skip_cor
         lmks = read_landmarks(lfile) if lfile.is_file() else {}
         race_pairs = 0
         for lineno, line in enumerate(pfile.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
-            if not line.strip():
+            text = line.strip()  # a trailing tab or space must not decide how the line is split
+            if not text:
                 continue
-            f = line.strip().split("\t") if "\t" in line else line.split()
+            f = [x.strip() for x in text.split("\t")] if "\t" in text else text.split()
             where = f"{pfile}:{lineno}"
             if len(f) == 3:
                 a, na, nb = f

@@ -172,10 +172,12 @@ class LazyImageStore(ImageStore):
         return self, bad
 
 
-def _decode_loader(src: Any, name: str) -> np.ndarray:
+def _decode_loader(src: Any, name: str, source: str | None = None) -> np.ndarray:
+    """The default loader; ``source`` (a pairs file, bound with functools.partial) names where the images
+    come from, for the one warning that they are resized (see :func:`~qfair.data.preprocess.decode_image`)."""
     from .preprocess import decode_image
 
-    return decode_image(src, name=name)
+    return decode_image(src, name=name, source=source)
 
 
 def path_exists(path: Path) -> bool:
@@ -327,15 +329,36 @@ def _infer_kind(path: Path) -> str:
                     f"{', '.join(BENCHMARKS.names())} (e.g. bin:{path})")
 
 
+def _spec_path_exists(spec: str) -> bool:
+    try:
+        return Path(spec).exists()
+    except (OSError, ValueError):  # a NUL byte or a name too long: not a path
+        return False
+
+
 def open_benchmark(spec: str, **kw: Any) -> VerificationSet:
     """Open a benchmark from a spec: ``KIND:PATH`` (kind in :data:`BENCHMARKS`), ``NAME:PATH`` with the
-    kind inferred from the path (``lfw:/x/lfw.bin``), a bare path, ``builtin`` or ``builtin:SIZE``."""
+    kind inferred from the path (``lfw:/x/lfw.bin``), a bare path, ``builtin`` or ``builtin:SIZE``.
+
+    The spec is read in this order: (1) ``KIND:PATH`` when the text before the first colon is a
+    registered kind, even if a file named like the whole spec exists (read a file literally named
+    ``bin:x.bin`` as ``./bin:x.bin``); (2) a bare path when the whole spec exists, so a path with a colon
+    in it (``/runs/12:30/lfw.bin``) is not split; (3) ``NAME:PATH``; (4) a kind name without a path.
+    """
     spec = str(spec).strip()
     head, sep, rest = spec.partition(":")
-    if head in BENCHMARKS and BENCHMARKS.canonical(head) != "builtin" and not rest.strip():
+    kind = BENCHMARKS.canonical(head) if head in BENCHMARKS else None
+    if kind is not None and kind != "builtin" and not rest.strip():
         example = {"rfw": "rfw:/data/RFW", "bin": "bin:/data/lfw.bin", "csv": "csv:pairs.csv"}
         raise DataError(f"benchmark '{spec}' names no path: give the {head} data after a colon, e.g. "
-                        f"{example.get(BENCHMARKS.canonical(head), head + ':PATH')}")
+                        f"{example.get(kind, head + ':PATH')}")
+    if sep and kind is not None:
+        if kind != "builtin" and not _spec_path_exists(rest) and _spec_path_exists(spec):
+            raise DataError(f"benchmark '{spec}': read as kind '{head}' with path {rest}, which does not exist; "
+                            f"a file named '{spec}' exists: to open it, write ./{spec} (or its absolute path)")
+        return BENCHMARKS.get(head)(rest, **kw)
+    if sep and _spec_path_exists(spec):  # a bare path with a colon in it
+        sep = ""
     if not sep:
         if spec in BENCHMARKS:
             return BENCHMARKS.get(spec)("", **kw)
@@ -344,8 +367,6 @@ def open_benchmark(spec: str, **kw: Any) -> VerificationSet:
             raise DataError(f"benchmark '{spec}' is neither a known kind ({', '.join(BENCHMARKS.names())}) "
                             f"nor an existing path")
         return BENCHMARKS.get(_infer_kind(path))(str(path), **kw)
-    if head in BENCHMARKS:
-        return BENCHMARKS.get(head)(rest, **kw)
     path = Path(rest)
     if not path.exists():
         raise DataError(f"benchmark '{spec}': path {rest} does not exist ('{head}' is not a known kind, "

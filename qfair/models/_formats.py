@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import pickletools
+import shlex
 import struct
 import zipfile
 from pathlib import Path
@@ -55,25 +56,93 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     body = memoryview(data)[8 + n:]
     out: dict[str, torch.Tensor] = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _ST_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            start, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"tensor {name!r}: unsupported or malformed entry {info!r}") from None
-        numel = 1
-        for s in shape:
-            numel *= s
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if not 0 <= start <= end <= len(body) or end - start != numel * itemsize:
-            raise ValueError(f"tensor {name!r}: byte range [{start}, {end}) does not hold {shape} {info['dtype']} "
-                             f"values in a {len(body)}-byte body (truncated?)")
-        raw = bytearray(body[start:end])  # a copy: the tensor owns its memory
-        t = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
-        out[name] = t.reshape(shape)
+        if name != "__metadata__":
+            out[name] = _st_tensor(name, info, body)
     return out
+
+
+def _st_ints(name: str, field: str, values: object) -> list[int]:
+    """A header list of non-negative integers (a shape or the data offsets); ValueError naming the tensor
+    otherwise: a negative, fractional or boolean size would be reshaped wrongly or silently truncated."""
+    if not isinstance(values, list) or not all(type(v) is int and v >= 0 for v in values):
+        raise ValueError(f"tensor {name!r}: {field} {values!r} is not a list of non-negative integers")
+    return values
+
+
+def _st_tensor(name: str, info: object, body: memoryview) -> torch.Tensor:
+    """One tensor of a safetensors body, checked against its header entry ``info``."""
+    if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+        raise ValueError(f"tensor {name!r}: unsupported or malformed entry {info!r}")
+    dtype = _ST_DTYPES[info["dtype"]]
+    shape = _st_ints(name, "shape", info.get("shape"))
+    offsets = _st_ints(name, "data_offsets", info.get("data_offsets"))
+    if len(offsets) != 2:
+        raise ValueError(f"tensor {name!r}: data_offsets {offsets!r} must be [start, end]")
+    start, end = offsets
+    numel = 1
+    for s in shape:
+        numel *= s
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if not start <= end <= len(body) or end - start != numel * itemsize:
+        raise ValueError(f"tensor {name!r}: byte range [{start}, {end}) does not hold {shape} {info['dtype']} "
+                         f"values in a {len(body)}-byte body (truncated?)")
+    raw = bytearray(body[start:end])  # a copy: the tensor owns its memory
+    t = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+    return t.reshape(shape)
+
+
+_STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+                         "BINUNICODE8"})
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_MARK = object()  # a MARK on the simulated stack
+_UNRESOLVED = "<an import whose name is not a plain string>"  # a STACK_GLOBAL this scan cannot name
+
+
+def _pop_stack(stack: list, before: list) -> None:
+    """Pop what an opcode consumes (``before``, from pickletools): up to and including its MARK when it
+    takes a stack slice, then the fixed items below that mark. ValueError when the pickle is inconsistent."""
+    fixed = len(before)
+    if pickletools.markobject in before:
+        while stack and stack[-1] is not _MARK:
+            stack.pop()
+        if not stack:
+            raise ValueError("no MARK on the stack")
+        stack.pop()
+        fixed = before.index(pickletools.markobject)
+    if len(stack) < fixed:
+        raise ValueError("stack underflow")
+    del stack[len(stack) - fixed:]
+
+
+def _scan_pickle(stream: io.BytesIO, found: list[str]) -> None:
+    """Append to ``found`` the ``module.name`` each GLOBAL / STACK_GLOBAL / INST of one pickle imports.
+
+    The stack is simulated from pickletools' opcode table, holding the strings pushed (None for any other
+    value) and the memo, so STACK_GLOBAL resolves names fetched with GET as well as literal ones. Nothing
+    is unpickled; a damaged pickle raises (ValueError, or pickletools' own errors)."""
+    stack: list = []
+    memo: dict[int, object] = {}
+    for op, arg, _pos in pickletools.genops(stream):
+        name = op.name
+        if name in _PUT_OPS:
+            if not stack:
+                raise ValueError("memoizing an empty stack")
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            continue
+        if name in ("GLOBAL", "INST"):
+            found.append(str(arg).replace(" ", "."))
+        elif name == "STACK_GLOBAL":
+            module, qualname = stack[-2:] if len(stack) >= 2 else (None, None)
+            ok = isinstance(module, str) and isinstance(qualname, str)
+            found.append(f"{module}.{qualname}" if ok else _UNRESOLVED)
+        _pop_stack(stack, op.stack_before)
+        if name in _STRING_OPS:
+            stack.append(arg)
+        elif name in _GET_OPS:
+            stack.append(memo.get(arg))
+        else:
+            stack.extend(_MARK if s is pickletools.markobject else None for s in op.stack_after)
 
 
 def _pickle_globals(data: bytes) -> list[str]:
@@ -81,16 +150,9 @@ def _pickle_globals(data: bytes) -> list[str]:
     found: list[str] = []
     stream = io.BytesIO(data)
     while stream.tell() < len(data):
-        strings: list[str] = []
         try:
-            for op, arg, _pos in pickletools.genops(stream):
-                if op.name == "GLOBAL":
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-        except Exception:  # damaged or not a pickle: report what was read so far
+            _scan_pickle(stream, found)
+        except Exception:  # noqa: BLE001 - damaged or not a pickle (legacy-format tensor bytes): stop there
             break
     return list(dict.fromkeys(found))
 
@@ -100,8 +162,9 @@ _BENIGN = ("torch._utils.", "torch.storage.", "collections.OrderedDict", "torch.
            "torch.HalfStorage", "torch.LongStorage", "torch.DoubleStorage", "torch.BFloat16Storage",
            "torch.IntStorage", "torch.ByteStorage", "torch.BoolStorage", "torch.float", "torch.half",
            "torch.bfloat16", "torch.int64", "torch.long", "builtins.set", "__builtin__.set", "torch.device",
-           "torch.Size",
-           "_codecs.encode", "numpy.")
+           "torch.Size", "_codecs.encode")
+# numpy scalars and arrays are not in that list: torch.load(weights_only=True) refuses them, so a file with
+# numpy values beside its weights needs the "keep only the weights" conversion below
 
 # functions a checkpoint has no reason to call; a file that imports them gets no conversion advice
 _DANGEROUS = ("os.", "posix.", "nt.", "subprocess.", "sys.", "shutil.", "socket.", "runpy.", "importlib.",
@@ -111,9 +174,16 @@ _DANGEROUS_BUILTINS = {f"{m}.{n}" for m in ("builtins", "__builtin__")
                                  "globals", "breakpoint", "input")}
 
 
+def _py_str(value: object) -> str:
+    """A double-quoted Python string literal of ``str(value)`` (a JSON string is one), whatever it holds."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def _convert_cmd(expr: str, path: Path) -> str:
+    """A shell command that runs ``expr`` (Python that sets ``sd``) and saves ``sd`` beside ``path``. Paths
+    are Python literals (``_py_str``) in one shell-quoted argument, so quotes, spaces and ``$`` are safe."""
     out = path.with_name(path.stem + ".state_dict.pth")
-    return f"python -c \"import torch; {expr}; torch.save(sd, '{out}')\""
+    return f"python -c {shlex.quote(f'import torch; {expr}; torch.save(sd, {_py_str(out)})')}"
 
 
 def diagnose_zip(path: Path) -> str | None:
@@ -127,7 +197,7 @@ def diagnose_zip(path: Path) -> str | None:
     except (zipfile.BadZipFile, OSError, EOFError):
         return None
     if any(n.endswith("constants.pkl") or "/code/__torch__" in n for n in names):
-        cmd = _convert_cmd(f"sd = torch.jit.load('{path}', map_location='cpu').state_dict()", path)
+        cmd = _convert_cmd(f'sd = torch.jit.load({_py_str(path)}, map_location="cpu").state_dict()', path)
         return (f"{path} is a TorchScript archive (torch.jit.save), not a state dict; qfair reads weights only "
                 f"and does not load TorchScript programs. Extract the weights once (where you trust the file), "
                 f"then pass the new file: {cmd}")
@@ -159,17 +229,17 @@ def diagnose(path: Path) -> str | None:
     shown = ", ".join(classes[:4]) + (f", ... ({len(classes)} in all)" if len(classes) > 4 else "")
     head = (f"{path} holds pickled Python objects ({shown}), not only tensors; qfair never unpickles objects "
             "from a file (a pickle can run code), so it was refused.")
-    danger = [g for g in classes if g.startswith(_DANGEROUS) or g in _DANGEROUS_BUILTINS]
+    danger = [g for g in classes if g.startswith(_DANGEROUS) or g in _DANGEROUS_BUILTINS or g == _UNRESOLVED]
     if danger:  # never advise loading this one unsafely
         return (f"{head} Loading it would call {', '.join(danger[:3])}: it may be malicious. Do not load it with "
                 "weights_only=False; get the weights from a source you trust.")
     if any(g.startswith("torch.nn.modules.") for g in classes):  # torch.save(model): a whole nn.Module
-        expr = (f"m = torch.load('{path}', map_location='cpu', weights_only=False); "
-                "sd = (m if hasattr(m, 'state_dict') else m['model']).state_dict()")
+        expr = (f'm = torch.load({_py_str(path)}, map_location="cpu", weights_only=False); '
+                'sd = (m if hasattr(m, "state_dict") else m["model"]).state_dict()')
         return (f"{head} It holds a whole pickled model (torch.save(model), class {classes[0]}). Convert it "
                 f"once to a state dict, where that class is importable and you trust the file: "
                 f"{_convert_cmd(expr, path)}")
-    expr = (f"ck = torch.load('{path}', map_location='cpu', weights_only=False); "
-            "sd = ck.state_dict() if hasattr(ck, 'state_dict') else ck['state_dict']")
+    expr = (f'ck = torch.load({_py_str(path)}, map_location="cpu", weights_only=False); '
+            'sd = ck.state_dict() if hasattr(ck, "state_dict") else ck["state_dict"]')
     return (f"{head} Keep only the weights, once, where you trust the file (use the key that holds them if it "
             f"is not 'state_dict'): {_convert_cmd(expr, path)}")

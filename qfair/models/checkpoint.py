@@ -39,13 +39,31 @@ def is_head_key(key: str) -> bool:
 _QUANTIZER_KEY = re.compile(r"(^|\.)\w*_quantizer\.")
 
 
+_MAX_NESTING = 8  # wrapper dicts around the weights; real checkpoints use one or two
+
+
+class _NestingError(CheckpointError):
+    """The weights' wrapper dicts contain themselves, or are nested deeper than ``_MAX_NESTING``."""
+
+
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Find the tensor mapping inside ``obj`` and strip wrapper prefixes."""
+    return _extract(obj, source, ())
+
+
+def _extract(obj: Any, source: str, trail: tuple[tuple[int, str], ...]) -> dict[str, torch.Tensor]:
+    """``extract_state_dict`` below the keys in ``trail`` ((id of the dict, key taken) from the top):
+    a dict met again (a checkpoint dict that holds itself) or too deep a nesting is an error, not a
+    RecursionError."""
     if isinstance(obj, Mapping):
         for key in _NESTED_KEYS:  # the first candidate that holds tensors ('model' may be a config dict)
             if key in obj and isinstance(obj[key], Mapping):
+                inner = (*trail, (id(obj), key))
+                _check_nesting(obj[key], inner, source)
                 try:
-                    return extract_state_dict(obj[key], source)
+                    return _extract(obj[key], source, inner)
+                except _NestingError:
+                    raise
                 except CheckpointError:
                     continue
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -56,6 +74,19 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
         f"with one under {', '.join(repr(k) for k in _NESTED_KEYS)}); got {type(obj).__name__}"
         + (f" with keys {list(obj)[:8]}" if isinstance(obj, Mapping) else "")
     )
+
+
+def _check_nesting(inner: Mapping, trail: tuple[tuple[int, str], ...], source: str) -> None:
+    """Raise ``_NestingError`` when ``inner`` (reached through ``trail``) is one of the dicts above it,
+    or lies more than ``_MAX_NESTING`` dicts deep."""
+    where = "".join(f"[{k!r}]" for _, k in trail)
+    if any(id(inner) == i for i, _ in trail):
+        raise _NestingError(f"{source}: the checkpoint dict contains itself (at checkpoint{where}), so it has no "
+                            "state dict to find; save model.state_dict() itself (torch.save(model.state_dict(), "
+                            "PATH)) and pass that file")
+    if len(trail) > _MAX_NESTING:
+        raise _NestingError(f"{source}: the weights are nested more than {_MAX_NESTING} dicts deep "
+                            f"(checkpoint{where}...); save model.state_dict() itself and pass that file")
 
 
 def strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,16 +162,27 @@ def iresnet_depths(sd: Mapping[str, torch.Tensor]) -> tuple[int, ...] | None:
     return tuple(depth) if all(depth) else None
 
 
-def guess_arch(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
-    """Guess (registry name, kwargs) from key names and shapes; None if unrecognised."""
+def _dim0(sd: Mapping[str, torch.Tensor], key: str, source: str) -> int:
+    """Size of the first dimension of ``sd[key]``; CheckpointError naming the key for a scalar (0-d)
+    tensor, which no weight that ``guess_arch`` reads is."""
+    if sd[key].dim() == 0:
+        raise CheckpointError(f"{source}: {key!r} is a scalar (shape ()), but that weight has at least one "
+                              "dimension: the file is damaged or its tensors were altered; pass the "
+                              "model.state_dict() saved by training")
+    return int(sd[key].shape[0])
+
+
+def guess_arch(sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> tuple[str, dict[str, Any]] | None:
+    """Guess (registry name, kwargs) from key names and shapes; None if unrecognised. CheckpointError
+    (naming ``source``) when a tensor it reads the size of is a scalar."""
     keys = set(sd)
     if (depth := iresnet_depths(sd)) is not None:
         from .iresnet import DEPTHS
 
         kwargs: dict[str, Any] = {}
         if "fc.weight" in sd:
-            kwargs["num_features"] = int(sd["fc.weight"].shape[0])
-        width = int(sd["conv1.weight"].shape[0])
+            kwargs["num_features"] = _dim0(sd, "fc.weight", source)
+        width = _dim0(sd, "conv1.weight", source)
         if width != 64:
             kwargs["width"] = width
         for d, layers in DEPTHS.items():
@@ -148,10 +190,10 @@ def guess_arch(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | N
                 return f"iresnet{d}", kwargs
         return None
     if "output_layer.linear.weight" in keys:
-        return "mobilefacenet", {"embedding_size": int(sd["output_layer.linear.weight"].shape[0])}
+        return "mobilefacenet", {"embedding_size": _dim0(sd, "output_layer.linear.weight", source)}
     if "features.layers.2.weight" in keys and "conv_sep.layers.0.weight" in keys:
-        emb = int(sd["features.layers.2.weight"].shape[0])
-        scale = int(sd["layers.0.layers.0.weight"].shape[0]) // 64 if "layers.0.layers.0.weight" in keys else 2
+        emb = _dim0(sd, "features.layers.2.weight", source)
+        scale = _dim0(sd, "layers.0.layers.0.weight", source) // 64 if "layers.0.layers.0.weight" in keys else 2
         # layers.1 is a plain ConvBlock when blocks[0] == 1, else a Residual; layers 3, 5, 7 are Residuals
         first = 1 if "layers.1.layers.0.weight" in keys else _stage_counts(keys, r"layers\.1\.layers\.(\d+)\.", 1)[0]
         rest = [_stage_counts(keys, rf"layers\.{i}\.layers\.(\d+)\.layers\.", 1)[0] for i in (3, 5, 7)]
@@ -165,6 +207,14 @@ def guess_arch(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | N
             kwargs["scale"] = scale
         return "mbf", kwargs
     return None
+
+
+def _guess_or_none(sd: Mapping[str, torch.Tensor], source: str) -> tuple[str, dict[str, Any]] | None:
+    """``guess_arch``, or None where it cannot read a size (a scalar where a weight belongs)."""
+    try:
+        return guess_arch(sd, source)
+    except CheckpointError:
+        return None
 
 
 def _unrecognised(sd: Mapping[str, torch.Tensor]) -> str:
@@ -227,7 +277,7 @@ def quantized_checkpoint_error(path: str | os.PathLike, keys: list[str]) -> Quan
             f"{', '.join(keys[:2])}, ... {len(keys)} keys)")
     if has_json:
         todo = (f"pass the run folder {run_dir} itself where a quantized model is accepted (evaluate, compare, "
-                f"export; in Python, qfair.load_quantized('{run_dir}') loads it), or the float checkpoint it "
+                f"export; in Python, qfair.load_quantized({str(run_dir)!r}) loads it), or the float checkpoint it "
                 "was quantized from")
     else:
         todo = (f"it belongs in a run folder, but {run_dir} has no quant.json (written by qfair quantize beside "
@@ -262,27 +312,50 @@ def _mismatch_hint(sd: Mapping[str, torch.Tensor], guess: tuple[str, dict[str, A
     return f"check {arch_flag} against `qfair models`, or that this is a face backbone checkpoint."
 
 
+def _dtype_kind(t: torch.Tensor) -> str:
+    """float / complex / bool / integer: values of one kind copy into another only by changing meaning."""
+    if t.is_floating_point():
+        return "float"
+    if t.is_complex():
+        return "complex"
+    return "bool" if t.dtype == torch.bool else "integer"
+
+
+def _dtype_mismatches(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys whose checkpoint tensor is of another kind than the model's (integer codes or bools where the
+    model has float weights, ...): load_state_dict would cast them silently. fp16 / bf16 / fp64 -> fp32
+    and int32 -> int64 are the same kind; BatchNorm's num_batches_tracked is bookkeeping and not checked."""
+    return [f"{k}: checkpoint {sd[k].dtype} vs model {own[k].dtype}" for k in own
+            if k in sd and not k.endswith("num_batches_tracked") and _dtype_kind(sd[k]) != _dtype_kind(own[k])]
+
+
+def _report(label: str, items: list[str]) -> str:
+    shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
+    return f"  {label}: {shown}"
+
+
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str, arch: str,
                            arch_flag: str = "--arch") -> None:
-    """Load with strict key and shape matching; on mismatch name the keys and guess the real arch."""
+    """Load with strict key, shape and dtype-kind matching; on mismatch name the keys and guess the real arch."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    dtypes = _dtype_mismatches(own, sd)
     # BatchNorm's num_batches_tracked is bookkeeping that some exporters drop.
     missing_real = [k for k in missing if not k.endswith("num_batches_tracked")]
     head = [k for k in unexpected if is_head_key(k)]
     unexpected = [k for k in unexpected if not is_head_key(k)]
-    if missing_real or unexpected or mismatched:
-        guess = guess_arch(sd)
+    if missing_real or unexpected or mismatched or dtypes:
+        guess = _guess_or_none(sd, source)  # a scalar where a weight belongs: the shape mismatches name it
         lines = [f"{source} does not match architecture '{arch}':"]
-        for label, items in (("missing keys", missing_real), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
-            if items:
-                shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
-                lines.append(f"  {label}: {shown}")
-        lines.append(f"  hint: {_mismatch_hint(sd, guess, arch, missing_real, arch_flag)}")
+        lines += [_report(label, items) for label, items in (
+            ("missing keys", missing_real), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
+            ("dtype mismatches", dtypes)) if items]
+        hint = (_DTYPE_HINT if dtypes and not (missing_real or unexpected or mismatched)
+                else _mismatch_hint(sd, guess, arch, missing_real, arch_flag))
+        lines.append(f"  hint: {hint}")
         raise CheckpointError("\n".join(lines))
     if head:
         shown = ", ".join(f"{k} {tuple(sd[k].shape)}" for k in head[:3]) + (", ..." if len(head) > 3 else "")
@@ -290,6 +363,12 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, 
                       f"({shown}); they are not part of the {arch} backbone", stacklevel=3)
     full = {k: sd.get(k, own[k]) for k in own}
     model.load_state_dict(full, strict=True)
+
+
+_DTYPE_HINT = ("the checkpoint stores integer or boolean values where the model has float weights (or the "
+               "reverse); loading would cast them silently into wrong weights. It may hold quantized integer "
+               "codes (an exported model) rather than float weights: pass the float checkpoint, or save the "
+               "trained model's model.state_dict() again.")
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, *, arch_flag: str = "--arch",
@@ -313,8 +392,8 @@ def load_model(path: str | os.PathLike, arch: str | None = None, *, arch_flag: s
     sd = read_checkpoint(path)
     if qkeys := quantizer_keys(sd):
         raise quantized_checkpoint_error(path, qkeys)
-    guess = guess_arch(sd)
     if arch is None:
+        guess = guess_arch(sd, str(path))
         if guess is None:
             raise CheckpointError(f"{path}: cannot tell the architecture: {_unrecognised(sd)}; pass {arch_flag} "
                                   "(arch= in Python; see `qfair models` / qfair.list_models())")
@@ -322,6 +401,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, *, arch_flag: s
         kwargs = {**guessed_kw, **kwargs}
     else:
         arch = MODELS.canonical(arch)
+        guess = _guess_or_none(sd, str(path))  # a scalar weight: the strict load names its shape
         if guess is not None and guess[0] == arch:
             kwargs = {**guess[1], **kwargs}
     model = create_model(arch, **kwargs)

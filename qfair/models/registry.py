@@ -75,17 +75,28 @@ def _mbf_large(num_features: int = 512, fp16: bool = False, **kw: Any) -> nn.Mod
 
 
 @MODELS.register("mobilefacenet", aliases=("mobilefacenet_qf", "quantface_mbf"))
-def _mobilefacenet_qf(embedding_size: int = 512, **kw: Any) -> nn.Module:
+def _mobilefacenet_qf(embedding_size: int | None = None, **kw: Any) -> nn.Module:
     """QuantFace / distillation-study MobileFaceNet (keys conv1, conv_23, ..., output_layer; not mbf's).
 
     Arguments: embedding_size (512; also accepted as num_features)."""
     from .mobilefacenet import MobileFaceNetQF
 
-    if "num_features" in kw:
-        embedding_size = kw.pop("num_features")
+    embedding_size = _embedding_size(embedding_size, kw.pop("num_features", None))
     _no_extra("mobilefacenet", kw)
     _positive("mobilefacenet", embedding_size=embedding_size)
     return MobileFaceNetQF(embedding_size=embedding_size)
+
+
+def _embedding_size(embedding_size: int | None, num_features: int | None) -> int:
+    """mobilefacenet's size from ``embedding_size`` or its synonym ``num_features`` (512 when neither);
+    ValueError when both are given and differ (one would be dropped silently)."""
+    if embedding_size is not None and num_features is not None and embedding_size != num_features:
+        raise ValueError(f"embedding_size={embedding_size!r} and num_features={num_features!r} name the same "
+                         "size (num_features is a synonym): give one of them")
+    for v in (embedding_size, num_features):
+        if v is not None:
+            return v
+    return 512
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

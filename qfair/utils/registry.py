@@ -36,12 +36,30 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, name: str, obj: T, *, aliases: tuple[str, ...] = ()) -> None:
+        """Register ``obj`` under ``name`` and ``aliases`` (case-insensitive). ValueError, before anything
+        changes, when one of them is already a name or an alias here, or is given twice."""
         key = name.lower()
-        if key in self._items or key in self._aliases:
+        if key in self._items:
             raise ValueError(f"{self.kind} '{name}' is registered twice")
+        if key in self._aliases:
+            raise ValueError(f"{self.kind} '{name}' is already an alias of {self.kind} '{self._aliases[key]}' "
+                             "(pick another name)")
+        new_aliases = [a.lower() for a in aliases]
+        for alias in new_aliases:
+            self._check_alias(name, alias, taken=[key, *new_aliases])
         self._items[key] = obj
-        for alias in aliases:
-            self._aliases[alias.lower()] = key
+        for alias in new_aliases:
+            self._aliases[alias] = key
+
+    def _check_alias(self, name: str, alias: str, taken: list[str]) -> None:
+        """Refuse an alias of ``name`` that would shadow or repeat one: an existing name or alias, the
+        name itself, or an alias listed twice (``taken``: the name and the aliases being added)."""
+        if alias in self._items or alias in self._aliases:
+            owner = alias if alias in self._items else self._aliases[alias]
+            raise ValueError(f"{self.kind} '{name}': alias '{alias}' is already taken by {self.kind} '{owner}' "
+                             "(pick another alias)")
+        if taken.count(alias) > 1:
+            raise ValueError(f"{self.kind} '{name}': alias '{alias}' is given twice, or equals the name")
 
     def canonical(self, name: str) -> str:
         key = str(name).lower()

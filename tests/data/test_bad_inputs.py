@@ -185,10 +185,18 @@ def test_loose_images_beside_identity_folders_are_not_dropped(tmp_path):
 
     _faces(tmp_path, 5)  # loose
     _faces(tmp_path / "id1", 2, start=5)
-    with pytest.raises(DataError, match=r"5 loose images \(e\.g\. 0\.png\) beside the <identity>/ sub-folders"):
+    with pytest.raises(DataError, match=r"5 loose images \(0\.png, 1\.png, 2\.png and 2 more\) beside the "
+                                        r"<identity>/ sub-folders"):
         ImageFolder(tmp_path)
-    # calibration needs no labels: it reads all 7 images (it used to see only the 2 in id1/)
+    # images only (calibration): every image counts, the 5 loose ones too (once it saw only the 2 in id1/)
     assert sum(len(b) for b in calibration_batches(f"real:{tmp_path}", 7, 4)) == 7
+    # with labels (training data): reading it flat would drop the labels silently, so it is an error naming the
+    # files and the fix
+    with pytest.raises(DataError, match=r"5 loose images \(0\.png.*Move them into an <identity>/ sub-folder.*"
+                                        r"synthetic:"):
+        calibration_batches(f"real:{tmp_path}", 7, 4, with_labels=True)
+    # the fix the message names: read without labels, all 7 images
+    assert sum(len(b) for b in calibration_batches(f"synthetic:{tmp_path}", 7, 4)) == 7
 
 
 # --- mixing and calibration -----------------------------------------------------------------------
