@@ -22,7 +22,7 @@ from .batches import IndexedSource
 from .checks import _KEEP_ON_RESUME
 from .config import DistillConfig, QatConfig, TrainConfig
 from . import ranges as R
-from .distributed import barrier, dist_info
+from .distributed import barrier, dist_info, resolve_device
 from .loop import FitResult, fit
 from .teacher import TeacherCache, check_pair, embedding_size
 
@@ -344,10 +344,11 @@ def distill(cfg: DistillConfig | Mapping[str, Any], out: str | Path, *, resume: 
     cache = None
     if cfg.teacher_cache and cfg.teacher_cache.lower() not in ("null", "none", "off"):
         cache_dir = out / "teacher_cache" if cfg.teacher_cache == "auto" else Path(cfg.teacher_cache)
+        device = resolve_device(cfg.device, dist_info())  # the run's device (as fit resolves it); kept on the CPU
         if dist_info().main:  # rank 0 computes and stores; the others read the file
-            cache = TeacherCache.build(teacher, source, cache_dir)
+            cache = TeacherCache.build(teacher, source, cache_dir, device=device)
         barrier()
-        cache = cache or TeacherCache.build(teacher, source, cache_dir)
+        cache = cache or TeacherCache.build(teacher, source, cache_dir, device=device)
     res = fit(student, None if cache is not None else teacher, source, train_config(cfg), projection=projection,
               out_dir=out, resume=resume, evaluator=_evaluator(cfg), teacher_cache=cache, description="distill")
     if dist_info().main:

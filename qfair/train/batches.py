@@ -8,8 +8,12 @@ samples a single process with the same total batch sees (the distributed test re
 - :class:`IndexedSource`: images in a tensor (N, 3, 112, 112) (uint8 or normalised float) or any
   ``len()``/``[i]`` image store, optional identity labels and group labels; shuffled with
   ``torch.randperm`` seeded by (seed, epoch); optional horizontal flip, also seeded.
-- :class:`MixedSource`: each batch takes ``round(ratio * B)`` samples from a first source (real) and
-  the rest from a second (synthetic); samples without labels get label -1 (KD only).
+- :class:`MixedSource`: each batch takes ``n1 = round(ratio * B)`` samples from a first source (real)
+  and the rest from a second (synthetic); samples without labels get label -1 (KD only). The rows of
+  the two sources are interleaved evenly (:func:`mix_pattern`, independent of the number of
+  processes), so every contiguous rank slice of B/W rows holds ``n1/W`` rows of the first source and
+  ``(B-n1)/W`` of the second; when W does not divide ``n1`` each rank gets ``floor(n1/W)`` or
+  ``ceil(n1/W)`` of them (see :func:`mix_pattern`).
 - :class:`IterableSource`: any re-iterable of tensors / (images, labels[, groups]) tuples; the user's
   iterable decides the order, resume skips the batches already seen.
 """
@@ -129,19 +133,50 @@ class IndexedSource:
             return to_model_input(self.images[idx])
         return to_model_input(torch.stack([torch.as_tensor(self.images[int(i)]) for i in idx]))
 
+    def _rows(self, perm: torch.Tensor, flips: torch.Tensor, b: int) -> Batch:
+        """Global batch ``b`` of the epoch ordered by (``perm``, ``flips``), without its images."""
+        sel = perm[b * self.batch_size:(b + 1) * self.batch_size]
+        return Batch(images=torch.empty(0), index=sel, flipped=flips[sel],
+                     labels=None if self.labels is None else self.labels[sel],
+                     groups=None if self.groups is None else self.groups[sel])
+
+    def load_flipped(self, idx: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+        """(B,) indices and (B,) flip flags -> (B, 3, H, W) float normalised images, mirrored where flagged."""
+        imgs = self.load(idx)
+        if bool(flipped.any()):
+            imgs[flipped] = imgs[flipped].flip(-1)
+        return imgs
+
     def epoch(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         perm, flips = self.order(epoch)
         for b in range(start, self.batches_per_epoch()):
-            sel = perm[b * self.batch_size:(b + 1) * self.batch_size]
-            fl = flips[sel]
-            full = Batch(images=torch.empty(0), index=sel, flipped=fl,
-                         labels=None if self.labels is None else self.labels[sel],
-                         groups=None if self.groups is None else self.groups[sel])
+            full = self._rows(perm, flips, b)
             part = full.shard(rank, world) if world > 1 else full
-            imgs = self.load(part.index)
-            if bool(part.flipped.any()):
-                imgs[part.flipped] = imgs[part.flipped].flip(-1)
-            yield replace(part, images=imgs)
+            yield replace(part, images=self.load_flipped(part.index, part.flipped))
+
+
+def mix_pattern(n1: int, total: int) -> torch.Tensor:
+    """(total,) bool: True where row ``j`` of a mixed batch comes from the first source.
+
+    Row ``j`` is a first-source row when ``ceil((j + 1) * n1 / total) > ceil(j * n1 / total)`` (an even,
+    Bresenham-like spread that starts with a first-source row), so any ``L`` consecutive rows hold
+    ``floor`` or ``ceil`` of ``L * n1 / total`` first-source rows, and the rows ``[lo, hi)`` exactly
+    ``ceil(hi * n1 / total) - ceil(lo * n1 / total)``. Rank ``r`` of ``W`` (rows ``[r*B/W, (r+1)*B/W)``)
+    therefore gets ``ceil((r+1)*n1/W) - ceil(r*n1/W)`` first-source rows: exactly ``n1/W`` when W divides
+    ``n1``, else ``floor(n1/W)`` or ``ceil(n1/W)`` (e.g. n1 = 3 over 2 ranks: 2 and 1). The pattern does not
+    depend on W, so the global batch is the same for any number of processes (and for a resumed run)."""
+    j = torch.arange(total + 1, dtype=torch.long)
+    edges = (j * n1 + total - 1) // total  # ceil(j * n1 / total)
+    return edges[1:] > edges[:-1]
+
+
+def _interleave(mask: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Rows of ``a`` where ``mask`` is True and rows of ``b`` elsewhere, each in its own order."""
+    if a is None:
+        return None
+    out = a.new_empty((len(mask), *a.shape[1:]))
+    out[mask], out[~mask] = a, b
+    return out
 
 
 class MixedSource:
@@ -164,26 +199,49 @@ class MixedSource:
         return min(self.first.batches_per_epoch(), self.second.batches_per_epoch())
 
     def epoch(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        it1, it2 = self.first.epoch(epoch, start), self.second.epoch(epoch, start)
-        for _, a, b in zip(range(start, self.batches_per_epoch()), it1, it2):
-            both = Batch(
-                images=torch.cat([a.images, b.images]),
-                labels=_cat_opt(a.labels, b.labels, len(a), len(b), -1),
-                groups=_cat_opt(a.groups, b.groups, len(a), len(b), -1),
-                index=torch.cat([a.index, b.index + len(self.first)]),
-                flipped=torch.cat([a.flipped, b.flipped]),
+        """Global batch ``b``: the first source's rows and the second's interleaved by :func:`mix_pattern` (each
+        in its own order); rank ``rank`` of ``world`` gets its contiguous slice and loads only those images."""
+        n1, n2, off = self.first.batch_size, self.second.batch_size, len(self.first)
+        if world > 1 and (n1 + n2) % world == 0 and n1 % world:  # (an indivisible batch is refused by shard)
+            import warnings
+
+            warnings.warn(f"a mixed batch of {n1} + {n2} images does not split evenly over {world} processes: each "
+                          f"gets {n1 // world} or {-(-n1 // world)} images of the first source, so the margin loss "
+                          f"(a mean over each process's labelled images) weighs them unevenly; choose batch_size and "
+                          f"mix_ratio so that {world} divides both counts", stacklevel=2)
+        o1, f1 = self.first.order(epoch)
+        o2, f2 = self.second.order(epoch)
+        for b in range(start, self.batches_per_epoch()):
+            a, c = self.first._rows(o1, f1, b), self.second._rows(o2, f2, b)
+            mask = mix_pattern(len(a.index), len(a.index) + len(c.index))  # (a short last batch: drop_last=False)
+            full = Batch(
+                images=torch.empty(0),
+                labels=_interleave(mask, *_fill_opt(a.labels, c.labels, len(a.index), len(c.index), -1)),
+                groups=_interleave(mask, *_fill_opt(a.groups, c.groups, len(a.index), len(c.index), -1)),
+                index=_interleave(mask, a.index, c.index + off),
+                flipped=_interleave(mask, a.flipped, c.flipped),
             )
-            yield both.shard(rank, world)
+            part = full.shard(rank, world) if world > 1 else full
+            mine = part.index < off
+            if bool(mine.all()) or not bool(mine.any()):  # this rank's slice holds one source only
+                src, idx = (self.first, part.index) if bool(mine.all()) else (self.second, part.index - off)
+                yield replace(part, images=src.load_flipped(idx, part.flipped))
+                continue
+            x1 = self.first.load_flipped(part.index[mine], part.flipped[mine])
+            x2 = self.second.load_flipped(part.index[~mine] - off, part.flipped[~mine])
+            yield replace(part, images=_interleave(mine, x1, x2))
 
 
-def _cat_opt(a: torch.Tensor | None, b: torch.Tensor | None, na: int, nb: int, fill: int) -> torch.Tensor | None:
+def _fill_opt(a: torch.Tensor | None, b: torch.Tensor | None, na: int, nb: int,
+              fill: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Both label / group tensors, a missing one filled with ``fill`` (both None when neither source has them)."""
     if a is None and b is None:
-        return None
+        return None, None
     if a is not None and a.dim() == 2 or b is not None and b.dim() == 2:
         raise DataError("soft group labels cannot be mixed with another source; give hard group labels")
     a = torch.full((na,), fill, dtype=torch.long) if a is None else a.long()
     b = torch.full((nb,), fill, dtype=torch.long) if b is None else b.long()
-    return torch.cat([a, b])
+    return a, b
 
 
 class IterableSource:

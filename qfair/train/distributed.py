@@ -87,6 +87,20 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def ranks_flagging(flag: bool, device: torch.device | str = "cpu", group: object = None) -> int:
+    """How many processes of ``group`` passed ``flag=True`` (``int(flag)`` in one process).
+
+    A collective: every process must call it at the same point, each with its own flag (e.g. "my activations
+    hold NaN / Inf"), so that they all learn of a problem seen by one of them and stop together instead of one
+    process raising while the others wait in their next collective until the process group times out.
+    ``device``: where the flag travels (a CUDA device under NCCL; the tensor being checked's device)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
+        return int(bool(flag))
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return round(float(t.item()))
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -3,13 +3,16 @@
 One step (0-based ``s``): lr = ``lr_at(s)``; activation ranges track while ``s < range_update_steps``
 and are frozen after; the batch is global batch ``s`` of the deterministic data order (sharded over
 ranks); teacher embeddings come from the cache or a no-grad forward; loss = margin + lambda * KD with
-optional fairness weights; backward, clip the gradient norm, SGD step; then log / evaluate /
-checkpoint. A checkpoint after step ``s`` holds everything the next step depends on (weights,
+optional fairness weights (the margin head in float32, also under AMP); backward; clip the gradient
+norm of the student (+ projection) -- not the margin head's: the reference recipes (ElasticFace,
+arcface_torch) clip the backbone only --; stop on a NaN / Inf gradient; SGD step; then log / evaluate
+/ checkpoint. A checkpoint after step ``s`` holds everything the next step depends on (weights,
 optimizer, observer ranges, fairness weights, RNG states, data position), so ``resume=True`` ends with
 the same weights as an uninterrupted run (CPU, same thread count).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -26,14 +29,14 @@ from ..config import config_from_dict, config_to_dict
 from ..utils.errors import CheckpointError, ConfigError, DataError, QuantError
 from ..utils.io import to_json
 from . import ranges as R
-from .batches import as_source
+from .batches import as_batch, as_source
 from .checks import (check_labels, check_same_settings, diverged, diverged_in_layer, labels_of_batches,
                      single_pass)
 from .checkpoint import fork_rng, load_checkpoint, load_module_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .distributed import all_reduce_sum, barrier, dist_info, resolve_device
 from .fairness import GroupKDWeighter
-from .heads import create_head
+from .heads import MarginHead, create_head
 from .monitor import MetricsLog, Progress
 from .optim import lr_at, make_sgd, scaled_lr, set_lr
 from .step import DistillStep, freeze_batchnorm
@@ -75,7 +78,12 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
     """Fine-tune ``student`` toward ``teacher`` on ``data`` (a source from ``qfair.train.batches`` or any
     iterable of (B,3,112,112) tensors / (images, labels[, groups]) tuples). ``overrides`` replace
     fields of ``cfg``. Writes ``metrics.jsonl`` and ``checkpoints/{last,best}.pt`` under ``out_dir``.
-    Seeds torch / numpy / random with ``cfg.seed`` first (initialisation and augmentation are reproducible)."""
+    Seeds torch / numpy / random with ``cfg.seed`` first (initialisation and augmentation are reproducible).
+
+    The total batch of the linear lr scaling rule is the source's ``batch_size``; for the user's batches
+    (which have none) it is the size of the first batch (``cfg.batch_size`` is not used for them).
+    ``teacher_cache`` needs batches that carry dataset indices (an indexed source, the one the cache was
+    built from)."""
     if overrides or cfg is None:  # validated like a config file: unknown keys and bad values are named
         cfg = config_from_dict(TrainConfig, {**config_to_dict(cfg or TrainConfig()), **overrides},
                                source="fit() arguments")
@@ -88,6 +96,16 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
     source = as_source(data, group_names)
     group_names = list(group_names or getattr(source, "group_names", None) or [])
     bpe = source.batches_per_epoch()
+    batch_total = getattr(source, "batch_size", None)
+    first = None  # the first global batch, looked at only where a setting depends on it
+    if teacher_cache is not None or (not batch_total and (cfg.lr is None or info.active)):
+        first = _first_batch(source)
+    if teacher_cache is not None and first is not None and first.index is None:
+        raise ConfigError("teacher_cache holds teacher embeddings by dataset index, and the training batches carry "
+                          "no index (a list or iterable of batches); train on the indexed source the cache was built "
+                          "from (e.g. IndexedSource), or pass the teacher instead of the cache")
+    if not batch_total:
+        batch_total = len(first) if first is not None else cfg.batch_size
     total = cfg.steps or (cfg.epochs * bpe if bpe else 0)
     if total <= 0:
         raise ConfigError("set steps: the data has no known length, so epochs cannot be converted to steps")
@@ -118,7 +136,6 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                           "group names); use data with groups (e.g. builtin), or drop fair_kd")
 
     # ---- optimizer: scales (LSQ) without weight decay and with their own lr multiplier
-    batch_total = getattr(source, "batch_size", None) or cfg.batch_size
     if info.active and batch_total % info.world:  # checked before any state is written, not at the first batch
         raise ConfigError(f"batch_size {batch_total} cannot be split evenly over {info.world} processes; use a "
                           f"multiple of {info.world} (it is the total batch over all processes)")
@@ -132,6 +149,10 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
     opt = make_sgd(main_params, lr0, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     if lsq_params:
         opt.add_param_group({"params": lsq_params, "weight_decay": 0.0, "lr_mult": cfg.scale_lr_mult})
+    # gradient clipping: the student (+ projection, LSQ scales), not the margin head (reference recipes)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    clipped = [p for g in opt.param_groups for p in g["params"] if id(p) not in head_ids]
+    unclipped = [p for g in opt.param_groups for p in g["params"] if id(p) in head_ids]
     if cfg.milestones and cfg.milestone_unit == "epoch" and not bpe:  # else epochs would silently count as steps
         raise ConfigError("milestones are in epochs (milestone_unit: epoch), but the data has no known length, so "
                           "epochs cannot be converted to steps; give the milestones in steps (milestone_unit: step)")
@@ -195,6 +216,8 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
             "last_loss": last_loss})
 
     # ---- the loop
+    if isinstance(head, MarginHead):  # DDP: margins / norm statistics of the global batch (undone at the end)
+        head.set_distributed(info.rank, info.world, all_reduce_sum)
     student.train()
     if cfg.freeze_bn:
         freeze_batchnorm(student)
@@ -236,11 +259,9 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                     scaler.unscale_(opt)
                 else:
                     loss.backward()
-                if cfg.grad_clip > 0:
-                    norm = nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-                    if not torch.isfinite(norm) and scaler is None:  # (the AMP scaler skips such steps itself)
-                        raise DataError(diverged(step, f"the gradient norm became {float(norm)} (the weights were "
-                                                        "not updated with it)"))
+                norm = nn.utils.clip_grad_norm_(clipped, cfg.grad_clip) if cfg.grad_clip > 0 else None
+                if scaler is None:  # (the AMP scaler skips steps with Inf / NaN gradients itself)
+                    _stop_if_grads_not_finite(norm, unclipped if norm is not None else clipped + unclipped, step)
                 if scaler is not None:
                     scaler.step(opt)
                     scaler.update()
@@ -282,6 +303,8 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                 epoch, pos = epoch + 1, 0
     finally:
         prog.close()
+        if isinstance(head, MarginHead):
+            head.set_distributed()
     if quantized:
         R.set_range_tracking(student, False)
     student.eval()
@@ -300,6 +323,40 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, distributed: bool) -> Non
             raise DataError(diverged(step, f"the loss became NaN or Inf in {bad} other process(es) of the run"))
     if not finite:
         raise DataError(diverged(step, f"the loss became {float(loss.detach())}"))
+
+
+def _stop_if_grads_not_finite(norm: torch.Tensor | None, others: Sequence[nn.Parameter], step: int) -> None:
+    """DataError before the optimizer step when a gradient holds NaN / Inf: ``norm`` is the clipped parameters'
+    total norm (None without clipping), ``others`` the parameters it does not cover. Under DDP the gradients
+    are the same in every process (averaged in backward), so every process stops at the same step."""
+    if norm is None or bool(torch.isfinite(norm)):
+        grads = [p.grad.detach() for p in others if p.grad is not None]
+        if not grads:
+            return
+        get_total_norm = getattr(nn.utils, "get_total_norm", None)  # torch >= 2.6
+        norm = (get_total_norm(grads) if get_total_norm is not None else
+                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        if bool(torch.isfinite(norm)):
+            return
+    raise DataError(diverged(step, f"the gradient norm became {float(norm)} (the weights were not updated with it)"))
+
+
+def _first_batch(source: Any) -> Any:
+    """The first global batch of ``source`` (None when it has none) without changing what training reads: a
+    list's first item; an iterator's first item, put back in front of it; else a first batch drawn with the
+    RNG states restored afterwards."""
+    batches = getattr(source, "batches", None)
+    if isinstance(batches, Sequence) and not isinstance(batches, (str, bytes)):
+        return as_batch(batches[0]) if len(batches) else None
+    if single_pass(source):  # an iterator can be read once: keep the item it gave
+        rest = iter(batches)
+        item = next(rest, None)
+        if item is None:
+            return None
+        source.batches = itertools.chain([item], rest)
+        return as_batch(item)
+    with fork_rng():
+        return next(iter(source.epoch(0, 0, 0, 1)), None)
 
 
 def _make_head(cfg: TrainConfig, student: nn.Module, projection: nn.Module | None, source: Any) -> nn.Module:
@@ -334,7 +391,11 @@ def _make_head(cfg: TrainConfig, student: nn.Module, projection: nn.Module | Non
 @torch.no_grad()
 def _teacher_embeddings(teacher: nn.Module | None, cache: Any, batch: Any, device: torch.device,
                         use_amp: bool) -> torch.Tensor | None:
-    if cache is not None and batch.index is not None:
+    if cache is not None:
+        if batch.index is None:
+            raise DataError("a training batch carries no dataset index, so the teacher_cache cannot give its teacher "
+                            "embeddings; train on the indexed source the cache was built from, or pass the teacher "
+                            "instead of the cache")
         return cache.lookup(batch.index, batch.flipped).to(device)
     if teacher is None:
         return None

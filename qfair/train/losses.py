@@ -76,7 +76,8 @@ def combined_loss(
 
     Shapes: embeddings (B, D); labels (B,) int64 with -1 for unlabelled samples (ignored by the
     head); ``sample_weights`` (B,) (fairness weighting), mean 1 by convention. The head receives the
-    UNNORMALISED student embeddings (AdaFace needs their norms, README references [6]).
+    UNNORMALISED student embeddings (AdaFace needs their norms, README references [6]), in float32 with
+    autocast disabled (also a head of the caller's that does not do so itself).
     """
     total = student_emb.new_zeros((), dtype=torch.float32)
     parts = LossParts(total=total)
@@ -90,10 +91,15 @@ def combined_loss(
     if head is not None and labels is not None and margin_weight != 0:
         mask = labels >= 0
         if bool(mask.any()):
-            m = head(student_emb[mask], labels[mask])
+            # float32 with autocast off (CUDA AMP): acos / the margin of a float16 cosine near 1 has Inf gradients
+            with torch.autocast(student_emb.device.type, enabled=False):
+                m = head(student_emb[mask].float(), labels[mask])
             parts.margin = m
             total = total + margin_weight * m
         else:  # keep the head in the graph so DDP sees a gradient (zero) for its parameters
+            idle = getattr(head, "idle_step", None)
+            if idle is not None:  # under DDP: the collectives the other processes' head forward runs
+                idle()
             total = total + 0.0 * sum(p.sum() for p in head.parameters())
     parts.total = total
     return parts

@@ -35,14 +35,28 @@ def _step(step: int, total: int, milestones: Sequence[int], gamma: float, min_ra
 
 @SCHEDULES.register("cosine")
 def _cosine(step: int, total: int, milestones: Sequence[int], gamma: float, min_ratio: float) -> float:
+    total = max(total, 0)
     t = min(max(step, 0), total) / max(total, 1)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+_cosine.after_warmup = True  # type: ignore[attr-defined]  # its steps count from the end of the warm-up
+
+
 def lr_at(step: int, *, lr: float, total_steps: int, schedule: str = "constant", milestones: Sequence[int] = (),
           gamma: float = 0.1, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
-    """Learning rate of (0-based) ``step``: linear warm-up over ``warmup_steps``, then the schedule."""
-    factor = SCHEDULES.get(schedule)(step, total_steps, milestones, gamma, min_lr_ratio)
+    """Learning rate of (0-based) ``step``: linear warm-up over ``warmup_steps``, then the schedule.
+
+    ``constant`` and ``step`` count steps from 0 (milestones are absolute; the warm-up ramp multiplies
+    them). ``cosine`` starts after the warm-up, as arcface_torch's PolyScheduler does for its poly decay:
+    the ramp reaches ``lr`` at step ``warmup_steps - 1``, and the cosine then falls from ``lr`` at step
+    ``warmup_steps`` to ``min_lr_ratio * lr`` at step ``total_steps`` (without warm-up: from step 0)."""
+    fn = SCHEDULES.get(schedule)
+    if warmup_steps > 0 and getattr(fn, "after_warmup", False):
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        return lr * fn(step - warmup_steps, total_steps - warmup_steps, milestones, gamma, min_lr_ratio)
+    factor = fn(step, total_steps, milestones, gamma, min_lr_ratio)
     if warmup_steps > 0 and step < warmup_steps:
         factor *= (step + 1) / warmup_steps
     return lr * factor

@@ -43,15 +43,43 @@ def check_pair(student: nn.Module, teacher: nn.Module, projection: nn.Module | N
             "Use a student with the teacher's embedding size, or enable a projection (distill --projection)")
 
 
+_DIGEST_CHUNK = 256  # images per chunk when hashing a store that is not one tensor
+
+
+def _fingerprint_part(h: hashlib._Hash, p: Any) -> None:
+    """Feed the images of one indexed source into ``h``: every image's shape, dtype and bytes, so two stores
+    with different pictures never share a key. A tensor store read by the stock ``load`` is hashed as it is
+    stored; another store (a list, a lazy reader) read by the stock ``load`` is hashed by its stored values in
+    chunks (one pass over the images); a source with its own ``load`` is hashed as the teacher will see it
+    (``p.load`` over every index, in chunks)."""
+    from .batches import IndexedSource
+
+    n = len(p)
+    stock_load = getattr(type(p), "load", None) is IndexedSource.load
+    if isinstance(p.images, torch.Tensor) and stock_load:
+        tensor_digest(h, p.images)
+        return
+    h.update(f"store:{n}:{_DIGEST_CHUNK}:{'raw' if stock_load else 'loaded'}:".encode())
+    for lo in range(0, n, _DIGEST_CHUNK):
+        idx = range(lo, min(lo + _DIGEST_CHUNK, n))
+        # the stock load is a fixed function of the stored values: hash those (uint8: 4x fewer bytes than floats)
+        chunk = (torch.stack([torch.as_tensor(p.images[i]) for i in idx]) if stock_load
+                 else p.load(torch.tensor(list(idx), dtype=torch.long)))
+        if not isinstance(chunk, torch.Tensor):
+            raise DataError(f"cannot fingerprint the training images for the teacher cache: {type(p).__name__}.load "
+                            f"returned {type(chunk).__name__}, not a tensor")
+        tensor_digest(h, chunk)
+
+
 def source_digest(source: Any) -> str:
-    """Hash of the images of an IndexedSource / MixedSource (tensor images only; others by length)."""
+    """24 hex digits of sha256 over the images of an IndexedSource / MixedSource (both parts, in order).
+
+    Every store is hashed by content, so two sources with different pictures never share a key (a store that
+    is not one tensor costs a pass over its images; see :func:`_fingerprint_part`)."""
     h = hashlib.sha256()
     parts = [source.first, source.second] if hasattr(source, "first") else [source]
     for p in parts:
-        if isinstance(p.images, torch.Tensor):
-            tensor_digest(h, p.images)
-        else:
-            h.update(f"{type(p.images).__name__}:{len(p)}:{getattr(p, 'name', '')}".encode())
+        _fingerprint_part(h, p)
     return h.hexdigest()[:24]
 
 
@@ -93,8 +121,11 @@ class TeacherCache:
     @classmethod
     @torch.no_grad()
     def build(cls, teacher: nn.Module, source: Any, cache_dir: str | Path | None = None, *,
-              batch_size: int = 64, device: str | torch.device = "cpu") -> TeacherCache:
-        """Compute (or load from ``cache_dir``) the teacher embeddings of every image of ``source``."""
+              batch_size: int = 64, device: str | torch.device | None = None) -> TeacherCache:
+        """Compute (or load from ``cache_dir``) the teacher embeddings of every image of ``source``.
+
+        The teacher runs on ``device`` (None: the device its weights are on) and is moved back to where it was
+        afterwards; the embeddings are kept (and stored) on the CPU."""
         if not hasattr(source, "load") and not hasattr(source, "first"):
             raise DataError("teacher embeddings can be cached only for indexed sources (image tensors or stores)")
         flips = bool(getattr(source, "hflip", False) or getattr(getattr(source, "first", None), "hflip", False))
@@ -105,13 +136,19 @@ class TeacherCache:
             if cached is not None:
                 return cls(cached["plain"], cached.get("flipped"), key)
         was = teacher.training
+        home = next(iter(teacher.parameters()), None)
+        home = home.device if home is not None else torch.device("cpu")
+        device = home if device is None else torch.device(device)
         teacher.eval()
         outs = []
-        for flip in ([False, True] if flips else [False]):
-            embs = [torch.nn.functional.normalize(teacher(x.to(device)).float(), dim=1).cpu()
-                    for _, x in _ordered_images(source, flip, batch_size)]
-            outs.append(torch.cat(embs))
-        teacher.train(was)
+        try:
+            teacher.to(device)
+            for flip in ([False, True] if flips else [False]):
+                embs = [torch.nn.functional.normalize(teacher(x.to(device)).float(), dim=1).cpu()
+                        for _, x in _ordered_images(source, flip, batch_size)]
+                outs.append(torch.cat(embs))
+        finally:
+            teacher.to(home).train(was)
         cache = cls(outs[0], outs[1] if flips else None, key)
         if path is not None:
             atomic_torch_save({"plain": cache.plain, "flipped": cache.flipped, "key": key}, path, mkdir=True)
