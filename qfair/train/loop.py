@@ -37,6 +37,7 @@ from .config import TrainConfig
 from .distributed import all_reduce_sum, barrier, dist_info, resolve_device
 from .fairness import GroupKDWeighter
 from .heads import MarginHead, create_head
+from .losses import global_margin_mean
 from .monitor import MetricsLog, Progress
 from .optim import lr_at, make_sgd, scaled_lr, set_lr
 from .step import DistillStep, freeze_batchnorm
@@ -244,7 +245,10 @@ def fit(student: nn.Module, teacher: nn.Module | None, data: Any, cfg: TrainConf
                 if weighter is not None and cfg.fair_kd and batch.groups is not None:
                     weights = weighter.sample_weights(batch.groups, reduce=all_reduce_sum if info.active else None)
                 try:
+                    # under DDP: activation ranges and the margin term (labelled rows may differ per process)
+                    # those of one process with the whole global batch
                     with R.synced_ranges(student, active=tracking and info.active), \
+                            global_margin_mean(info.world, all_reduce_sum), \
                             torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                         loss, kd, margin, per = model(batch.images, t_emb, batch.labels, weights)
                 except QuantError as exc:  # a tracking activation observer saw NaN / Inf: training diverged

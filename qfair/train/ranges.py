@@ -14,7 +14,8 @@ observer so that it observes what one process with the GLOBAL batch would: min/m
 ema) get the global min and max (an all_reduce MIN/MAX, two numbers per channel); histogram observers
 (percentile, mse, entropy), whose range depends on every value, get the whole global batch (an
 all_gather of the shards, during the tracking steps only). The reference code instead kept rank 0's
-ranges (torch's DDP broadcasts buffers from rank 0).
+ranges (torch's DDP broadcasts buffers from rank 0). A NaN / Inf in one process's activations stops every
+process at the same layer and step (the processes agree on it before each observer's collective).
 """
 from __future__ import annotations
 
@@ -180,11 +181,18 @@ class _GlobalObserver:
 
 
 class synced_ranges:
-    """Context manager: while active, tracking observers of ``model`` see global min/max across ranks."""
+    """Context manager: while active, tracking observers of ``model`` see global min/max across ranks.
+
+    Under DDP (world > 1) each wrapped quantizer also gets a forward pre-hook through which the processes agree,
+    before the observer's collective, that no process's input is NaN / Inf (:meth:`_agree_finite`): the process
+    whose input is non-finite goes on into the quantizer, which raises its ``NonFiniteError``; every other
+    process raises the same error (same role and layer) instead of waiting in the observer's collective for a
+    process that has left. So all processes stop at the same layer of the same step."""
 
     def __init__(self, model: nn.Module, group: Any = None, active: bool = True) -> None:
         self.model, self.group, self.active = model, group, active
         self._wrapped: list[nn.Module] = []
+        self._hooks: list[Any] = []
 
     def __enter__(self) -> synced_ranges:
         if self.active:
@@ -192,9 +200,40 @@ class synced_ranges:
                 if not isinstance(q.observer, _GlobalObserver):
                     q.observer = _GlobalObserver(q.observer, self.group)
                     self._wrapped.append(q)
+            if _world(self.group) > 1:
+                self._hooks = [q.register_forward_pre_hook(self._agree_finite) for q in self._wrapped]
         return self
 
+    def _agree_finite(self, q: nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook (a collective while ``q`` observes): raise ``q``'s NonFiniteError when another
+        process's input to ``q`` is non-finite and this one's is not."""
+        if not q.observer_enabled or not args or not isinstance(args[0], torch.Tensor):
+            return
+        from ..utils.errors import NonFiniteError
+        from .distributed import ranks_flagging
+
+        x = args[0]
+        own = not bool(torch.isfinite(x).all())
+        others = ranks_flagging(own, x.device, self.group) - int(own)
+        if others and not own:
+            raise NonFiniteError(f"NaN or Inf reached the {q.role} of layer '{q.layer}' in {others} other "
+                                 "process(es) while its range was recorded; the run diverged (lower the learning "
+                                 "rate)", role=q.role, layer=q.layer)
+        # own input non-finite: the quantizer's own check raises (the others raise here, at the same layer)
+
     def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
         for q in self._wrapped:
             q.observer = q.observer.inner
         self._wrapped.clear()
+
+
+def _world(group: Any = None) -> int:
+    """Processes in ``group`` (1 without an initialised process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
