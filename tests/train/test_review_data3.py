@@ -1,35 +1,18 @@
 """Review fixes (data side): mixed batches under DDP, teacher-cache keys of image stores, the cache's device,
 and processes agreeing on NaN during range tracking."""
 import contextlib
-import datetime
 import hashlib
-import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from train_tiny import tiny_data, tiny_pair
+from train_tiny import free_port as _free_port, join_gloo as _join, tiny_data, tiny_pair
 
 from qfair.train import IndexedSource, MixedSource, fit
 from qfair.train.batches import mix_pattern
 from qfair.train.distributed import ranks_flagging
 from qfair.train.teacher import TeacherCache, source_digest
 from qfair.utils.digest import tensor_digest
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _join(rank, world, port, timeout=60):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
 
 
 # ---------------------------------------------------------------------------- 1. mixed batches and ranks

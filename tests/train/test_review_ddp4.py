@@ -1,33 +1,16 @@
 """Review fixes (DDP, round 4): the margin term under DDP with unequal labelled counts per process is the mean over
 the global batch's labelled rows (was: each process's own mean, averaged over processes; NaN in the log where a
 process had no labelled row)."""
-import datetime
-import os
-import socket
 import warnings
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from train_tiny import tiny_data, tiny_pair
+from train_tiny import free_port as _free_port, join_gloo as _join, tiny_data, tiny_pair
 
 from qfair.train import IndexedSource, MixedSource, fit
 from qfair.train.heads import create_head
 from qfair.train.losses import combined_loss, global_margin_mean
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _join(rank, world, port, timeout=60):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
 
 
 # ---------------------------------------------------------------------------- in one process

@@ -30,3 +30,24 @@ def tiny_pair(seed=0, dim=8):
     teacher = Tiny(dim)
     student = Tiny(dim)
     return student, teacher
+
+
+def free_port() -> int:
+    """A free local TCP port for a gloo process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_gloo(rank: int, world: int, port: int, timeout: float = 60) -> None:
+    """Join a ``world``-process gloo group on ``port`` (one torch thread: 2 processes on a 2-core machine)."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
