@@ -79,15 +79,24 @@ PATH_KEYS = ("student", "model", "teacher", "student_init", "teacher_cache")  # 
 SPEC_KEYS = ("data", "mix_data", "bench", "calib")  # settings that may be KIND:PATH
 
 
-def _rebase(value: Any, started: Path, spec: bool) -> Any:
+def _path_part(key: str, value: Any) -> tuple[str, str] | None:
+    """``(prefix, path)`` of a file setting: ``("", value)`` for a path key, ``("real:", "imgs")`` for a spec
+    (a spec without a kind: ``("", value)``); None for a setting that names no path."""
+    if key not in PATH_KEYS + SPEC_KEYS or not isinstance(value, str) or not value:
+        return None
+    head, sep, rest = value.partition(":")
+    return (head + sep, rest) if key in SPEC_KEYS and sep else ("", value)
+
+
+def _rebase(key: str, value: Any, started: Path) -> Any:
     """``value`` with its relative path read from ``started`` (the folder the run was started in) when it names
     nothing from the current folder but does from there; else ``value`` unchanged. A spec (``real:imgs``) keeps
-    its kind; ``builtin`` specs name no path."""
-    if not isinstance(value, str) or value.lower() in ("", "auto", "none", "null", "off"):
+    its kind; ``builtin`` specs, bare spec words and ``auto`` / ``none`` name no path."""
+    part = _path_part(key, value)
+    if part is None or value.lower() in ("auto", "none", "null", "off"):
         return value
-    head, sep, rest = value.partition(":")
-    prefix, path = (head + sep, rest) if spec else ("", value)
-    if spec and (not sep or head.startswith("builtin")):
+    prefix, path = part
+    if key in SPEC_KEYS and (not prefix or prefix.startswith("builtin")):
         return value
     p = Path(path)
     if not path or p.is_absolute() or p.exists() or not (started / p).exists():
@@ -98,14 +107,12 @@ def _rebase(value: Any, started: Path, spec: bool) -> Any:
 def _resolved(key: str, value: Any) -> Any:
     """A setting compared on resume: a path that exists as its resolved absolute path (the same file typed
     another way is the same setting), anything else as it is."""
-    if key not in PATH_KEYS + SPEC_KEYS or not isinstance(value, str) or not value:
+    part = _path_part(key, value)
+    if part is None:
         return value
-    head, sep, rest = value.partition(":") if key in SPEC_KEYS else ("", "", value)
-    if key in SPEC_KEYS and not sep:
-        head, rest = "", value
+    prefix, path = part
     try:
-        p = Path(rest)
-        return head + sep + str(p.resolve()) if rest and p.exists() else value
+        return prefix + str(Path(path).resolve()) if path and Path(path).exists() else value
     except OSError:
         return value
 
@@ -119,7 +126,7 @@ def rebase_settings(saved: dict[str, Any], started_in: Any) -> dict[str, Any]:
     out = dict(saved)
     for k in PATH_KEYS + SPEC_KEYS:
         if k in out:
-            out[k] = _rebase(out[k], started, k in SPEC_KEYS)
+            out[k] = _rebase(k, out[k], started)
     return out
 
 

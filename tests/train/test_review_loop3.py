@@ -2,15 +2,13 @@
 clipping, per-rank ElasticArcFace margins and global AdaFace statistics under DDP, the lr rule for the
 user's batches, teacher_cache without indices, cosine after warm-up, non-finite gradients without clipping."""
 import math
-import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
-from train_tiny import tiny_data, tiny_pair
+from train_tiny import free_port as _free_port, join_gloo as _join, tiny_data, tiny_pair
 
 from qfair.train import IndexedSource, fit
 from qfair.train.heads import HEADS, AdaFace, ElasticArcFace, create_head
@@ -172,12 +170,6 @@ def test_adaface_statistics_are_those_of_the_global_batch():
     assert torch.allclose(rank0.batch_std, one.batch_std, rtol=1e-6)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_KW = {"steps": 3, "lr": 0.05, "margin_weight": 0.5, "freeze_bn": True, "checkpoint_every": 0,
           "range_update_steps": 0}
 
@@ -206,9 +198,7 @@ def _run(margin):
 def _ddp_worker(rank, world, port, out, margin):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     try:
         student, teacher = tiny_pair()
         images, _, _ = tiny_data()
