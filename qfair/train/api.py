@@ -22,7 +22,7 @@ from .batches import IndexedSource
 from .checks import _KEEP_ON_RESUME
 from .config import DistillConfig, QatConfig, TrainConfig
 from . import ranges as R
-from .distributed import barrier, dist_info, resolve_device
+from .distributed import dist_info, main_then_others, resolve_device
 from .loop import FitResult, fit
 from .teacher import TeacherCache, check_pair, embedding_size
 
@@ -217,9 +217,9 @@ def _prepare_run(out: str | Path, cfg: Any, command: str, resume: bool) -> Path:
     out = Path(out)
     if resume and (out / "config.yaml").exists():
         return out
-    if dist_info().main:
-        RunDir.create(out, cfg, command=command, seed=cfg.seed, extra={"started_in": str(Path.cwd())})
-    barrier()
+    main_then_others(lambda: RunDir.create(out, cfg, command=command, seed=cfg.seed,
+                                           extra={"started_in": str(Path.cwd())}),
+                     what=f"creating the run folder {out}", device=resolve_device(cfg.device, dist_info()))
     return out
 
 
@@ -352,10 +352,10 @@ def distill(cfg: DistillConfig | Mapping[str, Any], out: str | Path, *, resume: 
     if cfg.teacher_cache and cfg.teacher_cache.lower() not in ("null", "none", "off"):
         cache_dir = out / "teacher_cache" if cfg.teacher_cache == "auto" else Path(cfg.teacher_cache)
         device = resolve_device(cfg.device, dist_info())  # the run's device (as fit resolves it); kept on the CPU
-        if dist_info().main:  # rank 0 computes and stores; the others read the file
-            cache = TeacherCache.build(teacher, source, cache_dir, device=device)
-        barrier()
-        cache = cache or TeacherCache.build(teacher, source, cache_dir, device=device)
+        def build() -> TeacherCache:  # rank 0 computes and stores; the others then read the file
+            return TeacherCache.build(teacher, source, cache_dir, device=device)
+
+        cache = main_then_others(build, build, what=f"building the teacher cache in {cache_dir}", device=device)
     res = fit(student, None if cache is not None else teacher, source, train_config(cfg), projection=projection,
               out_dir=out, resume=resume, evaluator=_evaluator(cfg), teacher_cache=cache, description="distill")
     if dist_info().main:

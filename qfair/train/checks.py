@@ -57,10 +57,12 @@ def check_labels(batch: Any, head: nn.Module, step: int) -> None:
 
 
 def diverged_in_layer(exc: Exception) -> str | None:
-    """"NaN or Inf reached the <role> of layer '<name>'" for a quantizer's NonFiniteError, else None."""
+    """"NaN or Inf reached the <role> of layer '<name>'" for a quantizer's NonFiniteError, else None (with "in
+    N other process(es)" when another process's input was the bad one)."""
     if not isinstance(exc, NonFiniteError):
         return None
-    return f"NaN or Inf reached the {exc.role} of layer '{exc.layer}'"
+    where = f" in {exc.processes} other process(es)" if getattr(exc, "processes", 0) else ""
+    return f"NaN or Inf reached the {exc.role} of layer '{exc.layer}'{where}"
 
 
 def labels_of_batches(batches: Any) -> list[torch.Tensor] | None:

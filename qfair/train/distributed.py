@@ -9,10 +9,14 @@ checkpoints.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,36 @@ def ranks_flagging(flag: bool, device: torch.device | str = "cpu", group: object
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return round(float(t.item()))
+
+
+def main_then_others(on_main: Callable[[], T], on_others: Callable[[], T] | None = None, *, what: str,
+                     device: torch.device | str = "cpu") -> T | None:
+    """Run ``on_main`` in process 0, then (once it succeeded) ``on_others`` in every other process.
+
+    Replaces "rank 0 works, then barrier()": when process 0 raises, a barrier would leave the others waiting
+    until the process group times out. Here the processes agree (:func:`ranks_flagging`) whether process 0
+    failed: it raises its own error, and every other process raises one that says so and names ``what`` (e.g.
+    "building the teacher cache"). Returns what the function run in this process returned (None where none
+    ran). In one process: ``on_main()``."""
+    info = dist_info()
+    result: T | None = None
+    error: BaseException | None = None
+    if info.main:
+        try:
+            result = on_main()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other processes learn of it
+            error = exc
+    failed = ranks_flagging(error is not None, device)
+    if error is not None:
+        raise error
+    if failed:
+        from ..utils.errors import QfairError
+
+        raise QfairError(f"process 0 failed while {what} (its error is in its output); this process "
+                         f"(rank {info.rank}) stops too. Fix that error and start again")
+    if not info.main and on_others is not None:
+        result = on_others()
+    return result
 
 
 def barrier() -> None:

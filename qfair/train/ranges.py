@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.errors import NonFiniteError
+
 
 def _quant():
     from .. import quant  # the quantization package (prepare, quantizers)
@@ -180,13 +182,22 @@ class _GlobalObserver:
         return getattr(self.inner, name)
 
 
+class PeerNonFiniteError(NonFiniteError):
+    """Another process's input to this quantizer was NaN / Inf (this one's was finite): raised by every
+    process but the bad one(s), so that all stop at the same layer; ``processes``: how many were bad."""
+
+    def __init__(self, message: str, *, role: str, layer: str, processes: int) -> None:
+        super().__init__(message, role=role, layer=layer)
+        self.processes = processes
+
+
 class synced_ranges:
     """Context manager: while active, tracking observers of ``model`` see global min/max across ranks.
 
     Under DDP (world > 1) each wrapped quantizer also gets a forward pre-hook through which the processes agree,
     before the observer's collective, that no process's input is NaN / Inf (:meth:`_agree_finite`): the process
     whose input is non-finite goes on into the quantizer, which raises its ``NonFiniteError``; every other
-    process raises the same error (same role and layer) instead of waiting in the observer's collective for a
+    process raises a PeerNonFiniteError (same role and layer) instead of waiting in the observer's collective for a
     process that has left. So all processes stop at the same layer of the same step."""
 
     def __init__(self, model: nn.Module, group: Any = None, active: bool = True) -> None:
@@ -209,16 +220,15 @@ class synced_ranges:
         process's input to ``q`` is non-finite and this one's is not."""
         if not q.observer_enabled or not args or not isinstance(args[0], torch.Tensor):
             return
-        from ..utils.errors import NonFiniteError
         from .distributed import ranks_flagging
 
         x = args[0]
         own = not bool(torch.isfinite(x).all())
         others = ranks_flagging(own, x.device, self.group) - int(own)
         if others and not own:
-            raise NonFiniteError(f"NaN or Inf reached the {q.role} of layer '{q.layer}' in {others} other "
-                                 "process(es) while its range was recorded; the run diverged (lower the learning "
-                                 "rate)", role=q.role, layer=q.layer)
+            raise PeerNonFiniteError(f"NaN or Inf reached the {q.role} of layer '{q.layer}' in {others} other "
+                                     "process(es) while its range was recorded; the run diverged (lower the "
+                                     "learning rate)", role=q.role, layer=q.layer, processes=others)
         # own input non-finite: the quantizer's own check raises (the others raise here, at the same layer)
 
     def __exit__(self, *exc: object) -> None:

@@ -285,3 +285,7 @@ def test_nan_during_range_tracking_stops_every_rank(tmp_path):
     for r in (r0, r1):
         assert r.startswith("DataError: training diverged at step 2: NaN or Inf reached the output of layer 'act'"), r
         assert r.endswith("\nleft wrapped: []"), r
+    # rank 1 held the NaN; rank 0 says it was another process's (was: both read like the bad rank's)
+    assert r0.startswith("DataError: training diverged at step 2: NaN or Inf reached the output of layer 'act' "
+                         "in 1 other process(es)."), r0
+    assert r1.startswith("DataError: training diverged at step 2: NaN or Inf reached the output of layer 'act'. "), r1
