@@ -24,11 +24,26 @@ def triton_importable() -> bool:
     return True
 
 
+MODES = ("auto", "reference", "triton")
+
+
+def _mode() -> str:
+    mode = os.environ.get("QFAIR_KERNELS", "").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"QFAIR_KERNELS={os.environ['QFAIR_KERNELS']!r} is not one of {', '.join(MODES)}: unset it "
+                         "(auto: Triton on CUDA tensors), or set reference or triton")
+    return mode
+
+
 def kernel_backend(t: Tensor) -> str:
     """"triton" or "reference": which implementation runs for tensor ``t``."""
-    mode = os.environ.get("QFAIR_KERNELS", "auto").lower()
+    mode = _mode()
     if mode == "reference" or not triton_importable():
         return "reference"
+    if mode == "triton" and not t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        # Triton compiles for a GPU: on a CPU tensor it fails deep inside with "0 active drivers"
+        raise ValueError("QFAIR_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1 (set before the kernels are "
+                         "imported); unset QFAIR_KERNELS to use the PyTorch reference on CPU")
     if mode == "triton" or t.is_cuda:
         return "triton"
     return "reference"
@@ -55,7 +70,9 @@ def fake_quant_backward(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tens
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
-    """Unsigned codes (N,) -> uint8 (ceil(N/8)*bits,) little-endian bit stream."""
+    """Unsigned codes (N,) -> uint8 (ceil(N/8)*bits,) little-endian bit stream. Codes outside 0..2**bits - 1 (or
+    not integers) raise ValueError on either backend."""
+    ref.check_codes(codes, bits)
     if kernel_backend(codes) == "triton":
         from .bitpack import pack_bits_triton
 
@@ -64,7 +81,9 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
 
 
 def unpack_bits(packed: Tensor, bits: int, n: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: uint8 codes (n,)."""
+    """Inverse of :func:`pack_bits`: uint8 codes (n,). A stream that is not uint8, not whole groups of ``bits``
+    bytes, or holds fewer than ``n`` codes raises ValueError on either backend."""
+    ref.check_packed(packed, bits, n)
     if kernel_backend(packed) == "triton":
         from .bitpack import unpack_bits_triton
 

@@ -14,18 +14,22 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .reference import channel_view
+from .reference import channel_view, flat_params
 
 BLOCK = 1024
 
 
 @triton.jit
 def _rint(v):
-    """Round half to even (torch.round), written out so it runs on GPU and in the interpreter alike."""
-    r = tl.floor(v + 0.5)
-    tie = (r - v) == 0.5
+    """Round half to even (torch.round), written out so it runs on GPU and in the interpreter alike.
+
+    From floor(v) and the fraction v - floor(v), which is exact (Sterbenz; for v in (-1/2, 0) it may round, but
+    only towards 1/2, where r = -1 still rounds up to 0). Not floor(v + 1/2): from 2**23 on, v + 1/2 rounds to
+    even, so every odd integer came out one too high."""
+    r = tl.floor(v)
+    d = v - r
     odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
-    return tl.where(tie & odd, r - 1.0, r)
+    return tl.where((d > 0.5) | ((d == 0.5) & odd), r + 1.0, r)
 
 
 @triton.jit
@@ -70,9 +74,8 @@ def _fq_bwd_kernel(g_ptr, x_ptr, s_ptr, zp_ptr, gx_ptr, gs_ptr, gzp_ptr, C, I, M
 
 def _prep(x: Tensor, scale: Tensor, zero_point: Tensor | float, axis: int | None):
     o, c, i = channel_view(x, axis)
-    s = torch.as_tensor(scale, dtype=torch.float32, device=x.device).reshape(-1).expand(c).contiguous()
-    zp = torch.as_tensor(zero_point, dtype=torch.float32, device=x.device).reshape(-1).expand(c).contiguous()
-    return x.contiguous(), s, zp, c, i, o * i
+    s, zp = flat_params(x, scale, zero_point, axis)  # (C,) each, the count checked
+    return x.contiguous(), s.contiguous(), zp.contiguous(), c, i, o * i
 
 
 def fake_quant_forward_triton(x: Tensor, scale: Tensor, zero_point: Tensor | float, qmin: int, qmax: int,

@@ -32,6 +32,9 @@ def channel_view(x: Tensor, axis: int | None) -> tuple[int, int, int]:
     """
     if axis is None or axis < 0 or x.dim() == 0:
         return 1, 1, x.numel()
+    if axis >= x.dim():
+        raise ValueError(f"channel axis {axis} does not exist in a tensor of shape {tuple(x.shape)}: pass an axis "
+                         f"below {x.dim()}, or None for one scale over the whole tensor")
     shape = x.shape
     outer = 1
     for d in shape[:axis]:
@@ -42,17 +45,25 @@ def channel_view(x: Tensor, axis: int | None) -> tuple[int, int, int]:
     return outer, shape[axis], inner
 
 
-def _params(x: Tensor, scale: Tensor, zero_point: Tensor | float, axis: int | None) -> tuple[Tensor, Tensor]:
-    """Scale and zero point as float32 tensors broadcastable to ``x``."""
-    o, c, i = channel_view(x, axis)
+def flat_params(x: Tensor, scale: Tensor, zero_point: Tensor | float, axis: int | None) -> tuple[Tensor, Tensor]:
+    """Scale and zero point as float32 (C,) tensors on ``x``'s device, C = ``x.shape[axis]`` (1 per tensor); one
+    value is repeated over the channels. Any other count raises ValueError naming both."""
+    _, c, _ = channel_view(x, axis)
     s = torch.as_tensor(scale, dtype=torch.float32, device=x.device).reshape(-1)
     zp = torch.as_tensor(zero_point, dtype=torch.float32, device=x.device).reshape(-1)
     if s.numel() not in (1, c) or zp.numel() not in (1, c):
-        raise ValueError(f"scale has {s.numel()} and zero point {zp.numel()} values for {c} channels")
+        raise ValueError(f"scale has {s.numel()} and zero point {zp.numel()} values for {c} channels (axis {axis} of "
+                         f"a tensor of shape {tuple(x.shape)}): pass one value, or one per channel")
+    return s.expand(c), zp.expand(c)
+
+
+def _params(x: Tensor, scale: Tensor, zero_point: Tensor | float, axis: int | None) -> tuple[Tensor, Tensor]:
+    """Scale and zero point as float32 tensors broadcastable to ``x``."""
+    s, zp = flat_params(x, scale, zero_point, axis)
     shape = [1] * x.dim()
     if axis is not None and axis >= 0 and x.dim() > 0:
         shape[axis] = -1
-    return s.expand(c).reshape(shape), zp.expand(c).reshape(shape)
+    return s.reshape(shape), zp.reshape(shape)
 
 
 def fake_quant_forward_ref(x: Tensor, scale: Tensor, zero_point: Tensor | float, qmin: int, qmax: int,
@@ -83,10 +94,45 @@ def fake_quant_backward_ref(grad: Tensor, x: Tensor, scale: Tensor, zero_point: 
     return torch.where(inside, g, torch.zeros_like(g)).to(grad.dtype), gs.reshape(-1), gzp.reshape(-1)
 
 
+def check_bits(bits: int) -> None:
+    """A packing width: an int in 1..8."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
+
+
+def check_codes(codes: Tensor, bits: int) -> None:
+    """Codes to pack: integers in 0..2**bits - 1. Anything else would spill into its neighbours' bits (a negative
+    code sets every higher bit of the group), so the packed stream would decode to other codes, silently."""
+    check_bits(bits)
+    if codes.is_floating_point() or codes.is_complex():
+        raise ValueError(f"pack_bits takes integer codes, got {str(codes.dtype).replace('torch.', '')}: quantize "
+                         "first (qfair.quant.math.quantize) and subtract qmin")
+    if codes.numel():
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= 2**bits:
+            raise ValueError(f"pack_bits at {bits} bits takes codes in 0..{2**bits - 1}, got {lo}..{hi}: subtract "
+                             f"qmin from signed codes (e.g. -{2**(bits - 1)}..{2**(bits - 1) - 1} -> "
+                             f"0..{2**bits - 1}), or pack at a wider bit width")
+
+
+def check_packed(packed: Tensor, bits: int, n: int) -> None:
+    """A packed stream: uint8, whole groups of ``bits`` bytes, holding at least ``n`` codes."""
+    check_bits(bits)
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"unpack_bits takes the uint8 bytes pack_bits wrote, got {packed.dtype} (view or convert "
+                         "raw bytes with torch.frombuffer(..., dtype=torch.uint8))")
+    if packed.numel() % bits:
+        raise ValueError(f"a {bits}-bit packed stream holds whole groups of {bits} bytes (8 codes each), got "
+                         f"{packed.numel()} bytes: the stream is truncated or was packed at another width")
+    have = packed.numel() // bits * 8
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= have:
+        raise ValueError(f"cannot unpack {n!r} codes from {packed.numel()} bytes at {bits} bits (they hold at most "
+                         f"{have}): pass the code count pack_bits was given")
+
+
 def pack_bits_ref(codes: Tensor, bits: int) -> Tensor:
     """Pack unsigned codes (N,) < 2**bits into ceil(N / 8) * bits bytes (uint8), zero padded."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    check_codes(codes, bits)
     codes = codes.reshape(-1).to(torch.int64)
     pad = (-codes.numel()) % 8
     if pad:
@@ -100,8 +146,7 @@ def pack_bits_ref(codes: Tensor, bits: int) -> Tensor:
 
 def unpack_bits_ref(packed: Tensor, bits: int, n: int) -> Tensor:
     """Inverse of :func:`pack_bits_ref`: the first ``n`` codes as uint8 (N,)."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    check_packed(packed, bits, n)
     groups = packed.reshape(-1, bits).to(torch.int64)  # (G, bits)
     k = torch.arange(8, device=packed.device)
     word = (groups << (k[:bits] * 8)).sum(dim=1)  # (G,)

@@ -51,10 +51,22 @@ def _shape(x: Tensor, t: Tensor, axis: int) -> Tensor:
     return t.reshape(shape)
 
 
+# half-precision inputs (CUDA autocast) are quantized in float32 and the result cast back: in float16 the scale
+# itself would be rounded (a different grid from the float32 one the model is evaluated and exported with), x / s
+# would be off by up to ~0.1 of a step at 8 bits (more in bfloat16), and a scale below 6e-8 would become 0 (NaN)
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
 @torch.library.custom_op(f"{_LIB}::fake_quant", mutates_args=())
 def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int) -> Tensor:
     """See the module docstring. Device-generic: the same values on every device (the CPU per-tensor path
-    only picks faster kernels)."""
+    only picks faster kernels). float16 / bfloat16 ``x`` is computed in float32, the result cast back."""
+    if x.dtype in _UPCAST:
+        return _forward(x.float(), scale, zero_point, qmin, qmax, axis).to(x.dtype)
+    return _forward(x, scale, zero_point, qmin, qmax, axis)
+
+
+def _forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int) -> Tensor:
     s = _shape(x, scale.to(x.dtype), axis)
     codes = torch.div(x, s).round_()  # round(x / s), a fresh tensor: the remaining steps run in place
     if x.device.type == "cpu" and scale.numel() == 1 and zero_point.numel() == 1:
@@ -143,6 +155,13 @@ def _readable(t: Tensor) -> bool:
 
 def _backward(ctx, grad: Tensor):
     x, scale, zero_point = ctx.saved_tensors
+    if x.dtype in _UPCAST:  # the forward ran in float32 (see _UPCAST): the mask and LSQ terms must too
+        gx, gs, gz, *rest = _backward_float(ctx, grad.float(), x.float(), scale, zero_point)
+        return (gx.to(grad.dtype) if gx is not None else None), gs, gz, *rest
+    return _backward_float(ctx, grad, x, scale, zero_point)
+
+
+def _backward_float(ctx, grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor):
     qmin, qmax, axis = ctx.qmin, ctx.qmax, ctx.axis
     lsq = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
     np_dtype = _NP_FLOATS.get(x.dtype)

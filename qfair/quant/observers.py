@@ -66,6 +66,8 @@ class MinMaxObserver(Observer):
         self.max_val: torch.Tensor | None = None
 
     def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        if x.numel() == 0:  # an empty batch carries no range
+            return
         lo, hi = minmax if minmax is not None else reduce_minmax(x.float(), self.axis)
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi
@@ -90,6 +92,8 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         super().__init__(qmin, qmax, symmetric, axis)
 
     def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        if x.numel() == 0:  # an empty batch carries no range (and would not move the average)
+            return
         lo, hi = minmax if minmax is not None else reduce_minmax(x.float(), self.axis)
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi
@@ -110,6 +114,8 @@ class _Histogram(Observer):
         self.minmax = MinMaxObserver(axis=self.axis)
 
     def observe(self, x: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        if x.numel() == 0:  # an empty batch carries no range
+            return
         x = x.detach().float()
         lo, hi = minmax if minmax is not None else reduce_minmax(x, self.axis)
         self.minmax.observe(x, (lo, hi))
@@ -140,8 +146,11 @@ class _Histogram(Observer):
             raise self._empty()
         lo, hi = self._range()
         mn, mx = self.minmax.compute_range()
-        return torch.maximum(torch.as_tensor(lo, dtype=torch.float32), mn), torch.minimum(
-            torch.as_tensor(hi, dtype=torch.float32), mx)
+        # the histogram / raw copies live on the CPU, the min and max on the data's device (a CUDA weight's (C,)
+        # per-channel range against a CPU one would not broadcast): return them on the data's device
+        lo = torch.as_tensor(lo, dtype=torch.float32).to(mn.device)
+        hi = torch.as_tensor(hi, dtype=torch.float32).to(mx.device)
+        return torch.maximum(lo, mn), torch.minimum(hi, mx)
 
     @abc.abstractmethod
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,9 +270,10 @@ class EntropyObserver(_Histogram):
         if len(nz) == 0:
             return torch.tensor(0.0), torch.tensor(0.0)
         last = int(nz[-1]) + 1
-        # one-sided data on an unsigned grid uses every level on its side; signed grids split them
-        lo, _ = self.minmax.compute_range()
-        one_sided = not self.symmetric and float(lo) >= 0.0
+        # one-sided data on an unsigned grid uses every level on its side (either side: the range always holds 0,
+        # so negative-only data gets [lo, 0] and all the levels too); signed grids split them
+        lo, hi = self.minmax.compute_range()
+        one_sided = not self.symmetric and (float(lo) >= 0.0 or float(hi) <= 0.0)
         nq = max((self.qmax - self.qmin + 1) // (1 if one_sided else 2), 2)  # levels on one side of zero
         start = max(nq, self.min_bins)
         if last <= start:

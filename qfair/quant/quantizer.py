@@ -108,8 +108,19 @@ class ActQuantizer(nn.Module):
             self.dynamic, self.lsq = False, True
 
     # ------------------------------------------------------------------ forward
+    def _check_channels(self, x: Tensor) -> None:
+        """A per-channel quantizer's tensor must have its channel axis, of the length of ``scale``."""
+        if self.axis is not None and (x.dim() <= self.axis or x.shape[self.axis] != self.scale.numel()):
+            got = f"shape {tuple(x.shape)}"
+            raise QuantError(f"{self.role} quantizer of layer '{self.layer}' is per-channel along axis {self.axis} "
+                             f"with {self.scale.numel()} channels, got a tensor of {got}; the layer's channel count "
+                             "changed after prepare (prepare the model again) or the model was built with other widths")
+
     def forward(self, x: Tensor) -> Tensor:
         batch_range = None
+        self._check_channels(x)
+        if x.numel() == 0:  # an empty batch (a last or per-process shard with no images): no range to observe
+            return x if not self.fake_quant_enabled else self._quantize(x)
         if self.observer_enabled:
             # the batch min / max, one pass: a NaN or Inf anywhere shows up in them
             batch_range = lo, hi = _batch_minmax(x, self.axis)
@@ -128,6 +139,10 @@ class ActQuantizer(nn.Module):
             self.set_range(*(batch_range if batch_range is not None else _batch_minmax(x, self.axis)))
         if not self.fake_quant_enabled:
             return x
+        return self._quantize(x)
+
+    def _quantize(self, x: Tensor) -> Tensor:
+        """``qfair::fake_quant`` with the current scale and zero point (LSQ's gradient scaling on a learnt scale)."""
         scale = self.scale
         if self.lsq:
             scale = grad_scale(scale, 1.0 / math.sqrt(max(x.numel() // scale.numel(), 1) * max(self.qmax, 1)))
@@ -161,6 +176,11 @@ class WeightQuantizer(ActQuantizer):
 
     def init_from(self, weight: Tensor) -> None:
         """Set a static range from the weight itself (observed once; dynamic quantizers need not)."""
+        if not bool(torch.isfinite(weight).all()):  # else: scale 1 and a NaN zero point for that channel, silently
+            bad = int((~torch.isfinite(weight)).sum())
+            raise NonFiniteError(f"the weight of layer '{self.layer}' holds {bad} NaN / Inf value(s); its range cannot "
+                                 "be set. The checkpoint is damaged or came from a diverged run: load another one",
+                                 role=self.role, layer=self.layer)
         self.observer.reset()
         self.observer.observe(weight.detach())
         self.set_range(*self.observer.compute_range())
