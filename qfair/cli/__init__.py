@@ -52,7 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     _add_debug(parser)
+    _repeatable_lists(parser)
     return parser
+
+
+def _repeatable_lists(parser: argparse.ArgumentParser) -> None:
+    """A list flag given twice adds to the list (``--bench a --bench b`` as with ``qfair evaluate``, or
+    ``--bench a b``) instead of argparse's silent keeping of the last one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _repeatable_lists(child)
+        elif type(action) is argparse._StoreAction and action.nargs == "+":
+            action.__class__ = argparse._ExtendAction
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the command records it was run as
     import warnings
 
     plain = warnings.formatwarning
@@ -106,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hint = getattr(args, "interrupted", None)  # a command whose resume is not "rerun it" says how
         if hint:
-            msg = hint(args, list(sys.argv[1:] if argv is None else argv))
+            msg = hint(args, args.argv)
         elif args.command in ("study", "demo"):
             msg = "interrupted; finished stages are kept, rerun the same command to resume"
         else:

@@ -12,14 +12,16 @@ def console():
     from rich.console import Console
 
     # Piped output (files, CI logs) gets a wide console so study tables are not folded into 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    # soft_wrap: lines of text (paths, the command to rerun) are never broken by inserted newlines (the terminal
+    # wraps them), so they can be copied and grepped whole; tables still fit the width.
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 @lru_cache(maxsize=1)
 def err_console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line, however long
 
 
 def error(msg: str) -> None:

@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="latency, throughput and size per runtime", description=DESCRIPTION)
     p.add_argument("run_dir", help="run folder of `qfair quantize`")
     p.add_argument("--out", help="JSON output (default: RUN_DIR/bench.json)")
-    p.add_argument("--config", help="YAML file with the settings below (flags override it)")
+    p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below (flags override it)")
     add_config_arguments(p, BenchConfig)
     p.set_defaults(func=run)
 

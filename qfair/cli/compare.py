@@ -54,20 +54,21 @@ def run(args: argparse.Namespace) -> int:
     from ..eval import compare
     from ..utils.errors import QfairError
     from ._console import info
-    from .evaluate import evaluate_target, finish, resolve
+    from .evaluate import check_out_folder, evaluate_target, finish, resolve
 
     targets = list(args.targets)
     check_distinct(targets)  # before loading any benchmark
+    check_out_folder(args.out)
     missing = [f"{flag} {t}" for flag, t in [*(("target", t) for t in targets), ("--reference", args.reference)]
                if t and not Path(t).exists()]
     if missing:  # before loading any benchmark, every missing model named with where it was given
         raise QfairError(f"model not found: {'; '.join(missing)}. Pass run folders, checkpoint files, .qpk or "
                          ".onnx files")
-    cfg, benches, cache = resolve(args)
     if args.reference and all(Path(t).resolve() != Path(args.reference).resolve() for t in targets):
         targets.insert(0, args.reference)
-    if len(targets) < 2:
+    if len(targets) < 2:  # before loading any benchmark
         raise QfairError("compare needs at least two models (targets plus --reference)")
+    cfg, benches, cache = resolve(args)
     names = display_names(targets)
     ref_idx = next((i for i, t in enumerate(targets) if args.reference
                     and Path(t).resolve() == Path(args.reference).resolve()), None)

@@ -19,7 +19,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--bench", action="append", default=[], metavar="SPEC",
                    help="benchmark spec, repeatable: rfw:/data/RFW, lfw:/x/lfw.bin, csv:pairs.csv, builtin[:SIZE] "
-                        "with SIZE tiny, small, default, large or a number of genuine pairs per group (default: builtin)")
+                        "with SIZE tiny, small, default, large or a number of genuine pairs per group "
+                        "(default: builtin)")
     p.add_argument("--arch", help="architecture of a float checkpoint (see `qfair models`)")
     p.add_argument("--backend", help="embedding backend: torch, onnxruntime or tensorrt (an .engine file) "
                                      "(default: from the target)")
@@ -29,7 +30,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
                                        "$QFAIR_CACHE_DIR/embeddings, else ~/.cache/qfair/embeddings)")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="skip unreadable images (and their pairs) instead of stopping; the counts are reported")
-    p.add_argument("--config", help="YAML file with the settings below (flags override it)")
+    p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below (flags override it)")
     add_config_arguments(p, EvalConfig)
 
 
@@ -82,6 +83,21 @@ def evaluate_target(target: Any, benches: list, cfg: Any, args: argparse.Namespa
     return out
 
 
+def check_arch(target: str, arch: str | None) -> None:
+    """--arch describes a float checkpoint; a quantized run folder, a packed .qpk and an exported graph record
+    their architecture, so an --arch given with one would be ignored without a word: refuse it."""
+    from pathlib import Path
+
+    from ..utils.errors import ConfigError
+
+    path = Path(target)
+    records = ("a quantized run folder (its quant.json records the architecture)" if (path / "quant.json").is_file()
+               else f"a {path.suffix} file (it records its architecture)"
+               if path.is_file() and path.suffix.lower() in (".qpk", ".onnx", ".engine") else None)
+    if arch and records:
+        raise ConfigError(f"--arch {arch} describes a float checkpoint; {target} is {records}: drop --arch")
+
+
 # Names used when --out is a model's run folder, whose config.yaml and report.md are the model's own.
 IN_RUN_CONFIG = "eval_config.yaml"
 IN_RUN_REPORT = "eval_report.md"
@@ -98,6 +114,35 @@ def in_model_folder(out: str) -> bool:
         p.suffix in MODEL_SUFFIXES and p.is_file() for p in folder.iterdir())
 
 
+OWN_COMMANDS = ("qfair evaluate", "qfair compare")  # whose report folders evaluate and compare may replace
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed (``qfair evaluate ...``), recorded in config.yaml: the record by which a later
+    evaluate or compare recognises the folder as its own."""
+    import shlex
+    import sys
+
+    return shlex.join(["qfair", *getattr(args, "argv", sys.argv[1:])])
+
+
+def check_out_folder(out: str) -> None:
+    """Before any benchmark is read: ``--out`` must be a folder that can be written, and not another command's
+    run whose config.yaml would be replaced (a sensitivity or study folder: its files would then be described
+    by evaluate's settings). A model's own run folder is fine (eval_config.yaml and eval_report.md go there)."""
+    from pathlib import Path
+
+    from ..runs import RunDir
+    from ..utils.errors import ConfigError
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder; pass a folder for the report (it is created "
+                          "if missing)")
+    if folder.is_dir() and not in_model_folder(out):
+        RunDir(folder).refuse_foreign(OWN_COMMANDS)
+
+
 def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list, title: str) -> int:
     """Write the report folder and print the tables."""
     from ..report import build_tables, to_rich, write_report
@@ -106,18 +151,17 @@ def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list,
 
     if in_model_folder(args.out):  # the model's own run folder: keep its config.yaml and report.md
         import datetime as _dt
-        import sys
 
         from ..config import config_to_dict
         from ..runs import dump_yaml, package_versions
 
-        doc = {"command": " ".join(["qfair", *sys.argv[1:]]),  # what config.yaml records for other runs
+        doc = {"command": command_line(args),  # what config.yaml records for other runs
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "seed": cfg.seed, "config": config_to_dict(cfg), "versions": package_versions()}
         RunDir.open(args.out).write_text(IN_RUN_CONFIG, dump_yaml(doc))
         report_name = IN_RUN_REPORT
     else:
-        RunDir.create(args.out, cfg, command="")
+        RunDir.create(args.out, cfg, command=command_line(args))
         report_name = "report.md"
     written = write_report(args.out, results, comparisons, figures=cfg.figures, title=title,
                            report_name=report_name)
@@ -130,6 +174,8 @@ def finish(args: argparse.Namespace, cfg: Any, results: list, comparisons: list,
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_folder(args.out)
+    check_arch(args.target, args.arch)  # (compare's --arch is for whichever of its targets is a float checkpoint)
     cfg, benches, cache = resolve(args)
     results = evaluate_target(args.target, benches, cfg, args, cache)
     return finish(args, cfg, results, [], f"qfair evaluate {args.target}")

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
                               description=DESCRIPTION)
     p.add_argument("run_dir", help="run folder of `qfair quantize` (a float checkpoint file exports as float "
                    "with --out FILE.onnx)")
-    p.add_argument("--config", help="YAML file with the settings below (flags override it)")
+    p.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below (flags override it)")
     add_config_arguments(p, ExportConfig)
     p.set_defaults(func=run)
 
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if cfg.out:  # a bad --out fails now, not after the export work
         output_file(cfg.out)
+        check_out_suffix(cfg.out, cfg.format)
     if not run_dir.is_dir() and not cfg.out and run_dir.exists():  # a checkpoint file has no folder to write into
         suffix = {"packed": ".qpk", "tensorrt": ".engine"}.get(cfg.format, ".onnx")
         raise QfairError(f"{run_dir} is a file, not a run folder: pass --out FILE{suffix} to say where the export "
@@ -100,6 +101,26 @@ def run(args: argparse.Namespace) -> int:
         engine = build_engine(path, out, max_batch=cfg.max_batch, opt_batch=min(16, cfg.max_batch))
         info(f"wrote TensorRT engine {engine}")
     return 0
+
+
+# What --out must end with for each --format (evaluate and the runtimes tell the files apart by it: a packed file
+# named .onnx would be handed to ONNX Runtime); a TensorRT engine may end as the user likes, but not as another format.
+OUT_SUFFIX = {"onnx": ".onnx", "packed": ".qpk"}
+OTHER_SUFFIXES = (".onnx", ".qpk", ".pt", ".pth", ".safetensors", ".json", ".yaml")
+
+
+def check_out_suffix(out: str, fmt: str) -> None:
+    """Refuse an --out whose extension says another kind of file than --format writes."""
+    from ..utils.errors import ConfigError
+
+    suffix = Path(out).suffix.lower()
+    want = OUT_SUFFIX.get(fmt)
+    wrong = suffix != want if want else suffix in OTHER_SUFFIXES
+    if wrong:
+        fix = Path(out).with_suffix(want or ".engine")
+        raise ConfigError(f"--out {out}: --format {fmt} writes {want + ' files' if want else 'TensorRT engines'}, "
+                          f"but the name ends in {suffix or 'no extension'}; pass e.g. --out {fix} (or the --format "
+                          "that file should hold)")
 
 
 def _say_if_replacing(graph: Path, target: str) -> None:

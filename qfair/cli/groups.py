@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--config", metavar="FILE", help="YAML file whose keys are the settings below")
         add_config_arguments(a, GroupsConfig, skip=skip)
         a.set_defaults(func=run, action=name)
-    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    p.set_defaults(func=lambda args: p.error("choose an ACTION: train or estimate (qfair groups ACTION --help)"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,9 @@ def interrupted(args: argparse.Namespace, argv: list[str]) -> str:
     import shlex
 
     again = argv if "--resume" in argv else [*argv, "--resume"]
+    if not (Path(args.out) / "checkpoints" / "last.pt").is_file():  # stopped before the first checkpoint
+        return (f"interrupted before the first checkpoint was written: --resume starts {args.out} again from step 0 "
+                f"with the same settings: qfair {shlex.join(again)}")
     return (f"interrupted; the checkpoints in {args.out}/checkpoints are kept. Continue from the last one with "
             f"--resume: qfair {shlex.join(again)}")
 
@@ -102,12 +105,25 @@ def settings(args: argparse.Namespace, cfg_cls: type, command: str) -> Any:
                        base_source=str(record))
 
 
+def check_student(cfg: Any) -> None:
+    """``--student`` is a run folder of `qfair quantize`; a float checkpoint file there is a mix-up with --model
+    (said in the command line's terms, not load_quantized's)."""
+    from ..utils.errors import ConfigError
+
+    student = getattr(cfg, "student", None)
+    if student and Path(student).is_file():
+        raise ConfigError(f"--student {student} is a file; --student takes a run folder of `qfair quantize` (model.pt "
+                          f"+ quant.json). To quantize a float checkpoint on the fly, pass it as --model {student} "
+                          "(with --wbits/--abits) and drop --student")
+
+
 def run_training(args: argparse.Namespace, cfg_cls: type, api: Callable[..., Any], command: str) -> int:
     """Shared body of ``qfair qat`` and ``qfair distill`` (``command``, also the summary's title): resolve the
     settings, join torchrun if launched by it, train, and print the summary on the main rank only."""
     from ..train.distributed import init_from_env, shutdown
 
     cfg = settings(args, cfg_cls, command)
+    check_student(cfg)
     info = init_from_env()
     try:
         summary = api(cfg, args.out, resume=args.resume)

@@ -72,6 +72,9 @@ def calibration_source(calib: str, calib_data: str | None) -> str:
         return f"real:{calib_data}"
     if calib == "synthetic":
         return f"synthetic:{calib_data}" if calib_data else "synthetic"
+    if calib_data:  # the built-in sources read no folder: ignoring it would calibrate on other images than meant
+        raise ConfigError(f"--calib-data {calib_data} is not read with --calib {calib} (built-in images); pass "
+                          f"--calib real or --calib synthetic to calibrate on it, or drop --calib-data")
     return calib
 
 
@@ -146,10 +149,11 @@ def model_and_calibration(cfg: Any, config_file: str | None = None) -> tuple[Any
 
     if not cfg.out:
         raise ConfigError("--out RUN_DIR is required")
+    source = calibration_source(cfg.calib, cfg.calib_data)  # a wrong combination fails before the model loads
     torch.manual_seed(cfg.seed)
     model = load_float_model(cfg.model, cfg.arch, cfg.allow_random)
     check_layer_patterns(model, cfg, config_file)
-    batches = calibration_batches(calibration_source(cfg.calib, cfg.calib_data), cfg.calib_size,
+    batches = calibration_batches(source, cfg.calib_size,
                                   cfg.calib_batch_size, model=model, seed=cfg.seed, skip_corrupt=cfg.skip_corrupt)
     return model, batches
 
@@ -226,15 +230,16 @@ def with_resolved_arch(cfg: Any, model: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..quant.config import QuantizeRunConfig
+
+    cfg = resolve(args, QuantizeRunConfig)  # a bad setting fails before torch is imported (seconds)
+    stale = check_out_folder(cfg.out, getattr(args, "overwrite", False))
     import torch
 
     from ..quant import quantize, save_quantized
-    from ..quant.config import QuantizeRunConfig
     from ..runs import RunDir
     from ._console import console
 
-    cfg = resolve(args, QuantizeRunConfig)
-    stale = check_out_folder(cfg.out, getattr(args, "overwrite", False))
     model, batches = model_and_calibration(cfg, getattr(args, "config", None))
     cfg = with_resolved_arch(cfg, model)
     source = calibration_source(cfg.calib, cfg.calib_data)
@@ -246,13 +251,16 @@ def run(args: argparse.Namespace) -> int:
                 probe.append((b[0] if isinstance(b, (tuple, list)) else b)[:16])
             yield b
 
-    run_dir = RunDir.create(cfg.out, cfg, command="qfair quantize")
+    RunDir.create(cfg.out)  # the folder (no config.yaml yet): a bad --out fails now, not after the calibration
     qmodel = quantize(model, cfg.quant_config(), keep_first(batches))
     cosine = None
     if probe:
         with torch.no_grad():
             cosine = float(torch.nn.functional.cosine_similarity(model(probe[0]), qmodel(probe[0])).mean())
     qmodel.qfair_quant["calib_source"] = source
+    # config.yaml only now: written before the calibration, a Ctrl-C or an error there would leave it describing a
+    # model that was never made (beside the old run's model.pt when --overwrite)
+    run_dir = RunDir.create(cfg.out, cfg, command="qfair quantize")
     save_quantized(qmodel, run_dir)
     remove_stale(stale)  # only once the new run is saved: a failed quantize leaves the old exports usable
     write_report(run_dir, cfg, qmodel, cosine)

@@ -63,15 +63,15 @@ def check_out_folder(out: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .quantize import model_and_calibration, resolve
 
+    cfg = resolve(args, SensitivityRunConfig)  # a bad setting fails before torch is imported (seconds)
+    check_out_folder(cfg.out)
     from ..quant import sensitivity
     from ..quant.sensitivity_analysis import overrides_yaml
     from ..runs import RunDir
     from ._console import console, table
-    from .quantize import model_and_calibration, resolve
 
-    cfg = resolve(args, SensitivityRunConfig)
-    check_out_folder(cfg.out)
     model, batches = model_and_calibration(cfg, getattr(args, "config", None))
     eval_fn = None
     if cfg.bench:
@@ -83,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
         def eval_fn(m):
             return evaluate(m, vset, n_bootstrap=0, name="sensitivity").accuracies()
 
-    run_dir = RunDir.create(cfg.out, cfg, command="qfair sensitivity")
+    RunDir.create(cfg.out)  # the folder (no config.yaml yet): a bad --out fails now, not after the analysis
     result = sensitivity(model, cfg.quant_config(), batches, eval_fn, granularity=cfg.granularity,
                          probe_images=cfg.probe_images)
+    # config.yaml only now: an interrupted analysis must not leave it describing an earlier run's results
+    run_dir = RunDir.create(cfg.out, cfg, command="qfair sensitivity")
     run_dir.write_json("sensitivity.json", result)
     run_dir.write_text("overrides.yaml", overrides_yaml(result, top=cfg.top, bits=8))
     groups = list(result["float"].get("groups", {}))

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "ONNX export), evaluate each per group and write one combined report. Rerunning "
                                    "the same command resumes: finished stages are read back, never recomputed (a "
                                    "finished stage whose settings changed is an error unless --recompute).")
-    p.add_argument("--config", required=True,
+    p.add_argument("--config", metavar="FILE", required=True,
                    help="study YAML (see configs/study_*.yaml); relative paths in it (checkpoints, data, bench, out) "
                         "are read from the folder qfair runs in, not from the YAML file's folder")
     p.add_argument("--dry-run", action="store_true",

@@ -35,6 +35,22 @@ def load_face_model(model: str, arch: str, allow_random: bool):
     raise ConfigError(f"--model {model}: no such file, and not an architecture name (see `qfair models`)")
 
 
+def check_settings(cfg) -> None:  # noqa: ANN001 - a SynthConfig
+    """Refuse settings synth would silently not use, and an --out that holds another command's run (the PNGs
+    would land among its files, and `--calib-data` on that folder would read whatever images it holds)."""
+    from pathlib import Path
+
+    from ..runs import RunDir
+    from ..utils.errors import ConfigError
+
+    if cfg.source == "builtin-synthetic" and (cfg.model or cfg.arch):
+        flag = "--model" if cfg.model else "--arch"
+        raise ConfigError(f"{flag} is not used with --source builtin-synthetic (the built-in benchmark's synthetic "
+                          f"domain needs no model); drop {flag}, or use --source bn to synthesise from the model")
+    if cfg.out:
+        RunDir(Path(cfg.out)).refuse_foreign(())
+
+
 def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
@@ -46,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.io import output_folder
 
     cfg = load_config(SynthConfig, args.config, overrides_from_args(args, SynthConfig))
+    check_settings(cfg)
     output_folder(cfg.out, create=False)  # a bad --out fails now, not after the synthesis
     t0 = time.perf_counter()
     if cfg.source == "builtin-synthetic":
