@@ -51,10 +51,12 @@ def run(args: argparse.Namespace) -> int:
         clf = train_group_classifier(model, cfg.data, cfg.n, holdout=cfg.holdout, epochs=cfg.epochs, lr=cfg.lr,
                                      batch_size=cfg.batch_size, seed=cfg.seed)
         clf.save(cfg.head)
-        rows = [[g, f"{100 * a:.1f}"] for g, a in clf.heldout_per_group.items()]
-        rows.append(["all", f"{100 * clf.heldout_accuracy:.1f}"])
+        counts = clf.meta.get("heldout_images_per_group", {})
+        rows = [[g, f"{100 * clf.heldout_per_group[g]:.1f}" if g in clf.heldout_per_group
+                 else "- (no held-out identity; raise --n)", str(counts.get(g, 0))] for g in clf.group_names]
+        rows.append(["all", f"{100 * clf.heldout_accuracy:.1f}", str(sum(counts.values()))])
         console().print(table(f"group classifier on {cfg.model} (held-out identities, {cfg.data})",
-                              ["group", "accuracy %"], rows))
+                              ["group", "accuracy %", "held-out images"], rows))
         console().print(f"saved to {cfg.head}")
         return 0
     from pathlib import Path

@@ -49,12 +49,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, interrupted=interrupted)
 
 
+def _rate(summary: dict) -> str:
+    """images/s of this session; a resume of a finished run trained nothing, so it has none."""
+    if summary.get("resumed_from") is not None and summary["resumed_from"] >= summary["steps"]:
+        return f"- (already finished at step {summary['steps']}; nothing trained)"
+    return f"{summary['images_per_s']:.1f}"
+
+
 def report(summary: dict, title: str) -> None:
     from ._console import console, table
 
     best = summary.get("best") or {}
     rows = [["steps", summary["steps"]], ["final loss", f"{summary['final_loss']:.5g}"],
-            ["images/s", f"{summary['images_per_s']:.1f}"], ["run folder", summary["out"]]]
+            ["images/s", _rate(summary)], ["run folder", summary["out"]]]
     if summary.get("resumed_from") is not None:
         rows.append(["resumed from step", summary["resumed_from"]])
     if best:

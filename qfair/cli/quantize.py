@@ -66,6 +66,9 @@ def load_float_model(model: str | None, arch: str | None, allow_random: bool):
 def calibration_source(calib: str, calib_data: str | None) -> str:
     from ..utils.errors import ConfigError
 
+    if calib_data and calib in ("real", "synthetic") and not Path(calib_data).exists():
+        raise ConfigError(f"--calib-data {calib_data}: no such file or folder (relative paths are read from "
+                          f"{Path.cwd()}); give an image folder, a .rec (or a folder holding train.rec) or a .bin")
     if calib == "real":
         if not calib_data:
             raise ConfigError("--calib real needs --calib-data PATH (an image folder, .rec or .bin)")

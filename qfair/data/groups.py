@@ -18,6 +18,23 @@ from ..utils.digest import model_digest
 from ..utils.errors import DataError
 
 
+def _heldout_units(units: np.ndarray, y: np.ndarray, holdout: float, seed: int) -> set[str]:
+    """The identities (units) held out: ``holdout`` of each group's, at least one of every group that has two or
+    more, so that every such group gets a held-out accuracy (a draw over all identities could miss a small
+    group entirely). An identity belongs to the group of its first image."""
+    rng = np.random.default_rng(seed)
+    uniq, first = np.unique(units, return_index=True)
+    held: set[str] = set()
+    for g in np.unique(y):
+        mine = uniq[y[first] == g]
+        if len(mine) >= 2:
+            k = min(len(mine) - 1, max(1, round(holdout * len(mine))))
+            held.update(rng.choice(mine, size=k, replace=False).tolist())
+    if not held and len(uniq) >= 2:  # every group has a single identity: hold one out anyway
+        held.add(str(rng.choice(uniq)))
+    return held
+
+
 def embed_batches(model: Any, batches: Iterable[Any]) -> np.ndarray:
     """L2-normalised embeddings (N, D) float32 of normalised float batches (or (images, labels) tuples)."""
     import torch
@@ -63,10 +80,8 @@ class GroupClassifier:
             raise DataError(f"group label {exc.args[0]!r} is not one of {names}") from None
         if len(y) != len(emb) or len(set(y.tolist())) < 2:
             raise DataError("the group classifier needs one label per image and at least two groups")
-        rng = np.random.default_rng(seed)
         units = np.asarray(identities if identities is not None else np.arange(len(y))).astype(str)
-        uniq = np.unique(units)
-        held = set(rng.choice(uniq, size=max(1, round(holdout * len(uniq))), replace=False).tolist())
+        held = _heldout_units(units, y, holdout, seed)
         test = np.array([u in held for u in units])
 
         def train(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +105,8 @@ class GroupClassifier:
                                      if (y[test] == i).any()}
         final = cls(names, *train(emb, y), heldout_accuracy=clf.heldout_accuracy,
                     heldout_per_group=clf.heldout_per_group)
-        final.meta = {"train_images": len(y), "heldout_images": int(test.sum()), "units_heldout": len(held)}
+        final.meta = {"train_images": len(y), "heldout_images": int(test.sum()), "units_heldout": len(held),
+                      "heldout_images_per_group": {n: int((y[test] == i).sum()) for i, n in enumerate(names)}}
         return final
 
     def predict_proba(self, emb: np.ndarray) -> np.ndarray:

@@ -229,7 +229,8 @@ def check_patterns(model: nn.Module, cfg: QuantConfig) -> None:
     """Every ``skip`` / ``layer_wbits`` / ``layer_abits`` pattern must match a quantizable layer of
     ``model`` (or a module holding one): a misspelt name would otherwise change nothing, silently."""
     names = [n for n, m in model.named_modules() if n and isinstance(m, _QUANTIZABLE)]
-    for key, patterns in (("skip", cfg.skip), ("layer_wbits", cfg.layer_wbits), ("layer_abits", cfg.layer_abits)):
+    for key, patterns in (("skip (--skip)", cfg.skip), ("layer_wbits", cfg.layer_wbits),
+                          ("layer_abits", cfg.layer_abits)):
         for pat in patterns:
             if any(_matches(n, [pat]) for n in names):
                 continue

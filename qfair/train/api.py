@@ -305,6 +305,17 @@ def qat(cfg: QatConfig | Mapping[str, Any], out: str | Path, *, resume: bool = F
     return _summary(res, out, {"command": "qat", "teacher": str(teacher_path), "quant": student.qfair_quant})
 
 
+def _check_student_arch(name: str) -> None:
+    """An unknown student architecture is named with its option before the teacher loads."""
+    from ..models import MODELS
+    from ..utils.registry import UnknownNameError
+
+    try:
+        MODELS.canonical(name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"--student-arch (student_arch): {exc}") from None
+
+
 def distill(cfg: DistillConfig | Mapping[str, Any], out: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Distil a teacher into a (smaller) student architecture, optionally quantized at the same time
     (``qfair distill``).
@@ -319,6 +330,7 @@ def distill(cfg: DistillConfig | Mapping[str, Any], out: str | Path, *, resume: 
     cfg = _as_config(DistillConfig, cfg, "distill")
     _check_resume(out, cfg, resume, "qfair distill")
     _check_world(cfg.batch_size)
+    _check_student_arch(cfg.student_arch)
     teacher = load_teacher(cfg.teacher, cfg.teacher_arch)
     t_dim = embedding_size(teacher)
     s_dim = cfg.embedding_size or t_dim

@@ -87,3 +87,16 @@ def test_a_head_refuses_another_face_model(tmp_path):
     estimate_groups(_Projected(0), back, "builtin-synthetic", n=8)  # the same weights, another instance: fine
     with pytest.raises(DataError, match="trained on the embeddings of another face model"):
         estimate_groups(_Projected(1), back, "builtin-synthetic", n=8)
+
+
+def test_every_group_with_two_identities_gets_a_heldout_accuracy():
+    # 40 identities of group a, 2 of group b (4 images each): a 20 % draw over all 42 identities held out
+    # none of b's for this seed, and b was silently missing from the held-out table
+    x, _ = _clusters(n=168, seed=3)
+    ids = np.arange(168) // 4
+    g = np.where(ids < 40, "a", "b")
+    clf = GroupClassifier.fit(x, g, identities=ids, epochs=5)
+    assert set(clf.heldout_per_group) == {"a", "b"}
+    per = clf.meta["heldout_images_per_group"]
+    assert per == {"a": 32, "b": 4}  # 8 of a's 40 identities, 1 of b's 2 (never all of a group's)
+    assert clf.meta["heldout_images"] == 36 and clf.meta["units_heldout"] == 9

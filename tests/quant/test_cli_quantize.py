@@ -57,13 +57,14 @@ def test_quantize_writes_run_dir(ckpt, tmp_path, calib, capsys):
 
 
 def test_quantize_config_file_and_flag_override(ckpt, tmp_path, calib):
-    out = tmp_path / "run"
+    out, faces = tmp_path / "run", tmp_path / "faces"
+    faces.mkdir()  # exists (the calibration itself is faked by the calib fixture)
     rc = main(["quantize", "--config", str(CONFIGS / "quantface_w6a6.yaml"), "--model", str(ckpt), "--calib-size",
-               "4", "--calib", "real", "--calib-data", "/some/faces", "--out", str(out)])
+               "4", "--calib", "real", "--calib-data", str(faces), "--out", str(out)])
     assert rc == 0
     doc = json.loads((out / "quant.json").read_text())
     assert doc["wbits"] == 6 and doc["recipe"] == "quantface"
-    assert calib[0][0] == "real:/some/faces"
+    assert calib[0][0] == f"real:{faces}"
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -72,6 +73,8 @@ def test_quantize_config_file_and_flag_override(ckpt, tmp_path, calib):
     (["--model", "MODEL", "--observer", "minmix", "--out", "X"], "percentile"),
     (["--model", "MODEL", "--recipe", "trt", "--out", "X"], "deploy"),
     (["--model", "MODEL", "--calib", "real", "--out", "X"], "calib-data"),
+    (["--model", "MODEL", "--calib", "real", "--calib-data", "/no/such/faces", "--out", "X"],
+     "--calib-data /no/such/faces: no such file or folder"),
     (["--model", "MODEL"], "--out"),
 ])
 def test_bad_input(argv, msg, ckpt, tmp_path, calib, capsys):

@@ -194,3 +194,13 @@ def test_identity_labels_of_real_data_reach_the_margin_head(tmp_path):
     for extra in ({}, {"num_classes": 100}):
         with pytest.raises(ConfigError, match="needs identity labels, and the training data has none"):
             distill(DistillConfig(**cfg, **extra, data=f"real:{flat}"), tmp_path / f"e{len(extra)}")
+
+
+def test_distill_names_student_arch_for_an_unknown_architecture_before_loading_the_teacher(tmp_path):
+    from qfair.train import DistillConfig, distill
+
+    cfg = DistillConfig(teacher=str(tmp_path / "missing.pt"), student_arch="mobilefacenett", steps=1)
+    with pytest.raises(ConfigError, match=r"--student-arch \(student_arch\): unknown model 'mobilefacenett'\. "
+                                          r"Did you mean 'mobilefacenet'\?"):
+        distill(cfg, tmp_path / "d")  # the teacher path is not even looked at
+    assert not (tmp_path / "d").exists()

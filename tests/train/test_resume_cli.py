@@ -87,7 +87,10 @@ def test_out_and_resume_alone_continue_the_run(tmp_path, monkeypatch, capsys, on
     # the run's own config.yaml as --config, with the settings that may change on resume; then the original
     # command line again (its --config file's keys are layered over the recorded settings, its flags over both)
     again = ["qat", "--config", "cut/config.yaml", "--out", "cut", "--resume", "--log-every", "3", "--device", "cpu"]
+    capsys.readouterr()
     assert main(again) == 0
+    out = capsys.readouterr().out
+    assert "already finished at step 6; nothing trained" in out and " 0.0 " not in out  # was: images/s 0.0
     assert main([*start, "--out", "cut", "--resume"]) == 0
     step, after = _weights("cut")
     assert step == 6 and all(torch.equal(ref[k], after[k]) for k in ref)  # a finished run stays as it is

@@ -171,8 +171,13 @@ def make_verification(seed: int = 0, pairs_per_group: int | str = 300, imgs_per_
             raise DataError(f"unknown built-in size '{pairs_per_group}'; sizes: {', '.join(SIZES)} "
                             "or a number of genuine pairs per group (e.g. builtin:1000)")
         pairs_per_group = SIZES[pairs_per_group]
-    if pairs_per_group < n_folds or imgs_per_id < 2:
-        raise DataError(f"need pairs_per_group >= n_folds ({n_folds}) and imgs_per_id >= 2")
+    spec = name.replace("builtin-", "builtin:", 1)
+    if pairs_per_group < n_folds:
+        raise DataError(f"built-in benchmark '{spec}': {pairs_per_group} genuine pairs per group cannot fill "
+                        f"{n_folds} folds; use builtin:{n_folds} or more (or a size name: {', '.join(SIZES)})")
+    if imgs_per_id < 2:
+        raise DataError(f"built-in benchmark '{spec}': imgs_per_id must be >= 2 (genuine pairs need two images of "
+                        f"an identity), got {imgs_per_id}")
     n_ids = max(int(np.ceil(pairs_per_group / ((imgs_per_id * (imgs_per_id - 1)) // 2) * 2)), 4)
     params, gidx = sample_group_identities([n_ids] * len(groups), seed, "verify", difficulty, groups)
     image_ids = np.repeat(np.arange(len(params)), imgs_per_id)

@@ -101,3 +101,12 @@ def test_identity_signal():
     s = (x[vs.pairs[:, 0]] * x[vs.pairs[:, 1]]).sum(1)
     assert _auc(s, vs.issame) > 0.56
     assert abs(_auc(np.random.default_rng(0).random(len(s)), vs.issame) - 0.5) < 0.05  # the AUC helper itself
+
+
+@pytest.mark.parametrize("spec", ["builtin:0", "builtin:5"])
+def test_a_too_small_builtin_benchmark_names_the_spec_and_the_smallest_size(spec):
+    from qfair.data import open_benchmark
+
+    with pytest.raises(DataError, match=rf"'{spec}': \d+ genuine pairs per group cannot fill 10 folds; "
+                                        r"use builtin:10 or more"):
+        open_benchmark(spec)
