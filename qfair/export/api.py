@@ -9,8 +9,9 @@ JSON report as one step (provenance.write_with_report). Nothing is written when 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ def load_for_export(source: nn.Module | str | Path) -> tuple[nn.Module, Path | N
         for name in ("model.pt", "model.pth", "backbone.pth"):
             if (path / name).exists():
                 return load_model(path / name), path
-        raise QfairError(f"{path} holds no quant.json and no model.pt: not a qfair run folder")
+        raise QfairError(f"{path} holds no quant.json and no model.pt (nor model.pth, backbone.pth): not a run "
+                         "folder; pass the folder written by `qfair quantize`, `qfair qat` or `qfair distill` (it "
+                         "holds model.pt), or a checkpoint file with --out FILE.onnx")
     if path.is_file():
         return load_model(path), None
     raise QfairError(f"{path} not found: pass a run folder written by 'qfair quantize' or a checkpoint")
@@ -105,7 +108,7 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     """
     import onnx
 
-    from .onnx_graph import freeze_copy
+    from .onnx_graph import float_dtypes, freeze_copy
     from .provenance import source_record
     from .targets import TARGETS, ExportContext
 
@@ -113,6 +116,12 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     if isinstance(opset, bool) or not isinstance(opset, int) or not OPSETS[0] <= opset <= OPSETS[1]:
         raise ExportError(f"opset {opset!r} is not supported: use {OPSETS[0]}..{OPSETS[1]} (Q/DQ per channel needs "
                           "13+; torch exports 18+ natively and qfair converts down to 17)")
+    if cosine_gate is not None and (isinstance(cosine_gate, bool) or not isinstance(cosine_gate, (int, float))
+                                    or not 0.0 < cosine_gate <= 1.0):
+        raise ExportError(f"cosine_gate {cosine_gate!r} is not a cosine threshold: give a number in (0, 1] (default "
+                          "None: 0.999 at 8 bits, 0.995 at 6); a gate of 0 or below would let any graph pass")
+    if isinstance(n_parity, bool) or not isinstance(n_parity, int) or n_parity < 2:
+        raise ExportError(f"n_parity {n_parity!r}: give the number of real images for the parity check, 2 or more")
     if keep_float not in KEEP_FLOAT:  # checked by the layout too, but only after the (slow) torch export
         raise ExportError(f"unknown keep_float option '{keep_float}'; use {', '.join(KEEP_FLOAT)}")
     model, run_dir = load_for_export(run_dir_or_model)
@@ -126,6 +135,10 @@ def export_onnx(run_dir_or_model: nn.Module | str | Path, target: str = "tensorr
     images, pairs, issame, described = parity_inputs(parity_set if parity_data is None else parity_data, n_parity)
     frozen = freeze_copy(model)
     ctx = ExportContext(frozen, bits is not None, bits, images, keep_float=keep_float)
+    if float_dtypes(model):
+        ctx.notes.append(f"the model holds {', '.join(str(d).replace('torch.', '') for d in float_dtypes(model))} "
+                         "tensors: exported in float32 (its weights and quantizer scales are exact in float32) and "
+                         "parity-checked against its float32 copy")
     if bits is None:
         ctx.notes.append("the model is not quantized: exported as float32 (no Q/DQ); quantize it first for int8")
     else:
@@ -209,16 +222,32 @@ def _build_and_check(spec: Any, ctx: Any, opset: int, pairs: np.ndarray | None, 
     from .validate import check_onnx
 
     proto = torch_to_onnx(ctx.model, opset)
-    layout = spec.build(proto, ctx)
+    with _runtime_errors(f"laying out the graph for target {spec.name}"):
+        layout = spec.build(proto, ctx)
     if ctx.quantized:
-        check_onnx(proto, spec.rules)
+        check_onnx(proto, spec.rules, float_layers=layout.get("float_layers") or ())
     reference, evaluated = ctx.model, None
     if layout.get("output_quant") or layout.get("bias_shift"):  # the layout changes the math: gate on its twin
         reference = simulate_output_quant(ctx.model, layout["output_quant"], layout.get("bias_shift"))
         evaluated = ctx.model
-    parity = parity_check(reference, proto, ctx.calib_images, bits=ctx.bits, pairs=pairs, issame=issame,
-                          threshold=cosine_gate, evaluated=evaluated, gate_evaluated=not requant)
+    with _runtime_errors("the parity check (ONNX Runtime against the torch model)"):
+        parity = parity_check(reference, proto, ctx.calib_images, bits=ctx.bits, pairs=pairs, issame=issame,
+                              threshold=cosine_gate, evaluated=evaluated, gate_evaluated=not requant)
     return proto, layout, parity
+
+
+@contextmanager
+def _runtime_errors(step: str) -> Iterator[None]:
+    """ONNX Runtime (or torch) failing on the exported graph -> ExportError naming the step; qfair errors pass."""
+    try:
+        yield
+    except QfairError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ExportError(f"{step} failed: {type(exc).__name__}: {first}. Nothing was written. This is a qfair "
+                          "export bug or a model the exporter cannot handle: please report it with the output "
+                          "of --debug") from exc
 
 
 def _summarised(layout: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..utils.errors import QfairError
+from ..utils.errors import ExportError, QfairError
 from ..utils.io import atomic_path, atomic_write_json, output_file
 from .config import BenchConfig
 from .provenance import export_report_path
@@ -143,8 +143,9 @@ def check_bench_inputs(run_dir: str | Path, cfg: BenchConfig, out: str | Path | 
     if not run.is_dir() or not (run / "quant.json").is_file():
         what = "a checkpoint file" if run.is_file() else "a folder without quant.json (not a quantized run)"
         raise QfairError(f"{run} is {what}: `qfair bench` compares a quantized model with its float32 weights, so "
-                         f"it needs a run folder written by `qfair quantize` (e.g. qfair quantize --model {run} "
-                         "--bits 8 --recipe deploy --out runs/m-w8, then qfair bench runs/m-w8)")
+                         "it needs a run folder written by `qfair quantize` (e.g. qfair quantize --model "
+                         f"{run if run.is_file() else 'MODEL.pt'} --bits 8 --recipe deploy --out runs/m-w8, then "
+                         "qfair bench runs/m-w8)")
     require("onnx", "qfair bench (ONNX export of the float and int8 models)", extra="onnx")
     require("onnxruntime", "qfair bench (ONNX Runtime timings)", extra="onnx")
     return run
@@ -224,10 +225,15 @@ def _bench(run: Path, cfg: BenchConfig, threads: int, work: Path) -> dict[str, A
                      f"weights, float kernels): the integer-kernel layout failed parity ({why}); 'onnxruntime int8 "
                      "(requant)' times that layout, which `qfair export --requant` ships")
     ok, why = tensorrt_status()
-    if ok:  # pragma: no cover - GPU machines only
+    trt_onnx = None
+    if ok:
+        try:  # an asymmetric (QuantFace recipe) model has no TensorRT graph: the CPU timings still count
+            trt_onnx = export_onnx(model, "tensorrt", out=work / "trt.onnx", parity_data=cfg.parity)
+        except ExportError as exc:
+            why = f"no TensorRT graph for this model: {str(exc).splitlines()[0]}"
+    if trt_onnx is not None:  # pragma: no cover - GPU machines only
         from .tensorrt import EngineRunner, build_engine
 
-        trt_onnx = export_onnx(model, "tensorrt", out=work / "trt.onnx", parity_data=cfg.parity)
         engine = build_engine(trt_onnx, work / "model.engine", max_batch=max(cfg.batches))
         sizes["tensorrt_engine"] = engine.stat().st_size
         runners["tensorrt int8"] = EngineRunner(engine)

@@ -24,9 +24,19 @@ IR_VERSION = 10
 DEFAULT_OPSET = 18
 
 
+def float_dtypes(model: nn.Module) -> list[torch.dtype]:
+    """The floating dtypes of ``model``'s parameters and buffers other than float32 (sorted by name)."""
+    dtypes = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    return sorted(dtypes - {torch.float32}, key=str)
+
+
 def freeze_copy(model: nn.Module) -> nn.Module:
-    """Eval-mode deep copy whose quantizers are frozen (dynamic weight ranges fixed by one forward)."""
-    m = copy.deepcopy(model).eval()
+    """Eval-mode float32 deep copy whose quantizers are frozen (dynamic weight ranges fixed by one forward).
+
+    A float16 / bfloat16 model becomes float32: its weights and quantizer scales are exact in float32, the
+    fake-quant op already quantizes half inputs in float32, and the graph reads float32 images (ONNX Runtime
+    has no fast float16 CPU kernels)."""
+    m = copy.deepcopy(model).eval().float()
     quantizers = []
     try:
         from ..quant import iter_quantizers
@@ -36,6 +46,7 @@ def freeze_copy(model: nn.Module) -> nn.Module:
         pass
     for q in quantizers:
         q.observer_enabled = False
+        fixed_scale(q)
     if any(getattr(q, "dynamic", False) for q in quantizers):
         with torch.no_grad():
             m(torch.zeros(1, 3, 112, 112, device=next(m.parameters()).device))  # sets the weight ranges
@@ -43,6 +54,20 @@ def freeze_copy(model: nn.Module) -> nn.Module:
         q.dynamic = False
     m.qfair_quant = getattr(model, "qfair_quant", None)
     return m
+
+
+def fixed_scale(q: nn.Module) -> None:
+    """A learnable (LSQ) scale becomes a plain buffer again, as before ``enable_lsq``.
+
+    In the forward pass LSQ's gradient scaling is the identity (``grad_scale``: exactly the scale), but its
+    factor depends on ``x.numel()``: exported, that pinned the batch size (a QAT run's graph computed batch 2
+    whatever its input said) and made the Q/DQ scales computed values instead of constants."""
+    if not getattr(q, "lsq", False):
+        return
+    scale = q.scale.detach().clone()
+    del q._parameters["scale"]
+    q.register_buffer("scale", scale)
+    q.lsq = False
 
 
 def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
@@ -73,6 +98,7 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
     finally:
         log.setLevel(level)
     proto = program.model_proto
+    _check_dynamic_batch(proto, type(model).__name__)
     fold_weight_quantization(proto)
     name_by_module(proto.graph)
     name_nodes(proto.graph)
@@ -84,6 +110,18 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET) -> Any:
     for vi in [*proto.graph.input, *proto.graph.output]:
         vi.type.tensor_type.shape.dim[0].dim_param = "batch"
     return proto
+
+
+def _check_dynamic_batch(proto: Any, what: str) -> None:
+    """ExportError when the exporter fixed the batch size (the model's computation depends on it, e.g. a
+    ``view(2, -1)`` or a Python number computed from ``x.shape[0]``): such a graph fails at any other batch."""
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            raise ExportError(f"torch.onnx.export fixed the batch size of {what}'s {vi.name!r} to {dims[0].dim_value}: "
+                              "the model's forward computes something from the batch size as a Python number "
+                              "(x.view(2, -1), int(x.shape[0]), x.numel() in arithmetic), so the graph would run only "
+                              "that batch. Use x.flatten(1) / x.view(x.shape[0], -1) and tensor ops in forward")
 
 
 def _convert_opset(proto: Any, opset: int) -> Any:

@@ -70,16 +70,32 @@ def _check_tensorrt(ctx: ExportContext) -> None:
             "--recipe deploy, or export for ONNX Runtime (--target onnxruntime), which takes uint8 zero points")
 
 
+def float_modules(model: nn.Module) -> set[str]:
+    """Names of the conv / linear modules that the model runs in float (no active weight quantizer: kept
+    float by ``QuantConfig.skip``, e.g. the input layer or the embedding head)."""
+    out = set()
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            q = getattr(m, "weight_quantizer", None)
+            if q is None or not q.fake_quant_enabled:
+                out.add(name)
+    return out
+
+
 def _build_tensorrt(proto: Any, ctx: ExportContext) -> dict[str, Any]:
-    from .graph import bias_as_add
+    from .graph import MATMUL_OPS, bias_as_add
     from .ort_layout import quantized_layers
 
     if not ctx.quantized:
         return {"layout": "float", "int8_layers": [], "float_layers": []}
     layers = [n.name for n in quantized_layers(proto)]
+    # layers the model keeps float stay float in the engine (TensorRT runs them in float, as the model): the
+    # validator accepts a Conv / Gemm without Q/DQ only for these
+    floats = float_modules(ctx.model)
+    kept = [n.name for n in proto.graph.node if n.op_type in MATMUL_OPS and n.name in floats]
     moved = bias_as_add(proto.graph)  # float bias stays float in ONNX Runtime too (see bias_as_add)
     return {"layout": "tensorrt explicit quantization (Q/DQ on conv inputs and residual skips)",
-            "int8_layers": layers, "float_layers": [], "float_bias_adds": moved}
+            "int8_layers": layers, "float_layers": kept, "float_bias_adds": moved}
 
 
 def _latency(proto: Any, images: torch.Tensor, runs: int = 5) -> float:

@@ -39,14 +39,20 @@ def _require_tensorrt() -> Any:
 
 def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, min_batch: int = 1, opt_batch: int = 16,
                  max_batch: int = 64, workspace_gib: float = 4.0, timing_cache: str | Path | None = None,
-                 fp16: bool = True) -> Path:
+                 fp16: bool = False) -> Path:
     """Parse ``onnx_path``, build an INT8 engine with a dynamic-batch optimisation profile, serialise it.
 
     The profile covers batches ``min_batch..max_batch`` and is tuned for ``opt_batch`` (clamped into that
     range, so ``max_batch=8`` alone is a valid request).
 
     ``timing_cache`` (default: ``<engine>.timing.cache``) is read if present and rewritten after the
-    build, so rebuilding on the same GPU is fast. ``fp16`` lets layers left in float run in half.
+    build, so rebuilding on the same GPU is fast.
+
+    The network is strongly typed where TensorRT has strong typing (9+; always on from 11): every tensor
+    keeps the graph's type (float32, int8 between Q and DQ), so the engine computes what the parity-checked
+    graph computes, and TensorRT's documented mode for explicit quantization takes no precision flags.
+    ``fp16=True`` asks for the old weakly typed network with the INT8 and FP16 flags instead: faster float
+    layers (PReLU, residual Adds, BatchNorm, float-kept layers) in float16, which is not what was checked.
     """
     if not 1 <= min_batch <= max_batch:
         raise ExportError(f"TensorRT optimisation profile: need 1 <= min_batch <= max_batch, got min_batch "
@@ -62,20 +68,16 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, min_ba
     cache_path = Path(timing_cache) if timing_cache is not None else out.with_suffix(".timing.cache")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10 needs it, 10+ ignores it
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    strong, precision_flags = _typing(trt, fp16)
+    network = builder.create_network(_network_flags(trt, strong))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
+    for flag in precision_flags:
+        config.set_flag(flag)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if hasattr(trt.BuilderFlag, "INT8"):  # explicit Q/DQ; the flag is implied from TensorRT 11 on
-        config.set_flag(trt.BuilderFlag.INT8)
-    if fp16 and hasattr(trt.BuilderFlag, "FP16"):
-        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT, (min_batch, 3, 112, 112), (opt_batch, 3, 112, 112), (max_batch, 3, 112, 112))
     config.add_optimization_profile(profile)
@@ -89,6 +91,29 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, min_ba
     return out
 
 
+def _typing(trt: Any, fp16: bool) -> tuple[bool, list[Any]]:
+    """(strongly typed network?, builder precision flags) for this TensorRT and ``fp16``."""
+    creation = trt.NetworkDefinitionCreationFlag
+    flags = trt.BuilderFlag
+    has_strong = hasattr(creation, "STRONGLY_TYPED")
+    if not fp16 and has_strong:
+        return True, []  # precision flags are an error on a strongly typed network
+    if fp16 and not hasattr(flags, "FP16"):
+        raise ExportError("fp16=True needs a weakly typed network, which this TensorRT (11+) no longer builds; "
+                          "build with fp16=False (the graph's own types)")
+    wanted = ["INT8", "FP16"] if fp16 else ["INT8"]  # weakly typed: Q/DQ layers need the INT8 flag
+    return False, [getattr(flags, f) for f in wanted if hasattr(flags, f)]
+
+
+def _network_flags(trt: Any, strong: bool) -> int:
+    """``create_network`` flags: STRONGLY_TYPED when ``strong``; EXPLICIT_BATCH where TensorRT < 10 needs it."""
+    creation = trt.NetworkDefinitionCreationFlag
+    flags = 1 << int(creation.STRONGLY_TYPED) if strong else 0
+    if hasattr(creation, "EXPLICIT_BATCH"):  # TensorRT < 10 needs it, 10 ignores it
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    return flags
+
+
 class EngineRunner:
     """Runs a serialised engine on CUDA tensors: ``runner(x)`` with x (B, 3, 112, 112) -> (B, D) numpy."""
 
@@ -98,7 +123,8 @@ class EngineRunner:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ExportError(f"TensorRT engine not found: {self.path}")
+            raise ExportError(f"TensorRT engine not found: {self.path}; build it with `qfair export RUN --format "
+                              "tensorrt` (or qfair.export.build_engine on the graph of --target tensorrt)")
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -119,6 +145,8 @@ class EngineRunner:
             out = torch.empty(shape, dtype=torch.float32, device="cuda")
             self.context.set_tensor_address(INPUT, chunk.data_ptr())
             self.context.set_tensor_address(OUTPUT, out.data_ptr())
+            # chunk and out were written on the current stream: the engine's stream must wait for them
+            self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
                 if not self.context.execute_async_v3(self.stream.cuda_stream):
                     raise ExportError(f"{self.path}: TensorRT execution failed")

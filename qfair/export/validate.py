@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -77,7 +77,15 @@ def rule_int8_symmetric(model: Any, g: GraphIndex) -> list[Violation]:
     out = []
     for n in _qdq_nodes(g):
         ztype, zval = _zp_type_and_values(n, g)
-        if ztype is None:
+        if ztype is None and n.op_type == "DequantizeLinear":
+            # a DQ without zero point reads its input's type: int8 codes (zero point 0) are fine; a DQ of a Q's
+            # output has the Q's type, checked on the Q
+            codes = g.initializers.get(n.input[0])
+            if codes is None or codes.data_type == INT8:
+                continue
+            out.append(Violation("int8", n.name, f"{label(n)} dequantizes '{n.input[0]}' of type {codes.data_type}, "
+                                 "not int8; TensorRT needs symmetric int8 weights"))
+        elif ztype is None:
             if attr(n, "output_dtype", 0) != INT8:  # no zero point means uint8 unless output_dtype says int8
                 out.append(Violation("int8", n.name, f"{label(n)} has no zero point, so it is uint8; TensorRT "
                                      "needs int8 with zero point 0"))
@@ -144,7 +152,9 @@ def rule_matmul_inputs(model: Any, g: GraphIndex) -> list[Violation]:
             for i, what in ((0, "input"), (1, "weight")):
                 if len(n.input) > i and not _from_dq(n.input[i], g):
                     out.append(Violation("qdq-inputs", n.name, f"{label(n)}: its {what} '{n.input[i]}' has no "
-                                         "DequantizeLinear, so TensorRT runs this layer in float"))
+                                         "DequantizeLinear, so TensorRT runs this layer in float; quantize both "
+                                         "its input and weight, or keep the whole layer float (quantize with "
+                                         "--skip LAYER: the export then lists it as a float layer)"))
     return out
 
 
@@ -230,19 +240,28 @@ RULESETS.add("tensorrt", [rule_opset, rule_dynamic_batch, rule_int8_symmetric, r
 RULESETS.add("onnxruntime", [rule_opset, rule_dynamic_batch, rule_any_int8])
 
 
-def validate_onnx(model: Any, target: str = "tensorrt") -> list[Violation]:
-    """Violations of ``target``'s rules by ``model`` (an onnx.ModelProto or a path)."""
+def validate_onnx(model: Any, target: str = "tensorrt", float_layers: Iterable[str] = ()) -> list[Violation]:
+    """Violations of ``target``'s rules by ``model`` (an onnx.ModelProto or a path).
+
+    ``float_layers``: names of Conv / Gemm / MatMul nodes meant to run in float (layers the quantized model
+    keeps float): the runtime runs them in float, as the model does, so a missing Q/DQ on both their inputs
+    is no violation. A layer with Q/DQ on one input only is still one (half a quantized layer)."""
     import onnx
 
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model))
     g = GraphIndex(model.graph)
-    return [v for rule in RULESETS.get(target) for v in rule(model, g)]
+    bad = [v for rule in RULESETS.get(target) for v in rule(model, g)]
+    allowed = set(float_layers)
+    fully_float = {n.name for n in model.graph.node if n.name in allowed and n.op_type in MATMUL_OPS
+                   and not any(_from_dq(i, g) for i in n.input[:2])}
+    return [v for v in bad if not (v.rule == "qdq-inputs" and v.node in fully_float)]
 
 
-def check_onnx(model: Any, target: str = "tensorrt", limit: int = 10) -> None:
-    """Raise ExportError listing (up to ``limit``) violations of ``target``'s rules."""
-    bad = validate_onnx(model, target)
+def check_onnx(model: Any, target: str = "tensorrt", limit: int = 10, float_layers: Iterable[str] = ()) -> None:
+    """Raise ExportError listing (up to ``limit``) violations of ``target``'s rules (``float_layers``: as
+    :func:`validate_onnx`)."""
+    bad = validate_onnx(model, target, float_layers)
     if bad:
         lines = "\n  ".join(str(v) for v in bad[:limit])
         more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""

@@ -120,3 +120,33 @@ def test_export_packed_through_a_symlink(run_dir, tmp_path):
     link.symlink_to(real)
     assert main(["export", str(run_dir), "--format", "packed", "--out", str(link)]) == 0
     assert link.is_symlink() and real.stat().st_size > 3
+
+
+def test_bench_skips_tensorrt_for_an_asymmetric_model(tmp_path, quantface8, monkeypatch):
+    """On a GPU machine, bench of a QuantFace (asymmetric) run stopped with the TensorRT target's ExportError
+    and timed nothing; now it times the CPU runtimes and says why TensorRT was skipped (TensorRT presence
+    faked: the TensorRT graph is refused before any engine is built)."""
+    import qfair.export.tensorrt as trt_mod
+    from qfair.models import MODELS
+    from qfair.quant import save_quantized
+
+    monkeypatch.setitem(MODELS._items, "tinyface_test", lambda **kw: TinyFace())
+    save_quantized(quantface8, tmp_path / "run", arch={"name": "tinyface_test", "kwargs": {}})
+    monkeypatch.setattr(trt_mod, "tensorrt_status", lambda: (True, "ok"))
+    monkeypatch.setattr(trt_mod, "build_engine", lambda *a, **k: pytest.fail("no engine for an asymmetric model"))
+    assert main(["bench", str(tmp_path / "run"), "--batches", "1", "--repeats", "1", "--warmup", "0"]) == 0
+    res = json.loads((tmp_path / "run" / "bench.json").read_text())
+    assert "onnxruntime int8" in res["runtimes"] and not any("tensorrt" in r for r in res["runtimes"])
+    assert any("TensorRT skipped: no TensorRT graph for this model" in n and "recipe deploy" in n
+               for n in res["notes"]), res["notes"]
+
+
+def test_bench_of_a_folder_that_is_not_a_quantized_run_suggests_a_checkpoint(tmp_path, capsys):
+    folder, ckpt = tmp_path / "sens", tmp_path / "m.pt"
+    folder.mkdir()
+    ckpt.write_bytes(b"x")
+    assert main(["bench", str(folder)]) == 2
+    err = _unwrapped(capsys)
+    assert "not a quantized run" in err and "qfair quantize --model MODEL.pt" in err  # was: --model <the folder>
+    assert main(["bench", str(ckpt)]) == 2
+    assert f"qfair quantize --model {ckpt} --bits 8" in _unwrapped(capsys)

@@ -235,6 +235,11 @@ def test_bad_options_fail_before_the_export_and_logging_is_left_alone(tmp_path, 
     monkeypatch.setattr(og, "torch_to_onnx", lambda *a, **k: pytest.fail("exported before checking the options"))
     with pytest.raises(ExportError, match="unknown keep_float option 'nope'"):
         export_onnx(deploy8, "onnxruntime", out=tmp_path / "m.onnx", keep_float="nope")
+    for gate in (0.0, -1, 1.5, float("nan")):  # 0 or below passed every graph; above 1 failed every one
+        with pytest.raises(ExportError, match="cosine_gate .* in \\(0, 1\\]"):
+            export_onnx(deploy8, "tensorrt", out=tmp_path / "m.onnx", cosine_gate=gate)
+    with pytest.raises(ExportError, match="n_parity 0: .* 2 or more"):
+        export_onnx(deploy8, "tensorrt", out=tmp_path / "m.onnx", n_parity=0)
     with pytest.raises(ExportError, match="parity_data: an image tensor must be \\(N, 3, 112, 112\\).*"
                                           "\\(4, 3, 64, 64\\)"):
         export_onnx(deploy8, "onnxruntime", out=tmp_path / "m.onnx", parity_data=torch.zeros(4, 3, 64, 64))
@@ -242,3 +247,165 @@ def test_bad_options_fail_before_the_export_and_logging_is_left_alone(tmp_path, 
                                          "checkpoint path, got int"):
         export_onnx(42, "onnxruntime", out=tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("qrange", [(-128, 127), (-32, 31), (0, 63)])
+def test_half_activations_quantize_in_float32(qrange):
+    """A float16 activation reaching the fake-quant op: torch quantizes it in float32 and casts back; the
+    graph did Q/DQ with the float16 x and a float32 scale (an invalid graph: onnx.checker and ONNX Runtime
+    refuse it). Compared with torch and with codes computed by hand."""
+    from qfair.export.onnx_graph import torch_to_onnx
+    from qfair.quant.fake_quant import fake_quant
+
+    lo, hi = qrange
+    zp = 0.0 if lo < 0 else 20.0
+
+    class Half(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.tensor(0.02, dtype=torch.float16))  # as model.half() leaves it
+            self.register_buffer("zp", torch.tensor(zp))
+
+        def forward(self, x):
+            return fake_quant(x.half(), self.scale, self.zp, lo, hi, -1).float()
+
+    m = Half()
+    proto = torch_to_onnx(m)
+    onnx.checker.check_model(proto, full_check=True)
+    x = torch.linspace(-2, 2, 2 * 3 * 112 * 112).reshape(2, 3, 112, 112)
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    s = np.float32(np.float16(0.02))
+    xh = x.numpy().astype(np.float16).astype(np.float32)
+    want = ((np.clip(np.rint(xh / s) + zp, lo, hi) - zp) * s).astype(np.float16).astype(np.float32)
+    assert np.array_equal(got, want) and np.array_equal(m(x).numpy(), want)
+
+
+def test_float16_model_exports_in_float32(tmp_path, deploy8, parity_images):
+    """model.half() failed inside the exporter with a raw dtype RuntimeError; now the graph is the float32
+    copy (float16 weights and scales are exact in float32), and the report says so."""
+    import copy
+
+    half = copy.deepcopy(deploy8).half()
+    path = export_onnx(half, "tensorrt", out=tmp_path / "h.onnx", parity_data=parity_images)
+    rep = _report(path)
+    assert rep["parity"]["passed"] and any("float16" in n for n in rep["notes"])
+    got = _session(path).run(None, {"input": parity_images[:4].numpy()})[0]
+    with torch.no_grad():
+        want = copy.deepcopy(half).float()(parity_images[:4]).numpy()
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.9999
+    assert next(half.parameters()).dtype == torch.float16  # the caller's model is left as it was
+
+
+@pytest.mark.parametrize("skip", [("stem",), ("fc",)])
+def test_float_layer_exports_for_tensorrt(tmp_path, parity_images, skip):
+    """A layer the quantized model keeps float (--skip: the input layer, the embedding head) has no Q/DQ in
+    the graph: TensorRT runs it in float, as the model does. The validator refused such a model for
+    TensorRT ("its input has no DequantizeLinear"); now the layer is listed as float and the rest is
+    checked as before."""
+    from .conftest import images, make_float
+
+    from qfair.quant import QuantConfig, quantize
+
+    cfg = QuantConfig(bits=8, recipe="deploy", calib_size=16, calib_batch_size=16, skip=skip)
+    model = quantize(make_float(), cfg, [images(16, seed=2)])
+    path = export_onnx(model, "tensorrt", out=tmp_path / "s.onnx", parity_data=parity_images[:8])
+    rep = _report(path)
+    assert rep["float_layers"] == list(skip) and skip[0] not in rep["int8_layers"] and rep["parity"]["passed"]
+    graph = onnx.load(str(path))
+    layer = next(n for n in graph.graph.node if n.name == skip[0])
+    producers = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert all(producers.get(i) != "DequantizeLinear" for i in layer.input[:2])  # really float in the graph
+    bad = validate_onnx(graph, "tensorrt")  # without the model's float layers: still a violation
+    assert [v.rule for v in bad] == ["qdq-inputs", "qdq-inputs"] and validate_onnx(graph, "tensorrt", skip) == []
+
+
+def test_learnable_scale_model_exports_with_a_dynamic_batch(tmp_path, deploy8, parity_images):
+    """A QAT run (learnable LSQ scales, as load_quantized restores them): LSQ's gradient-scaling factor uses
+    x.numel(), and the exporter pinned the batch to 2 (ONNX Runtime failed with a raw Reshape error at the
+    parity check). The frozen copy now holds plain scales: same forward values, dynamic batch."""
+    import copy
+
+    from qfair.quant import iter_quantizers
+
+    qat = copy.deepcopy(deploy8)
+    for _, q in iter_quantizers(qat):
+        q.enable_lsq()
+    path = export_onnx(qat, "tensorrt", out=tmp_path / "qat.onnx", parity_data=parity_images[:8])
+    assert validate_onnx(str(path), "tensorrt") == [] and _report(path)["parity"]["passed"]
+    sess = _session(path)
+    with torch.no_grad():
+        for batch in (1, 5):
+            got = sess.run(None, {"input": parity_images[:batch].numpy()})[0]
+            want = qat(parity_images[:batch]).numpy()
+            assert got.shape == want.shape and np.allclose(got, want, atol=1e-4)
+    assert all(q.lsq for _, q in iter_quantizers(qat))  # the caller's model keeps its learnable scales
+
+
+def test_batch_pinned_by_the_model_is_refused(tmp_path):
+    """A forward that computes with the batch size as a number exports for that batch only; the graph's
+    input was relabelled dynamic anyway. Now a clear error says what to change."""
+    from qfair.export.onnx_graph import torch_to_onnx
+
+    class Pinned(torch.nn.Module):
+        def forward(self, x):
+            return x.reshape(2, -1)[:, :16]
+
+    with pytest.raises(ExportError, match="fixed the batch size.*to 2.*x.flatten\\(1\\)"):
+        torch_to_onnx(Pinned())
+
+
+def test_graph_that_onnxruntime_cannot_run_gives_an_export_error(tmp_path, deploy8, parity_images, monkeypatch):
+    """ONNX Runtime failing while the parity check runs the graph surfaced as its own raw exception type
+    (not a qfair error, no hint); now an ExportError names the step, and nothing is written."""
+    from onnx import helper, numpy_helper
+
+    from qfair.export import targets
+
+    spec = targets.TARGETS.get("tensorrt")
+
+    def broken(proto, ctx):  # the embedding reshaped to 7 rows: fails at run time for any batch of 32
+        rep = spec.build(proto, ctx)
+        out = proto.graph.output[0].name
+        last = next(n for n in proto.graph.node if out in n.output)
+        last.output[list(last.output).index(out)] = "pre"
+        proto.graph.initializer.append(numpy_helper.from_array(np.array([7, -1], np.int64), "rows"))
+        proto.graph.node.append(helper.make_node("Reshape", ["pre", "rows"], [out], name="bad_reshape"))
+        return rep
+
+    monkeypatch.setitem(targets.TARGETS._items, "tensorrt", targets.Target("tensorrt", "tensorrt", spec.check,
+                                                                          broken))
+    with pytest.raises(ExportError, match="the parity check .* failed: .*Reshape.*Nothing was written"):
+        export_onnx(deploy8, "tensorrt", out=tmp_path / "bad.onnx", parity_data=parity_images)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_six_bit_clip_range_fails_parity(tmp_path, deploy6, parity_images, monkeypatch):
+    """A 6-bit graph whose activations saturate at the int8 range (the range Clip before each Q removed)
+    differs from the model only where activations pass the 6-bit range: the stress inputs. Their cosine
+    (about 0.986 here) hid in the overall mean (0.9965 >= the 6-bit gate 0.995) and the graph shipped."""
+    from qfair.export import targets
+
+    spec = targets.TARGETS.get("tensorrt")
+
+    def no_range_clip(proto, ctx):
+        rep = spec.build(proto, ctx)
+        for clip in [n for n in proto.graph.node if n.op_type == "Clip"]:
+            for node in proto.graph.node:
+                node.input[:] = [clip.input[0] if i == clip.output[0] else i for i in node.input]
+            proto.graph.node.remove(clip)
+        return rep
+
+    monkeypatch.setitem(targets.TARGETS._items, "tensorrt", targets.Target("tensorrt", "tensorrt", spec.check,
+                                                                          no_range_clip))
+    with pytest.raises(ExportError, match="stress inputs 0\\.9[0-8].*wrong range clip"):
+        export_onnx(deploy6, "tensorrt", out=tmp_path / "w.onnx", parity_data=parity_images)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_without_a_model_says_what_to_pass(tmp_path):
+    from qfair.export import load_for_export
+
+    with pytest.raises(QfairError, match="no quant.json and no model.pt.*qfair quantize.*qfair qat"):
+        load_for_export(tmp_path)

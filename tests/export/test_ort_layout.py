@@ -9,11 +9,11 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from qfair.export import export_onnx
-from qfair.export.graph import bias_as_add, compact_graph
-from qfair.utils.errors import ExportError
+from qfair.export import export_onnx  # noqa: E402
+from qfair.export.graph import bias_as_add, compact_graph  # noqa: E402
+from qfair.utils.errors import ExportError  # noqa: E402
 
 
 def _report(path):

@@ -61,3 +61,18 @@ def test_onnxruntime_rules_accept_uint8_zero_points():
 def test_unknown_target_lists_the_known_ones():
     with pytest.raises(Exception, match="tensorrt"):
         validate_onnx(residual_block(), "coreml")
+
+
+def test_dequantize_without_zero_point_takes_its_input_type():
+    """A weight DequantizeLinear of int8 codes may omit its zero point (0 is the default, and the int8 type comes
+    from the codes): valid for TensorRT, but was reported as "no zero point, so it is uint8". uint8 codes without
+    a zero point are still refused."""
+    from onnx import numpy_helper
+
+    model = residual_block()
+    dq = next(n for n in model.graph.node if n.name == "conv1_wDQ")
+    del dq.input[2]
+    assert validate_onnx(model, "tensorrt") == []
+    init = next(t for t in model.graph.initializer if t.name == dq.input[0])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.uint8), init.name))
+    assert [(v.rule, v.node) for v in validate_onnx(model, "tensorrt")] == [("int8", "conv1_wDQ")]
