@@ -147,20 +147,14 @@ def test_bad_inputs(tmp_path, deploy8, parity_images, monkeypatch):
 
 def test_failed_parity_writes_nothing_and_names_the_layer(tmp_path, deploy8, parity_images, monkeypatch):
     """Corrupt conv2's weight codes in the graph: parity fails and points after conv2."""
-    from qfair.export import targets
-
-    spec = targets.TARGETS.get("tensorrt")
-
-    def corrupt(proto, ctx):
+    def corrupt(proto):
         init = {t.name: t for t in proto.graph.initializer}
         conv2 = next(n for n in proto.graph.node if n.name == "conv2")
         dq = next(n for n in proto.graph.node if n.output[0] == conv2.input[1])
         codes = onnx.numpy_helper.to_array(init[dq.input[0]])
         init[dq.input[0]].CopyFrom(onnx.numpy_helper.from_array(-codes, dq.input[0]))
-        return spec.build(proto, ctx)
 
-    monkeypatch.setitem(targets.TARGETS._items, "tensorrt", targets.Target("tensorrt", "tensorrt", spec.check,
-                                                                          corrupt))
+    _tensorrt_graph_edited(monkeypatch, corrupt, before_build=True)
     with pytest.raises(ExportError, match="parity check failed.*cosine") as err:
         export_onnx(deploy8, "tensorrt", out=tmp_path / "bad.onnx", parity_data=parity_images)
     assert "dw.input_quantizer" in str(err.value)  # the first quantizer after conv2
@@ -361,21 +355,14 @@ def test_graph_that_onnxruntime_cannot_run_gives_an_export_error(tmp_path, deplo
     (not a qfair error, no hint); now an ExportError names the step, and nothing is written."""
     from onnx import helper, numpy_helper
 
-    from qfair.export import targets
-
-    spec = targets.TARGETS.get("tensorrt")
-
-    def broken(proto, ctx):  # the embedding reshaped to 7 rows: fails at run time for any batch of 32
-        rep = spec.build(proto, ctx)
+    def broken(proto):  # the embedding reshaped to 7 rows: fails at run time for any batch of 32
         out = proto.graph.output[0].name
         last = next(n for n in proto.graph.node if out in n.output)
         last.output[list(last.output).index(out)] = "pre"
         proto.graph.initializer.append(numpy_helper.from_array(np.array([7, -1], np.int64), "rows"))
         proto.graph.node.append(helper.make_node("Reshape", ["pre", "rows"], [out], name="bad_reshape"))
-        return rep
 
-    monkeypatch.setitem(targets.TARGETS._items, "tensorrt", targets.Target("tensorrt", "tensorrt", spec.check,
-                                                                          broken))
+    _tensorrt_graph_edited(monkeypatch, broken)
     with pytest.raises(ExportError, match="the parity check .* failed: .*Reshape.*Nothing was written"):
         export_onnx(deploy8, "tensorrt", out=tmp_path / "bad.onnx", parity_data=parity_images)
     assert list(tmp_path.iterdir()) == []
@@ -385,20 +372,13 @@ def test_wrong_six_bit_clip_range_fails_parity(tmp_path, deploy6, parity_images,
     """A 6-bit graph whose activations saturate at the int8 range (the range Clip before each Q removed)
     differs from the model only where activations pass the 6-bit range: the stress inputs. Their cosine
     (about 0.986 here) hid in the overall mean (0.9965 >= the 6-bit gate 0.995) and the graph shipped."""
-    from qfair.export import targets
-
-    spec = targets.TARGETS.get("tensorrt")
-
-    def no_range_clip(proto, ctx):
-        rep = spec.build(proto, ctx)
+    def no_range_clip(proto):
         for clip in [n for n in proto.graph.node if n.op_type == "Clip"]:
             for node in proto.graph.node:
                 node.input[:] = [clip.input[0] if i == clip.output[0] else i for i in node.input]
             proto.graph.node.remove(clip)
-        return rep
 
-    monkeypatch.setitem(targets.TARGETS._items, "tensorrt", targets.Target("tensorrt", "tensorrt", spec.check,
-                                                                          no_range_clip))
+    _tensorrt_graph_edited(monkeypatch, no_range_clip)
     with pytest.raises(ExportError, match="stress inputs 0\\.9[0-8].*wrong range clip"):
         export_onnx(deploy6, "tensorrt", out=tmp_path / "w.onnx", parity_data=parity_images)
     assert list(tmp_path.iterdir()) == []
@@ -409,3 +389,21 @@ def test_folder_without_a_model_says_what_to_pass(tmp_path):
 
     with pytest.raises(QfairError, match="no quant.json and no model.pt.*qfair quantize.*qfair qat"):
         load_for_export(tmp_path)
+
+
+def _tensorrt_graph_edited(monkeypatch, edit, before_build=False):
+    """Make the tensorrt target pass its graph through ``edit(proto)`` (a deliberately broken export for the
+    checks to catch): after the target's own build, or before it with ``before_build``."""
+    from qfair.export import targets
+
+    spec = targets.TARGETS.get("tensorrt")
+
+    def build(proto, ctx):
+        if before_build:
+            edit(proto)
+            return spec.build(proto, ctx)
+        rep = spec.build(proto, ctx)
+        edit(proto)
+        return rep
+
+    monkeypatch.setitem(targets.TARGETS._items, "tensorrt", targets.Target("tensorrt", "tensorrt", spec.check, build))

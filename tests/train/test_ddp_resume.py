@@ -4,8 +4,7 @@ import contextlib
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from train_tiny import free_port, join_gloo, tiny_data, tiny_pair
+from train_tiny import join_gloo, spawn_two_ranks, tiny_data, tiny_pair
 
 from qfair.train import IndexedSource, fit
 from qfair.train.heads import create_head
@@ -57,8 +56,7 @@ def _worker(rank, world, port, out, margin):
 @pytest.mark.slow
 @pytest.mark.parametrize("margin", ["elasticarcface", "adaface"])
 def test_ddp_resume_with_margin_heads_ends_with_the_uninterrupted_weights(tmp_path, margin):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), margin), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = spawn_two_ranks(_worker, tmp_path, margin)
     assert torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)["step"] == 7
     for k, v in r0["ref"].items():
         assert torch.equal(r0["resumed"][k], v), f"rank 0: {k} differs after resume"

@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
-from train_tiny import free_port as _free_port, join_gloo as _join, tiny_data, tiny_pair
+from train_tiny import join_gloo as _join, spawn_two_ranks, tiny_data, tiny_pair
 
 from qfair.train import IndexedSource, fit
 from qfair.train.heads import HEADS, AdaFace, ElasticArcFace, create_head
@@ -219,8 +218,7 @@ def _ddp_worker(rank, world, port, out, margin):
 @pytest.mark.slow
 @pytest.mark.parametrize("margin", ["elasticarcface", "adaface"])
 def test_two_gloo_ranks_match_one_process_with_margin_heads(tmp_path, margin):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), margin), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = spawn_two_ranks(_ddp_worker, tmp_path, margin)
     assert "batch_size 7 cannot be split evenly over 2 processes" in r0["odd"]
     student, head, margins = _run(margin)
     ref = {**student.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}}

@@ -51,3 +51,12 @@ def join_gloo(rank: int, world: int, port: int, timeout: float = 60) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
+
+
+def spawn_two_ranks(worker, out, *args) -> list:
+    """Run ``worker(rank, 2, port, str(out), *args)`` in 2 gloo processes; each saves ``out/rank{rank}.pt``,
+    returned as [rank 0's, rank 1's] (loaded weights-only)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(2, free_port(), str(out), *args), nprocs=2, join=True)
+    return [torch.load(f"{out}/rank{r}.pt", weights_only=True) for r in (0, 1)]
