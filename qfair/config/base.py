@@ -49,13 +49,16 @@ def cfg_field(
 
 class _Origin(str):
     """The config file's path (a str, so messages print it as before; "" without a file) that also knows
-    which top-level keys came from command-line flags, so an error names the flag, not the file."""
+    which top-level keys came from command-line flags, so an error names the flag, not the file, and on
+    which line of the file each key is (``key_lines``), so an error names the line."""
 
     flags: frozenset[str]
+    lines: dict[str, int]
 
-    def __new__(cls, path: str, flags: Iterable[str]) -> "_Origin":
+    def __new__(cls, path: str, flags: Iterable[str], lines: Mapping[str, int] | None = None) -> "_Origin":
         obj = super().__new__(cls, path)
         obj.flags = frozenset(flags)
+        obj.lines = dict(lines or {})
         return obj
 
 
@@ -64,7 +67,43 @@ def _where(source: str | None, key: str) -> str:
     if isinstance(source, _Origin) and top in source.flags:
         flag = "--" + top.replace("_", "-")
         return f"{flag} (command line)" if key == top else f"{flag} (command line): key '{key}'"
+    line = source.lines.get(key) if isinstance(source, _Origin) else None
+    if line is not None:  # FILE:LINE, as compilers and the YAML syntax errors (read_yaml) write it
+        return f"{source}:{line}: key '{key}'"
     return f"{source}: key '{key}'" if source else f"key '{key}'"
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """The 1-based line of every key of a YAML document, by dotted path as errors name them
+    (``finetune.lr``, ``calibration[0].source``; a list item's own line under ``calibration[0]``).
+    Composed only (no object is built, no tag runs); {} when the text does not compose."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+    seen: set[int] = set()  # an alias repeats a node (and could point at itself)
+
+    def walk(node: Any, prefix: str) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                out.setdefault(key, k.start_mark.line + 1)
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                out.setdefault(f"{prefix}[{i}]", item.start_mark.line + 1)
+                walk(item, f"{prefix}[{i}]")
+
+    walk(root, "")
+    return out
 
 
 def _item_where(where: str, key: str, source: str | None, i: int) -> str:
@@ -385,11 +424,15 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping
     flag when it came from one, else the file (``path``, or ``base_source`` without one)."""
     data: dict[str, Any] = dict(base or {})
     source = base_source
+    lines: dict[str, int] = {}
     if path is not None:
-        data.update(read_yaml(path))
+        file_data = read_yaml(path)
+        data.update(file_data)
         source = str(path)
+        lines = {k: n for k, n in key_lines(Path(path).read_text(encoding="utf-8")).items()
+                 if k.split(".")[0].split("[")[0] in file_data}
     merged = dict(data)
     flags = [key for key, value in (overrides or {}).items() if value is not None]
     for key in flags:
         merged[key] = overrides[key]  # type: ignore[index]
-    return config_from_dict(cls, merged, source=_Origin(source or "", flags) if flags else source)
+    return config_from_dict(cls, merged, source=_Origin(source or "", flags, lines) if flags or lines else source)

@@ -22,8 +22,9 @@ class Table:
     benchmark: str
     groups: list[str]
     rows: list[dict[str, Any]]
-    reference: str | None = None
+    reference: str | None = None  # the references' names, comma-separated (one per model of a study)
     notes: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
@@ -53,7 +54,9 @@ def fmt(x: Any, digits: int = 2) -> str:
         return "-"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    return f"{x:.{digits}f}"
+    out = f"{x:.{digits}f}"
+    # -0.001 rounds to "-0.00": a change too small to show must not read as a loss
+    return out[1:] if out.startswith("-") and not out.strip("-0.") else out
 
 
 def build_tables(results: Sequence[Any], comparisons: Sequence[Any] = ()) -> list[Table]:
@@ -63,13 +66,15 @@ def build_tables(results: Sequence[Any], comparisons: Sequence[Any] = ()) -> lis
         rs = [r for r in results if r.benchmark == bench]
         groups = list(dict.fromkeys(g for r in rs for g in r.groups))
         comps = {c.other: c for c in comparisons if c.benchmark == bench}
-        reference = next(iter(comps.values())).reference if comps else None
-        rs.sort(key=lambda r: r.name != reference)  # the reference row first, as in the studies
+        # a study of several models compares each model's variants with that model's own float model
+        refs = list(dict.fromkeys(c.reference for c in comps.values()))
+        rs.sort(key=lambda r: _row_order(r.name, refs, comps))
         rows = []
         for r in rs:
             acc = r.accuracies()
             rows.append({
-                "model": r.name, "reference": r.name == reference,
+                "model": r.name, "reference": r.name in refs,
+                "compared_to": comps[r.name].reference if r.name in comps else "",
                 "bits": r.meta.get("bits", "-"), "calibration": r.meta.get("calibration", "-"),
                 "acc": {g: acc.get(g, float("nan")) for g in groups},
                 "avg": r.fairness.avg, "std": r.fairness.std, "ser": r.fairness.ser,
@@ -77,8 +82,23 @@ def build_tables(results: Sequence[Any], comparisons: Sequence[Any] = ()) -> lis
             })
         notes = [f"{r.name}: {n}" for r in rs for n in r.notes]
         notes += [null_note(c) for c in comps.values() if getattr(c, "null", None)]
-        tables.append(Table(bench, groups, rows, reference, notes))
+        tables.append(Table(bench, groups, rows, ", ".join(refs) or None, notes, refs))
     return tables
+
+
+def _row_order(name: str, refs: list[str], comps: dict[str, Any]) -> tuple[int, bool]:
+    """Sort key: each reference row first, followed by the rows compared with it (as in the studies); rows
+    compared with nothing last. The sort is stable, so the order within a block is the results' order."""
+    ref = name if name in refs else comps[name].reference if name in comps else None
+    return (refs.index(ref) if ref in refs else len(refs), name not in refs)
+
+
+def reference_legend(t: "Table") -> str:
+    """What the marks of ``t`` are measured against: one reference, or each row's block reference."""
+    refs = t.references or ([t.reference] if t.reference else [])
+    if len(refs) == 1:
+        return f"reference: {refs[0]}"
+    return f"references: {', '.join(refs)} (each row is compared with the reference row heading its block)"
 
 
 def null_note(c: Any) -> str:
@@ -107,14 +127,17 @@ def fmt_p(p: Any) -> str:
 
 def to_markdown(t: Table) -> str:
     cols = t.columns
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join([":---"] * 3 + ["---:"] * (len(cols) - 3)) + "|"]
-    esc = str.maketrans({"|": "\\|", "*": "\\*", "_": "\\_"})
+    esc = str.maketrans({"|": "\\|", "*": "\\*", "_": "\\_"})  # a '|' in a group name would add a column
+    lines = ["| " + " | ".join(c.translate(esc) for c in cols) + " |",
+             "|" + "|".join([":---"] * 3 + ["---:"] * (len(cols) - 3)) + "|"]
     lines += ["| " + " | ".join(c.translate(esc) for c in row) + " |" for row in t.cells()]
     return "\n".join(lines) + "\n"
 
 
+# '<' and '>' too: in text mode with LaTeX's default (OT1) font encoding they print as '¡' and '¿'
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
 def latex_escape(s: str) -> str:
@@ -130,8 +153,10 @@ def to_latex(t: Table) -> str:
     for row in t.cells(latex=True):
         body.append(" & ".join([latex_escape(c) for c in row[:3]] + row[3:]) + r" \\")
     caption = latex_escape(f"Verification accuracy (%) per group on {t.benchmark}.")
-    if t.reference:
-        caption += " " + latex_escape(MARK_LEGEND.replace(" * / ** / ***", "")) + "."
+    if t.reference:  # the marks as the cells show them, so the caption says which is which
+        marks = " / ".join("$^{" + m + "}$" for m in ("*", "**", "***"))
+        legend = MARK_LEGEND.split(":", 1)[1].strip()
+        caption += f" Marks {marks}: {latex_escape(legend)}; {latex_escape(reference_legend(t))}."
     return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
                       rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head, r"\midrule", *body, r"\bottomrule",
                       r"\end{tabular}", r"\end{table}"]) + "\n"
@@ -143,12 +168,12 @@ def to_csv(tables: Sequence[Table]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     groups = list(dict.fromkeys(g for t in tables for g in t.groups))
     w.writerow(["benchmark", "model", "reference", "bits", "calibration", *groups, "AVG", "STD", "SER",
-                *[f"mark_{g}" for g in groups]])
+                *[f"mark_{g}" for g in groups], "compared_to"])
     for t in tables:
         for r in t.rows:
             w.writerow([t.benchmark, r["model"], int(bool(r.get("reference"))), r["bits"], r["calibration"],
                         *[_raw(r["acc"].get(g)) for g in groups], _raw(r["avg"]), _raw(r["std"]), _raw(r["ser"]),
-                        *[r["marks"].get(g, "") for g in groups]])
+                        *[r["marks"].get(g, "") for g in groups], r.get("compared_to", "")])
     return buf.getvalue()
 
 
@@ -156,14 +181,17 @@ def _raw(x: Any) -> str:
     if x is None:
         return ""
     x = float(x)
-    return "inf" if math.isinf(x) else "" if math.isnan(x) else repr(round(x, 6))
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return "" if math.isnan(x) else repr(round(x, 6))
 
 
 def to_rich(t: Table):
     """A rich Table for the terminal."""
     from rich.table import Table as RichTable
 
-    rt = RichTable(title=f"{t.benchmark}: accuracy (%) per group", caption=MARK_LEGEND if t.reference else None)
+    caption = f"{MARK_LEGEND}; {reference_legend(t)}" if t.reference else None
+    rt = RichTable(title=f"{t.benchmark}: accuracy (%) per group", caption=caption)
     for i, c in enumerate(t.columns):
         rt.add_column(c, justify="left" if i < 3 else "right")
     for row in t.cells():

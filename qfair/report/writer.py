@@ -5,8 +5,10 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..utils.io import atomic_write_json, atomic_write_text
-from .tables import MARK_LEGEND, build_tables, fmt, fmt_p, to_csv, to_latex, to_markdown
+from ..utils.io import atomic_write_text
+from .tables import MARK_LEGEND, build_tables, fmt, fmt_p, reference_legend, to_csv, to_latex, to_markdown
+
+_MD_ESCAPES = str.maketrans({"*": "\\*", "_": "\\_"})  # a model name like r50_fp32 must not start italics
 
 
 def _slug(s: str) -> str:
@@ -104,9 +106,15 @@ def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Seque
     """Write every artefact into ``out_dir``; returns name -> path (the Markdown report under the key
     ``"report.md"`` whatever ``report_name`` it is written as). ``preface`` is a warning shown in bold
     under the title. Figures are skipped (with a line in report.md) when matplotlib is missing."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..utils.io import output_folder, to_json
+
+    out = output_folder(out_dir)  # a file in the way: a QfairError naming it, not a FileExistsError
     tables = build_tables(results, comparisons)
+    # every data file rendered before any file is written: a value that cannot be rendered must not leave
+    # this run's report.md beside the previous run's metrics.json and tables
+    data = {"metrics.json": to_json({"results": [r.to_dict() for r in results],
+                                     "comparisons": [c.to_dict() for c in comparisons]}),
+            "results.csv": to_csv(tables), "tables.tex": "\n".join(to_latex(t) for t in tables)}
     written: dict[str, Path] = {}
     fig_lines: dict[str, list[str]] = {}
     if figures:
@@ -127,7 +135,7 @@ def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Seque
     for t in tables:
         md += [f"## {t.benchmark}", "", to_markdown(t)]
         if t.reference:
-            md += [MARK_LEGEND.replace("*", "\\*") + f"; reference: {t.reference}.", ""]
+            md += [(MARK_LEGEND + f"; {reference_legend(t)}.").translate(_MD_ESCAPES), ""]
         md += [f"- {n}" for n in t.notes] + ([""] if t.notes else [])
         md += fig_lines.get(t.benchmark, []) + [""]
         for r in results:
@@ -143,8 +151,6 @@ def write_report(out_dir: str | Path, results: Sequence[Any], comparisons: Seque
         if stale.parent.name == "figures" and stale.resolve() not in kept:
             stale.unlink(missing_ok=True)
     written["report.md"] = atomic_write_text(out / report_name, "\n".join(md))
-    written["metrics.json"] = atomic_write_json(out / "metrics.json", {
-        "results": [r.to_dict() for r in results], "comparisons": [c.to_dict() for c in comparisons]})
-    written["results.csv"] = atomic_write_text(out / "results.csv", to_csv(tables))
-    written["tables.tex"] = atomic_write_text(out / "tables.tex", "\n".join(to_latex(t) for t in tables))
+    for name in DATA_FILES:
+        written[name] = atomic_write_text(out / name, data[name])
     return written

@@ -134,7 +134,8 @@ class StudyConfig:
 
     name: str = cfg_field("study", help="study name (report title)")
     out: str = cfg_field("runs/study", help="output folder (rerunning resumes it)")
-    seed: int = cfg_field(0)
+    # numpy refuses a negative seed: caught here, not after the float model was evaluated
+    seed: int = cfg_field(0, help="random seed (calibration data, fine-tuning, bootstrap)", range=(0, None))
     models: tuple[ModelSpec, ...] = cfg_field((), flag=False, help="float models")
     bench: tuple[str, ...] = cfg_field(("builtin",), help="verification benchmarks, KIND:PATH specs (rfw:/data/RFW, "
                                                           "lfw:/data/lfw.bin, csv:pairs.csv, builtin, builtin:tiny)")

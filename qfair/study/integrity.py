@@ -21,6 +21,15 @@ def stage_damage(folder: Path, kind: str) -> str | None:
         RunDir(folder).read_config()
     except QfairError as exc:
         return str(exc)
+    why = _artefact_damage(folder, kind)
+    record = folder / "config.yaml"
+    if why is None and not record.is_file():  # without it the stage's settings cannot be compared with now's
+        why = f"{record} is missing (the record of the settings the stage was built with)"
+    return why
+
+
+def _artefact_damage(folder: Path, kind: str) -> str | None:
+    """What is wrong with the model files of a finished stage (None: they look complete)."""
     if kind == "onnx":
         graph, report = folder / "model.onnx", folder / "model.export.json"
         if not graph.is_file():

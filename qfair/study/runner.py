@@ -63,6 +63,23 @@ def _diff_keys(stored: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if stored == now else [prefix or "config"]
 
 
+def _moved_keys(stored: dict[str, Any], now: dict[str, Any]) -> tuple[str, ...]:
+    """Keys whose change does not change a stage, because the record holds what they resolve to: the
+    checkpoint's path when the digest of the weights read from it equals theirs now (``ckpt.pt`` ->
+    ``./ckpt.pt``, a study moved to a machine that keeps checkpoints elsewhere), the architecture as
+    spelled (``arch`` left out and guessed, ``IResNet18``) when the architecture built is recorded too, and
+    the study-wide ``calib_size`` where the calibration's own image count is recorded. A change of what
+    they resolve to is reported under ``float_weights`` / ``float_arch`` / ``calibration.size``."""
+    moved: tuple[str, ...] = ()
+    if isinstance(stored.get("calibration"), dict) and "size" in stored["calibration"]:
+        # a PTQ stage calibrates on exactly calibration.size images (compared on its own): the study-wide
+        # calib_size in its quant settings is then no setting of it (quantize() reads the batches given)
+        moved += ("quant.calib_size",)
+    if "float_weights" in stored and stored.get("float_weights") == now.get("float_weights"):
+        moved += ("model.checkpoint", "model.arch") if "float_arch" in stored else ("model.checkpoint",)
+    return moved
+
+
 def _lookup(doc: Any, dotted: str) -> Any:
     for k in dotted.split("."):
         doc = doc.get(k) if isinstance(doc, dict) else None
@@ -151,17 +168,18 @@ class _Study:
         if v.kind == "ptq":  # KD and ONNX stages are built from a PTQ stage: a change here reaches them too
             return {"variant": v.id, "calibration": {"label": v.calib.label, "source": v.calib.source,
                                                      "size": v.calib.size or cfg.calib_size},
-                    "quant": self.quant_config(v), "model": v.model, "float_weights": self.float_digest(v)}
+                    "quant": self.quant_config(v), "model": v.model, **self.float_identity(v)}
         if v.kind == "kd":
             from ..config import config_to_dict
 
             ft = {k: x for k, x in config_to_dict(cfg.finetune).items() if k not in ("enabled", "bits")}
-            return {"variant": v.id, "start": v.parent, "finetune": ft, "model": v.model, "seed": cfg.seed}
+            return {"variant": v.id, "start": v.parent, "finetune": ft, "model": v.model, "seed": cfg.seed,
+                    **self.float_identity(v)}  # the teacher
         if v.kind == "onnx":
             return {"variant": v.id, "start": v.parent, "target": cfg.export.target,
                     "parity": {"source": v.calib.source, "images": cfg.calib_size,
                                "batch_size": cfg.calib_batch_size},
-                    "model": v.model, "seed": cfg.seed}
+                    "model": v.model, "seed": cfg.seed, **self.float_identity(v)}
         return None
 
     def changed_stages(self, variants: list[Variant], damaged: dict[str, str] | None = None) -> dict[str, str]:
@@ -181,7 +199,7 @@ class _Study:
             if stored is None:  # no record (written by an older qfair): nothing to compare
                 continue
             now = config_to_dict(self.stage_settings(v))
-            diff = _diff_keys(stored, now)
+            diff = [k for k in _diff_keys(stored, now) if k not in _moved_keys(stored, now)]
             if diff:
                 changed[v.id] = "; ".join(f"{k}: {_lookup(stored, k)!r} -> {_lookup(now, k)!r}" for k in diff)
         return changed
@@ -196,6 +214,9 @@ class _Study:
                 continue
             if v.parent in damaged:
                 damaged[v.id] = f"built from the damaged stage {v.parent}"
+                continue
+            if v.parent is not None and not self.root.stage_done(v.parent):  # its marker was removed by hand
+                damaged[v.id] = f"built from {v.parent}, which is not marked finished and is built again"
                 continue
             why = stage_damage(self.folder(v), v.kind)
             if why:
@@ -243,6 +264,12 @@ class _Study:
             # taken on load, before any stage could touch the model
             self._digests[v.model.name] = model_digest(self.float_models[v.model.name])
         return self.float_models[v.model.name]
+
+    def float_identity(self, v: Variant) -> dict[str, Any]:
+        """What a stage's float model is: the digest of its weights, and the architecture built for them
+        (registry name and arguments, whether ``arch`` was given or guessed)."""
+        arch = getattr(self.float_model(v), "qfair_arch", None)
+        return {"float_weights": self.float_digest(v), "float_arch": arch or v.model.arch}
 
     def float_digest(self, v: Variant) -> str:
         """Digest of the float model's weights as loaded: a checkpoint replaced at the same path (retrained)

@@ -230,6 +230,8 @@ def _sanitize(obj: Any) -> Any:
         return [_sanitize(v) for v in obj]
     if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
         return _sanitize(obj.item())
+    if hasattr(obj, "tolist") and hasattr(obj, "ndim"):  # numpy arrays, torch tensors: their NaN/inf too
+        return _sanitize(obj.tolist())
     return obj
 
 

@@ -155,7 +155,7 @@ def test_errors_name_the_flag_or_the_file_the_value_came_from(tmp_path):
     p.write_text("bits: 6\nrecipe: nosuch\n")
     with pytest.raises(ConfigError, match=r"^--bits \(command line\): got 9, allowed range is \[2, 8\]"):
         load_config(QuantizeRunConfig, p, {"bits": 9})  # the file's bits: 6 is overridden: blame the flag
-    with pytest.raises(ConfigError, match=r"q.yaml: key 'recipe': got 'nosuch'"):
+    with pytest.raises(ConfigError, match=r"q.yaml:2: key 'recipe': got 'nosuch'"):
         load_config(QuantizeRunConfig, p, {"bits": 8})
     with pytest.raises(ConfigError, match=r"^--calib-size \(command line\): got 0"):
         load_config(QuantizeRunConfig, None, {"calib_size": 0})

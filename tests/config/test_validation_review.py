@@ -160,11 +160,11 @@ def test_nan_and_inf_from_yaml_are_refused_naming_file_and_key(tmp_path):
 
     p = tmp_path / "t.yaml"
     for text, message in [
-        ("lr: .nan\n", r"t.yaml: key 'lr': got nan, expected a finite number >= 0"),
-        ("momentum: .NaN\n", r"t.yaml: key 'momentum': got nan, expected a finite number in \[0, 1\]"),
-        ("grad_clip: .inf\n", r"t.yaml: key 'grad_clip': got inf, expected a finite number >= 0"),
-        ("margin_m: .nan\n", r"t.yaml: key 'margin_m': got nan, expected a number \(NaN is not allowed\)"),
-        ("milestones: [0.5, .nan]\n", r"t.yaml: key 'milestones': got nan"),
+        ("lr: .nan\n", r"t.yaml:1: key 'lr': got nan, expected a finite number >= 0"),
+        ("momentum: .NaN\n", r"t.yaml:1: key 'momentum': got nan, expected a finite number in \[0, 1\]"),
+        ("grad_clip: .inf\n", r"t.yaml:1: key 'grad_clip': got inf, expected a finite number >= 0"),
+        ("margin_m: .nan\n", r"t.yaml:1: key 'margin_m': got nan, expected a number \(NaN is not allowed\)"),
+        ("milestones: [0.5, .nan]\n", r"t.yaml:1: key 'milestones': got nan"),
     ]:
         p.write_text(text)
         with pytest.raises(ConfigError, match=message):
@@ -172,7 +172,7 @@ def test_nan_and_inf_from_yaml_are_refused_naming_file_and_key(tmp_path):
     s = tmp_path / "s.yaml"
     s.write_text("models: [{name: m, checkpoint: builtin:mobilefacenet}]\n"
                  "calibration: [{label: real, source: builtin}]\nfinetune: {start_from: real, lr: .nan}\n")
-    with pytest.raises(ConfigError, match=r"s.yaml: key 'finetune.lr': got nan, expected a finite number >= 0.0"):
+    with pytest.raises(ConfigError, match=r"s.yaml:3: key 'finetune.lr': got nan, expected a finite number >= 0.0"):
         load_config(StudyConfig, s)
 
 

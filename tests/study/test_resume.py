@@ -147,6 +147,7 @@ def test_stages_built_from_a_damaged_stage_are_rebuilt_too(tmp_path, finished):
 def test_cut_short_onnx_graph_is_damaged(tmp_path):
     from qfair.study.integrity import stage_damage as _damage
 
+    (tmp_path / "config.yaml").write_text("config: {variant: m-onnx}\n")  # a stage's record of its settings
     (tmp_path / "model.onnx").write_bytes(b"\x08" * 50)
     (tmp_path / "model.export.json").write_text(json.dumps({"bytes": 100}))
     assert "cut short" in _damage(tmp_path, "onnx")
